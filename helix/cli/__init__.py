@@ -1,0 +1,1 @@
+"""Command-line interface: `helix plan|evaluate|simulate|serve|profile|bench`."""

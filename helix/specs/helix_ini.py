@@ -1,0 +1,152 @@
+"""Import Helix's INI cluster files (and its ``machine_profiles.ini``).
+
+Helix writes values as Python expressions over unit names (``1000 * mbps``, ``54 * MilliSec``) and then
+divides bit rates by sizes in bytes without the factor 8, so its "1 Gbps" link carries 1e9 bytes/s.
+`helix_units=True` (the default here, for reproducing Helix's numbers) keeps that reading;
+`helix_units=False` converts bits to bytes properly.
+
+Node ``i`` of the file becomes node ``n{i}``; ``source`` and ``sink`` are both the coordinator. A
+``[Link-i-j]`` section is one symmetric link.
+"""
+
+from __future__ import annotations
+
+import ast
+import configparser
+import operator
+from pathlib import Path
+
+from helix.errors import HelixInputError
+from helix.specs.cluster import COORDINATOR, ClusterSpec, LinkSpec, NodeSpec
+from helix.specs.gpu import GPUCatalog, default_catalog
+from helix.specs.units import HELIX_INI_NAMES
+
+_OPS = {ast.Mult: operator.mul, ast.Div: operator.truediv, ast.Add: operator.add, ast.Sub: operator.sub}
+
+
+def eval_unit_expr(text: str, *, where: str, field: str) -> float:
+    """Evaluate a Helix value such as ``12.5 * mbps`` (numbers, unit names, + - * /)."""
+
+    def walk(node: ast.AST) -> float:
+        if isinstance(node, ast.Expression):
+            return walk(node.body)
+        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+            return float(node.value)
+        if isinstance(node, ast.Name) and node.id in HELIX_INI_NAMES:
+            return HELIX_INI_NAMES[node.id]
+        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+            return _OPS[type(node.op)](walk(node.left), walk(node.right))
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            return -walk(node.operand)
+        raise ValueError(ast.dump(node))
+
+    try:
+        return walk(ast.parse(text.strip(), mode="eval"))
+    except (SyntaxError, ValueError):
+        raise HelixInputError(f"cannot read value {text!r}", where=where, field=field,
+                              fix="write a number times a unit, e.g. `1000 * mbps`") from None
+
+
+def node_name(index: int) -> str:
+    """The node name given to Helix's compute node `index`."""
+    return f"n{index}"
+
+
+def _end(token: str) -> str:
+    return COORDINATOR if token in ("source", "sink") else node_name(int(token))
+
+
+def _read_ini(path: Path) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser()
+    parser.optionxform = str  # keep key case
+    try:
+        with path.open() as handle:
+            parser.read_file(handle)
+    except OSError as exc:
+        raise HelixInputError(f"cannot read the file ({exc.strerror})", where=str(path)) from None
+    except configparser.Error as exc:
+        raise HelixInputError(f"invalid INI ({exc.message})", where=str(path)) from None
+    return parser
+
+
+def _nic_by_type(machine_profiles: Path | None, bits_to_bytes: float) -> dict[str, float]:
+    if machine_profiles is None:
+        return {}
+    parser = _read_ini(machine_profiles)
+    nics = {}
+    for section in parser.sections():
+        if section in ("SourceNode", "SinkNode"):
+            continue
+        where = str(machine_profiles)
+        inbound = eval_unit_expr(parser[section]["inbound_nic_speed"], where=where, field=section)
+        outbound = eval_unit_expr(parser[section]["outbound_nic_speed"], where=where, field=section)
+        nics[section] = min(inbound, outbound) * bits_to_bytes
+    return nics
+
+
+def load_helix_ini(path: str | Path, machine_profiles: str | Path | None = None, *, helix_units: bool = True,
+                   catalog: GPUCatalog | None = None) -> ClusterSpec:
+    """Read a Helix cluster file. `machine_profiles` defaults to ``machine_profiles.ini`` beside it."""
+    path = Path(path)
+    where = str(path)
+    catalog = catalog or default_catalog()
+    if machine_profiles is None and (path.parent / "machine_profiles.ini").exists():
+        machine_profiles = path.parent / "machine_profiles.ini"
+    bits_to_bytes = 1.0 if helix_units else 1.0 / 8.0
+    nics = _nic_by_type(Path(machine_profiles) if machine_profiles else None, bits_to_bytes)
+    parser = _read_ini(path)
+    if not parser.has_section("NodeNames"):
+        raise HelixInputError("missing section [NodeNames]", where=where, field="NodeNames",
+                              fix="is this a Helix cluster file?")
+    num_nodes = int(parser["NodeNames"]["total_compute_nodes"])
+    nodes = []
+    for i in range(num_nodes):
+        section = f"ComputeNode-{i}"
+        if not parser.has_section(section):
+            raise HelixInputError("missing section", where=where, field=section)
+        gpu_name = parser[section]["type"].strip().strip("'\"")
+        gpu = catalog.get(gpu_name, where=where, field=f"{section}.type")
+        nic = nics.get(gpu_name, gpu.nic_bytes_per_s)
+        nodes.append(NodeSpec(name=node_name(i), gpu=gpu, region="default", nic_bytes_per_s=nic))
+    links = []
+    for section in parser.sections():
+        if not section.startswith("Link-"):
+            continue
+        a, b = section[len("Link-"):].split("-")
+        bandwidth = eval_unit_expr(parser[section]["bandwidth"], where=where, field=f"{section}.bandwidth")
+        latency = eval_unit_expr(parser[section]["latency"], where=where, field=f"{section}.latency")
+        src, dst = _end(a), _end(b)
+        links.append(LinkSpec(src, dst, bandwidth * bits_to_bytes, latency))
+        if COORDINATOR not in (src, dst):
+            links.append(LinkSpec(dst, src, bandwidth * bits_to_bytes, latency))
+    coordinator_nic = 10e9 * bits_to_bytes
+    try:
+        return ClusterSpec(name=path.stem, nodes=tuple(nodes), links=tuple(links),
+                           coordinator_region="default", coordinator_nic_bytes_per_s=coordinator_nic)
+    except HelixInputError as exc:
+        raise exc.located(where) from None
+
+
+def load_helix_placement(path: str | Path) -> "Placement":
+    """Read a Helix placement (``[Solution] compute_node_<i+offset>=[layer ids]``); ``[]`` = unused."""
+    from helix.specs.placement import LayerRange, Placement
+
+    path = Path(path)
+    parser = _read_ini(path)
+    if not parser.has_section("Solution"):
+        raise HelixInputError("missing section [Solution]", where=str(path), fix="is this a Helix placement?")
+    offset = int(parser["Settings"]["offset"]) if parser.has_section("Settings") else 2
+    ranges = {}
+    for key, value in parser["Solution"].items():
+        field = f"Solution.{key}"
+        try:
+            layers = ast.literal_eval(value.strip())
+            index = int(key.rsplit("_", 1)[1]) - offset
+        except (ValueError, SyntaxError, IndexError):
+            raise HelixInputError(f"cannot read {value!r}", where=str(path), field=field) from None
+        if not layers:
+            continue
+        if list(layers) != list(range(layers[0], layers[-1] + 1)):
+            raise HelixInputError("layers must be a contiguous ascending range", where=str(path), field=field)
+        ranges[node_name(index)] = LayerRange(layers[0], layers[-1] + 1)
+    return Placement(ranges)
