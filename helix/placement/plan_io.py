@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from helix.errors import HelixInputError
+from helix.placement.result import PlanResult
 from helix.specs.cluster import ClusterSpec
 from helix.specs.model import ModelSpec
 from helix.specs.placement import LayerRange, Placement
@@ -141,3 +142,32 @@ def check_plan_matches(plan: Plan, cluster: ClusterSpec, model: ModelSpec, where
     if uncovered:
         raise HelixInputError(f"layers {uncovered[:10]} are held by no node", where=where, field="placement",
                               fix="every layer must be held by at least one node")
+
+
+def plan_from_result(result: PlanResult, cluster: ClusterSpec, model: ModelSpec, *, capacity_description: str,
+                     partial_overlap: bool, sources: dict[str, Any] | None = None) -> Plan:
+    """The plan record of a planner result: placement, evaluated flow, per-node and per-link detail."""
+    flow = result.flow
+    nodes = []
+    for node in cluster.nodes:
+        r = result.placement.get(node.name)
+        nodes.append({
+            "name": node.name, "gpu": node.gpu.name, "region": node.region,
+            "start": r.start if r else None, "end": r.end if r else None,
+            "inflow_tokens_per_s": round(flow.node_inflow.get(node.name, 0.0), 6),
+        })
+    flows = [{"src": s, "dst": d, "tokens_per_s": round(f, 6)} for (s, d), f in flow.link_flows().items()]
+    extra = {
+        "capacity_model": capacity_description,
+        "bound_source": result.bound_source,
+        "bottleneck": flow.describe_bottleneck(),
+        "nodes": nodes,
+        "flows": flows,
+        "planner": {"elapsed_s": round(result.elapsed_s, 3), "time_to_best_s": round(result.time_to_best_s, 3),
+                    "gap": result.gap, "warnings": list(result.warnings), **result.details},
+        "sources": sources or {},
+    }
+    return Plan(placement=result.placement, model_name=model.name, num_layers=model.num_layers,
+                cluster_name=cluster.name, cluster_nodes=cluster.node_names, method=result.method,
+                partial_overlap=partial_overlap, max_flow_tokens_per_s=round(flow.value_tokens_per_s, 6),
+                upper_bound_tokens_per_s=result.upper_bound_tokens_per_s, extra=extra)

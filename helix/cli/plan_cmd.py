@@ -1,0 +1,140 @@
+"""`helix plan` and `helix evaluate`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from helix.cli.common import CapacityOpt, ClusterOpt, HelixUnitsOpt, ModelOpt, ProfilesOpt, load_inputs
+from helix.errors import HelixInputError
+from helix.flow.graph import FlowOptions
+from helix.flow.maxflow import compute_upper_bound, evaluate_placement
+from helix.placement.plan_io import check_plan_matches, load_plan, plan_from_result, plan_to_dict, save_plan
+from helix.placement.planner import available_methods, plan
+from helix.placement.plot import plot_placement
+from helix.placement.result import PlannerOptions
+
+
+def _progress_printer(console: Console):
+    def show(info: dict[str, Any]) -> None:
+        gap = info.get("gap")
+        gap_text = f"{100 * gap:.2f}%" if gap is not None else "-"
+        bound = info.get("bound")
+        console.print(
+            f"[{info.get('elapsed_s', 0.0):6.1f}s] incumbent {info.get('incumbent', 0.0):10.3f}  "
+            f"bound {bound if bound is None else f'{bound:10.3f}'}  gap {gap_text}  {info.get('phase', '')}",
+            highlight=False)
+
+    return show
+
+
+def plan_command(
+    cluster: str = ClusterOpt,
+    model: str = ModelOpt,
+    method: str = typer.Option("milp", "--method", help="milp | petals | swarm | homogeneous | separate"),
+    output: Path = typer.Option(Path("plan.json"), "--output", "-o", help="Plan JSON to write."),
+    plot: Path | None = typer.Option(None, "--plot", help="Also write a PNG of the placement here."),
+    profiles: Path | None = ProfilesOpt,
+    capacity: str = CapacityOpt,
+    partial_overlap: bool = typer.Option(False, "--partial-overlap", help="Allow s_j <= e_i < e_j links."),
+    time_limit: float = typer.Option(60.0, "--time-limit", help="Seconds for search-based methods."),
+    threads: int = typer.Option(2, "--threads", help="Solver threads."),
+    seed: int = typer.Option(0, "--seed"),
+    mip_gap: float = typer.Option(1e-4, "--mip-gap", help="Stop at this relative gap."),
+    helix_units: bool = HelixUnitsOpt,
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Place a model's layers on a cluster's nodes and write the plan (and optionally a PNG)."""
+    console = Console(stderr=True, quiet=quiet)
+    if method not in available_methods():
+        raise HelixInputError(f"unknown method {method!r}", field="--method",
+                              fix=f"use one of {', '.join(available_methods())}")
+    cluster_spec, model_spec, capacity_model = load_inputs(cluster, model, profiles, capacity, helix_units)
+    options = PlannerOptions(method=method, time_limit_s=time_limit, threads=threads, seed=seed,
+                             mip_gap=mip_gap, partial_overlap=partial_overlap,
+                             progress=None if quiet else _progress_printer(console))
+    result = plan(cluster_spec, model_spec, options, capacity_model)
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/] {warning}")
+    record = plan_from_result(
+        result, cluster_spec, model_spec, capacity_description=capacity_model.description,
+        partial_overlap=partial_overlap,
+        sources={"cluster": str(cluster), "model": model, "profiles": str(profiles) if profiles else None,
+                 "capacity": capacity, "helix_units": helix_units})
+    save_plan(record, output)
+    if plot is not None:
+        plot_placement(cluster_spec, model_spec, result.placement, result.flow, plot,
+                       title=f"{cluster_spec.name} / {model_spec.name} / {method}: "
+                             f"{result.flow_tokens_per_s:.1f} tokens/s")
+    summary = {"method": method, "max_flow_tokens_per_s": round(result.flow_tokens_per_s, 3),
+               "upper_bound_tokens_per_s": result.upper_bound_tokens_per_s, "gap": result.gap,
+               "nodes_used": len(result.placement), "nodes": len(cluster_spec.nodes),
+               "plan": str(output), "plot": str(plot) if plot else None}
+    typer.echo(json.dumps(summary))
+
+
+def evaluate_command(
+    plan_path: Path = typer.Argument(..., help="Plan JSON written by `helix plan`."),
+    cluster: str | None = typer.Option(None, "--cluster", "-c", help="Defaults to the plan's source."),
+    model: str | None = typer.Option(None, "--model", "-m", help="Defaults to the plan's model."),
+    profiles: Path | None = ProfilesOpt,
+    capacity: str | None = typer.Option(None, "--capacity", help="Defaults to the plan's."),
+    helix_units: bool | None = typer.Option(None, "--helix-units/--si-units"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Evaluate a plan: max flow, bottleneck, per-node layers and flow, and the compute upper bound."""
+    record = load_plan(plan_path)
+    sources = record.extra.get("sources", {})
+    cluster = cluster or sources.get("cluster")
+    if not cluster:
+        raise HelixInputError("the plan does not say which cluster it is for", where=str(plan_path),
+                              field="sources.cluster", fix="pass --cluster")
+    profiles = profiles or (Path(sources["profiles"]) if sources.get("profiles") else None)
+    cluster_spec, model_spec, capacity_model = load_inputs(
+        cluster, model or sources.get("model") or record.model_name, profiles,
+        capacity or sources.get("capacity", "auto"),
+        sources.get("helix_units", True) if helix_units is None else helix_units)
+    check_plan_matches(record, cluster_spec, model_spec, where=str(plan_path))
+    flow = evaluate_placement(cluster_spec, model_spec, record.placement, capacity_model,
+                              FlowOptions(record.partial_overlap))
+    bound = compute_upper_bound(cluster_spec, model_spec, capacity_model)
+    report = {
+        "plan": str(plan_path), "max_flow_tokens_per_s": round(flow.value_tokens_per_s, 6),
+        "compute_upper_bound_tokens_per_s": round(bound, 6), "bottleneck": flow.describe_bottleneck(),
+        "nodes": [{"name": n, "gpu": cluster_spec.node(n).gpu.name, "layers": [r.start, r.end],
+                   "inflow_tokens_per_s": round(flow.node_inflow.get(n, 0.0), 3)}
+                  for n, r in record.placement.items()],
+        "unused_nodes": [n for n in cluster_spec.node_names if n not in record.placement],
+    }
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    _print_report(report)
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    console = Console()
+    table = Table(title=f"{report['plan']}: max flow {report['max_flow_tokens_per_s']:.3f} tokens/s "
+                        f"(compute upper bound {report['compute_upper_bound_tokens_per_s']:.3f})")
+    for column in ("node", "gpu", "layers", "flow tok/s"):
+        table.add_column(column)
+    for node in report["nodes"]:
+        start, end = node["layers"]
+        table.add_row(node["name"], node["gpu"], f"[{start}, {end})", f"{node['inflow_tokens_per_s']:.1f}")
+    console.print(table)
+    console.print(f"bottleneck: {', '.join(report['bottleneck']) or 'none (no flow)'}")
+    if report["unused_nodes"]:
+        console.print(f"unused nodes: {', '.join(report['unused_nodes'])}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("plan")(plan_command)
+    app.command("evaluate")(evaluate_command)
+
+
+__all__ = ["plan_to_dict", "register"]

@@ -1,0 +1,1 @@
+"""LLaMA-family model definition for a layer range."""

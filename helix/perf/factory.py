@@ -1,0 +1,31 @@
+"""Pick the capacity model for a cluster: measured profiles when available, else the roofline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from helix.perf.base import CapacityModel
+from helix.perf.helix_profile import profile_capacity_model
+from helix.perf.roofline import RooflineCapacityModel
+from helix.specs.cluster import ClusterSpec
+from helix.specs.model import ModelSpec
+
+CAPACITY_KINDS = ("auto", "profile", "roofline")
+
+
+def capacity_model_for(cluster: ClusterSpec, model: ModelSpec, *, profiles_dir: str | Path | None = None,
+                       kind: str = "auto", extrapolate: bool = False) -> CapacityModel:
+    """The capacity model for `model` on `cluster` (typical throughput depends on its composition).
+
+    `kind`: ``profile`` needs profile tables (`profiles_dir`, or the cluster file's ``profiles:``);
+    ``roofline`` uses GPU specs only; ``auto`` takes profiles when a directory is known.
+    """
+    directory = profiles_dir or cluster.profiles_dir
+    if kind == "roofline" or (kind == "auto" and directory is None):
+        return RooflineCapacityModel(model, cluster.composition())
+    if directory is None:
+        from helix.errors import HelixInputError
+
+        raise HelixInputError("profile capacity model needs profile tables", field="--profiles",
+                              fix="pass --profiles DIR (written by `helix profile`) or --capacity roofline")
+    return profile_capacity_model(directory, model, cluster.composition(), extrapolate=extrapolate)

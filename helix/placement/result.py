@@ -1,0 +1,72 @@
+"""What a placement method returns, and the options every method shares."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from helix.flow.maxflow import FlowResult
+from helix.specs.placement import Placement
+
+
+@dataclass(frozen=True, slots=True)
+class PlannerOptions:
+    """Options of `helix.placement.plan`.
+
+    Attributes:
+        method: ``milp`` (default) or a baseline: ``petals``, ``swarm``, ``homogeneous``, ``separate``.
+        time_limit_s: wall-clock limit for search-based methods.
+        threads: solver threads.
+        seed: RNG seed (baselines shuffle nodes; search is deterministic per seed and time limit).
+        mip_gap: stop when (bound − incumbent) / bound falls below this.
+        partial_overlap: allow links where the next node skips layers it already holds (s_j ≤ e_i < e_j).
+        solver: MILP backend (``highs`` default; ``cpsat`` where supported).
+        progress: called with a dict (incumbent, bound, gap, elapsed_s) as search improves.
+    """
+
+    method: str = "milp"
+    time_limit_s: float = 60.0
+    threads: int = 2
+    seed: int = 0
+    mip_gap: float = 1e-4
+    partial_overlap: bool = False
+    solver: str = "highs"
+    progress: Callable[[dict[str, Any]], None] | None = None
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    """A placement with its independently evaluated max flow and, when known, a proven upper bound.
+
+    Attributes:
+        placement: node → layer range (unused nodes absent).
+        flow: the evaluator's max flow of `placement` (never the optimizer's own number).
+        method: the method that produced it.
+        upper_bound_tokens_per_s: best proven upper bound on any placement's max flow.
+        bound_source: how the bound was obtained.
+        elapsed_s: planning wall time; time_to_best_s: when the final placement was found.
+        warnings: things the user should know (e.g. a fallback to a baseline).
+        details: method-specific numbers (solver status, nodes explored, ...).
+    """
+
+    placement: Placement
+    flow: FlowResult
+    method: str
+    upper_bound_tokens_per_s: float | None = None
+    bound_source: str = ""
+    elapsed_s: float = 0.0
+    time_to_best_s: float = 0.0
+    warnings: tuple[str, ...] = ()
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def flow_tokens_per_s(self) -> float:
+        return self.flow.value_tokens_per_s
+
+    @property
+    def gap(self) -> float | None:
+        ub = self.upper_bound_tokens_per_s
+        if ub is None or ub <= 0:
+            return None
+        return max(0.0, (ub - self.flow_tokens_per_s) / ub)
