@@ -137,6 +137,20 @@ def _smollm2_gguf() -> Path:
     return path
 
 
+def _save_plain(model: Any, out_dir: Path) -> None:
+    """Write a dequantised transformers model as config.json + model.safetensors."""
+    from safetensors.torch import save_file
+
+    out_dir.mkdir(parents=True)
+    hf_config = model.config.to_dict()
+    hf_config.pop("quantization_config", None)
+    state = {name: t.detach().contiguous() for name, t in model.state_dict().items()}
+    if hf_config.get("tie_word_embeddings"):
+        state.pop("lm_head.weight", None)
+    save_file(state, out_dir / "model.safetensors", metadata={"format": "pt"})
+    (out_dir / "config.json").write_text(json.dumps(hf_config, indent=2, default=str))
+
+
 def _file_sha256(path: Path) -> str:
     with path.open("rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
@@ -157,7 +171,7 @@ def _gguf_to_hf_dir(gguf_path: Path, cache_dir: Path | None) -> Path:
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
     except (ValueError, KeyError, RuntimeError) as exc:
         raise HelixInputError(f"cannot read GGUF file: {exc}", where=str(gguf_path)) from exc
-    model.save_pretrained(tmp, safe_serialization=True)
+    _save_plain(model, tmp)
     tokenizer.save_pretrained(tmp)
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)

@@ -1,0 +1,214 @@
+"""One stage's executor: its model, paged KV cache, block manager and decode graphs.
+
+`execute(batch, inputs)` runs one continuous-batching step of the stage: prompt chunks and decode
+tokens together, any lengths. Inputs are token ids [T] on the first stage and hidden states [T, H]
+on the others; the output is hidden states [T, H], or float32 logits [num_chunks, V] of each chunk's
+last token on the last stage. The stage's K/V blocks are reserved on first sight of a sequence and
+extended as it grows; `free(seq_id)` returns them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+from helix.engine.batch import AttentionMetadata, PrefillSegment, StepBatch
+from helix.engine.block_manager import BlockManager
+from helix.engine.config import EngineConfig
+from helix.engine.cuda_graphs import DecodeGraphs
+from helix.engine.errors import KVCacheExhaustedError
+from helix.engine.kv_cache import allocate_kv_cache, available_kv_bytes, kv_block_bytes
+from helix.engine.model.llama import LlamaStage
+from helix.errors import HelixInputError
+
+
+def choose_decode_backend(requested: str, device: torch.device, dtype: torch.dtype, head_dim: int) -> str:
+    """`triton` (paged kernel) on CUDA in 16-bit floats when Triton is installed, else `sdpa`."""
+    has_triton = importlib.util.find_spec("triton") is not None
+    usable = device.type == "cuda" and has_triton and dtype in (torch.float16, torch.bfloat16)
+    usable = usable and head_dim >= 16 and head_dim & (head_dim - 1) == 0
+    if requested == "triton" and not usable:
+        raise HelixInputError(
+            "the Triton attention backend needs CUDA, Triton, 16-bit weights and a power-of-2 head size",
+            field="attention_backend",
+            fix="use attention_backend='auto' or 'sdpa'",
+        )
+    return "triton" if requested in ("auto", "triton") and usable else "sdpa"
+
+
+class ModelRunner:
+    """Executes steps of one layer-range stage on one device."""
+
+    def __init__(self, model: LlamaStage, engine_config: EngineConfig | None = None) -> None:
+        self.model = model
+        self.engine_config = engine_config = engine_config or EngineConfig()
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        config = model.config
+        self.max_model_len = min(
+            engine_config.max_model_len or config.max_position_embeddings, model.rotary.max_positions
+        )
+        self.block_size = engine_config.block_size
+        self.decode_backend = choose_decode_backend(
+            engine_config.attention_backend, self.device, self.dtype, config.head_dim
+        )
+        num_blocks = engine_config.num_kv_blocks or self._blocks_from_memory()
+        if num_blocks < 1:
+            raise HelixInputError(
+                "no memory left for the KV cache after the weights",
+                field="layer_range",
+                fix="hold fewer layers on this device or raise gpu_memory_utilization",
+            )
+        num_layers = model.layer_range.num_layers
+        self.kv_cache = allocate_kv_cache(
+            config, num_layers, num_blocks, self.block_size, self.dtype, self.device
+        )
+        self.kv_caches = [(self.kv_cache[i, 0], self.kv_cache[i, 1]) for i in range(num_layers)]
+        self.block_manager = BlockManager(num_blocks, self.block_size)
+        self.scratch_block = num_blocks
+        self.graphs: DecodeGraphs | None = None
+        use_graphs = engine_config.use_cuda_graphs and self.device.type == "cuda"
+        if use_graphs and self.decode_backend == "triton":
+            max_blocks = -(-self.max_model_len // self.block_size)
+            self.graphs = DecodeGraphs(
+                model, self.kv_caches, engine_config.max_graph_batch_size, max_blocks,
+                self.scratch_block, self.block_size,
+            )  # fmt: skip
+
+    # ---- capacity ----
+    def _blocks_from_memory(self) -> int:
+        """KV blocks that fit next to the weights and the activations of the largest step."""
+        activation_bytes = 0
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            before = torch.cuda.memory_allocated(self.device)
+            self._warmup(min(self.engine_config.max_num_batched_tokens, self.max_model_len))
+            activation_bytes = torch.cuda.max_memory_allocated(self.device) - before
+        budget = available_kv_bytes(self.device, self.engine_config.gpu_memory_utilization, activation_bytes)
+        block_bytes = kv_block_bytes(
+            self.model.config, self.model.layer_range.num_layers, self.block_size, self.dtype
+        )
+        return max(0, budget // block_bytes)
+
+    @torch.inference_mode()
+    def _warmup(self, num_tokens: int) -> None:
+        """Run one prompt of `num_tokens` through a one-block scratch cache to measure activations."""
+        config = self.model.config
+        cache = allocate_kv_cache(config, self.model.layer_range.num_layers, 0, self.block_size,
+                                  self.dtype, self.device)  # fmt: skip
+        caches = [(cache[i, 0], cache[i, 1]) for i in range(cache.shape[0])]
+        meta = AttentionMetadata(
+            slot_mapping=torch.zeros(num_tokens, dtype=torch.int64, device=self.device),
+            prefill=(PrefillSegment(0, num_tokens, 0, None),),
+            num_prefill_tokens=num_tokens, decode_block_tables=None, decode_context_lens=None,
+            max_decode_context_len=0, block_size=self.block_size, decode_backend=self.decode_backend,
+        )  # fmt: skip
+        positions = torch.arange(num_tokens, device=self.device)
+        if self.model.is_first:
+            inputs = torch.zeros(num_tokens, dtype=torch.int64, device=self.device)
+        else:
+            inputs = torch.zeros(num_tokens, config.hidden_size, dtype=self.dtype, device=self.device)
+        out = self.model(inputs, positions, caches, meta)
+        if self.model.is_last:
+            self.model.compute_logits(out[-1:])
+        del cache, caches, out
+
+    # ---- KV reservation ----
+    def num_blocks_needed(self, batch: StepBatch) -> int:
+        """New blocks this stage must take to run `batch`."""
+        manager, needed = self.block_manager, 0
+        for chunk in batch.chunks:
+            if manager.has(chunk.seq_id):
+                extra = chunk.num_total_tokens - manager.num_tokens(chunk.seq_id)
+                needed += max(0, manager.num_new_blocks_for_append(chunk.seq_id, max(0, extra)))
+            else:
+                needed += manager.num_blocks_for(chunk.num_total_tokens)
+        return needed
+
+    def can_reserve(self, batch: StepBatch) -> bool:
+        return self.num_blocks_needed(batch) <= self.block_manager.num_free_blocks
+
+    def reserve(self, batch: StepBatch) -> None:
+        """Take the blocks `batch` needs, all or none (`KVCacheExhaustedError`)."""
+        self._check_lengths(batch)
+        needed = self.num_blocks_needed(batch)
+        if needed > self.block_manager.num_free_blocks:
+            raise KVCacheExhaustedError(needed, self.block_manager.num_free_blocks)
+        manager = self.block_manager
+        for chunk in batch.chunks:
+            if not manager.has(chunk.seq_id):
+                manager.allocate(chunk.seq_id, chunk.num_total_tokens)
+            elif chunk.num_total_tokens > manager.num_tokens(chunk.seq_id):
+                manager.append(chunk.seq_id, chunk.num_total_tokens - manager.num_tokens(chunk.seq_id))
+
+    def _check_lengths(self, batch: StepBatch) -> None:
+        for chunk in batch.chunks:
+            if chunk.num_total_tokens > self.max_model_len:
+                raise HelixInputError(
+                    f"sequence {chunk.seq_id} needs {chunk.num_total_tokens} tokens of context, "
+                    f"more than the context window of {self.max_model_len}",
+                    field="prompt",
+                    fix="shorten the prompt or ask for fewer tokens",
+                )
+            known = self.block_manager.has(chunk.seq_id)
+            if chunk.num_cached_tokens and not known:
+                raise ValueError(f"sequence {chunk.seq_id} has no cached tokens on this stage")
+
+    def free(self, seq_id: int) -> None:
+        self.block_manager.free(seq_id)
+
+    # ---- execution ----
+    @torch.inference_mode()
+    def execute(self, batch: StepBatch, inputs: torch.Tensor) -> torch.Tensor:
+        """Run one step (see the module docstring for shapes)."""
+        self.reserve(batch)
+        inputs = inputs.to(self.device)
+        graphs = self.graphs
+        if graphs is not None and batch.is_pure_decode and graphs.bucket_for(len(batch.chunks)):
+            manager = self.block_manager
+            positions = [c.num_cached_tokens for c in batch.chunks]
+            slots = [manager.slots(c.seq_id, p, p + 1)[0] for c, p in zip(batch.chunks, positions)]
+            tables = [manager.block_table(c.seq_id) for c in batch.chunks]
+            return graphs.run(inputs, positions, slots, tables)
+        positions_t, meta = self.prepare(batch)
+        hidden = self.model(inputs, positions_t, self.kv_caches, meta)
+        if not self.model.is_last:
+            return hidden
+        rows = torch.tensor(batch.last_token_rows(), device=self.device)
+        return self.model.compute_logits(hidden.index_select(0, rows))
+
+    def prepare(self, batch: StepBatch) -> tuple[torch.Tensor, AttentionMetadata]:
+        """Positions [T] and attention metadata of a (reserved) batch."""
+        manager, device = self.block_manager, self.device
+        positions, slots, segments, start = [], [], [], 0
+        decode_tables, decode_lens = [], []
+        for chunk in batch.chunks:
+            first, end = chunk.num_cached_tokens, chunk.num_total_tokens
+            positions.extend(range(first, end))
+            slots.extend(manager.slots(chunk.seq_id, first, end))
+            table = manager.block_table(chunk.seq_id)
+            if chunk.is_decode:
+                decode_tables.append(table)
+                decode_lens.append(end)
+            else:
+                cached = torch.tensor(table, device=device) if first else None
+                segments.append(PrefillSegment(start, chunk.num_new_tokens, first, cached))
+            start += chunk.num_new_tokens
+        tables_t = lens_t = None
+        if decode_tables:
+            width = max(len(t) for t in decode_tables)
+            padded = [t + [self.scratch_block] * (width - len(t)) for t in decode_tables]
+            tables_t = torch.tensor(padded, dtype=torch.int32, device=device)
+            lens_t = torch.tensor(decode_lens, dtype=torch.int32, device=device)
+        meta = AttentionMetadata(
+            slot_mapping=torch.tensor(slots, dtype=torch.int64, device=device),
+            prefill=tuple(segments),
+            num_prefill_tokens=sum(s.num_new for s in segments),
+            decode_block_tables=tables_t,
+            decode_context_lens=lens_t,
+            max_decode_context_len=max(decode_lens, default=0),
+            block_size=self.block_size,
+            decode_backend=self.decode_backend,
+        )
+        return torch.tensor(positions, dtype=torch.int64, device=device), meta

@@ -1,0 +1,107 @@
+"""Continuous batching: which sequences run in the next step, with KV admission on every stage.
+
+Each step keeps every running sequence going (one decode token each, or the next chunk of its
+prompt) and admits waiting sequences while the token budget, the sequence limit and every stage's
+free KV blocks allow. When a running sequence cannot grow, the most recently admitted one is
+preempted: its blocks are freed and it waits at the front of the queue to be recomputed.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from helix.engine.batch import SeqChunk, StepBatch
+from helix.engine.block_manager import BlockManager
+from helix.engine.config import EngineConfig
+from helix.engine.sequence import Sequence, SequenceStatus
+
+
+class Scheduler:
+    """Owns the waiting queue and the running list; reserves KV blocks on all stages' managers."""
+
+    def __init__(self, engine_config: EngineConfig, block_managers: list[BlockManager]) -> None:
+        self.config = engine_config
+        self.block_managers = block_managers
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def remove(self, seq: Sequence) -> None:
+        """Forget a finished or cancelled sequence and free its blocks everywhere."""
+        if seq in self.running:
+            self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+        for manager in self.block_managers:
+            manager.free(seq.seq_id)
+
+    def schedule(self) -> tuple[list[Sequence], StepBatch]:
+        """The sequences of the next step (prompt chunks first, then decodes) and its batch."""
+        budget = self.config.max_num_batched_tokens
+        decodes: list[Sequence] = []
+        prompts: list[tuple[Sequence, int]] = []
+        for seq in list(self.running):
+            if seq not in self.running:
+                continue  # preempted while making room for an earlier one
+            num_new = min(seq.num_pending_tokens, budget)
+            if num_new == 0 or not self._grow(seq, num_new):
+                continue
+            budget -= num_new
+            if seq.num_computed_tokens > 0 and num_new == 1:
+                decodes.append(seq)
+            else:
+                prompts.append((seq, num_new))
+        while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
+            seq = self.waiting[0]
+            num_new = min(seq.num_pending_tokens, budget)
+            if not self._fits(seq.seq_id, seq.num_computed_tokens + num_new):
+                break
+            self.waiting.popleft()
+            self._reserve(seq.seq_id, num_new)
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(seq)
+            prompts.append((seq, num_new))
+            budget -= num_new
+        chunks = [SeqChunk(s.seq_id, s.num_computed_tokens, n) for s, n in prompts]
+        chunks += [SeqChunk(s.seq_id, s.num_computed_tokens, 1) for s in decodes]
+        return [s for s, _ in prompts] + decodes, StepBatch(tuple(chunks))
+
+    def _fits(self, seq_id: int, num_tokens: int) -> bool:
+        for manager in self.block_managers:
+            if manager.has(seq_id):
+                extra = num_tokens - manager.num_tokens(seq_id)
+                if extra > 0 and not manager.can_append(seq_id, extra):
+                    return False
+            elif not manager.can_allocate(num_tokens):
+                return False
+        return True
+
+    def _reserve(self, seq_id: int, num_new: int) -> None:
+        for manager in self.block_managers:
+            if not manager.has(seq_id):
+                manager.allocate(seq_id, num_new)
+            else:
+                manager.append(seq_id, num_new)
+
+    def _grow(self, seq: Sequence, num_new: int) -> bool:
+        """Reserve room for `num_new` more tokens of a running sequence, preempting others if needed."""
+        while not self._fits(seq.seq_id, seq.num_computed_tokens + num_new):
+            victim = self.running[-1]
+            self._preempt(victim)
+            if victim is seq:
+                return False
+        self._reserve(seq.seq_id, num_new)
+        return True
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.running.remove(seq)
+        for manager in self.block_managers:
+            manager.free(seq.seq_id)
+        seq.num_computed_tokens = 0
+        seq.status = SequenceStatus.WAITING
+        self.waiting.appendleft(seq)
