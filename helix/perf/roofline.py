@@ -37,10 +37,10 @@ DECODE_CONTEXT_TOKENS = 1000
 class RooflineParams:
     """Efficiencies of the roofline model (fitted to measured profiles; see the module docstring)."""
 
-    compute_efficiency: float = 0.45
-    memory_efficiency: float = 0.75
-    layer_overhead_s: float = 2.0e-4
-    tp_efficiency: float = 0.85
+    compute_efficiency: float = 0.475
+    memory_efficiency: float = 0.76
+    layer_overhead_s: float = 1.15e-4
+    tp_efficiency: float = 0.75
     reserve_bytes_per_gpu: float = 2.0e9
     weight_fraction: float = 0.5
     memory_utilization: float = 0.9

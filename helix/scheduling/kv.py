@@ -64,9 +64,7 @@ class KVExpectation:
 
     def register(self, pipeline: Pipeline, expected_tokens: int) -> None:
         for hop in pipeline.hops:
-            self.available[hop.node] -= expected_tokens * hop.num_layers
-            if self.available[hop.node] < -1e-6:
-                raise AssertionError(f"expected KV of {hop.node} went negative")
+            self.available[hop.node] -= expected_tokens * hop.num_layers  # < 0 only without admission
 
     def release(self, pipeline: Pipeline, expected_tokens: int) -> None:
         for hop in pipeline.hops:

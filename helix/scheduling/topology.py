@@ -113,6 +113,8 @@ class Topology:
                 next_hops[COORDINATOR].append(NextHop(
                     name, flows.get((COORDINATOR, name, "coordinator_in"), 0.0),
                     link.bandwidth_bytes_per_s, link.latency_s))
+        _prune(next_hops)
+        ranges = {name: r for name, r in ranges.items() if name in next_hops}
         gpus = {name: cluster.node(name).gpu.name for name in ranges}
         limits = {name: node_limits(capacity, gpus[name], r.num_layers) for name, r in ranges.items()}
         nics = {name: cluster.node(name).nic_bytes_per_s for name in ranges}
@@ -121,4 +123,23 @@ class Topology:
                    flow.value_tokens_per_s, nics)
 
     def in_degree(self, node: str) -> int:
+        """Number of senders (the coordinator included) that may hand a request to `node`."""
         return sum(1 for hops in self.next_hops.values() for hop in hops if hop.dst == node)
+
+
+def _prune(next_hops: dict[str, list[NextHop]]) -> None:
+    """Drop nodes no request can pass through: unreachable from the coordinator or with no way back."""
+    while True:
+        reachable, frontier = {COORDINATOR}, [COORDINATOR]
+        while frontier:
+            for hop in next_hops.get(frontier.pop(), []):
+                if hop.dst not in reachable:
+                    reachable.add(hop.dst)
+                    frontier.append(hop.dst)
+        dead = {n for n, hops in next_hops.items() if n != COORDINATOR and (n not in reachable or not hops)}
+        if not dead:
+            return
+        for name in dead:
+            del next_hops[name]
+        for name, hops in next_hops.items():
+            next_hops[name] = [hop for hop in hops if hop.dst not in dead]

@@ -1,0 +1,60 @@
+"""Upper bounds on the max flow of any placement that need no search.
+
+Saturation bound. Let φ_i be the flow through node i holding k_i layers. Each unit of flow passes every
+layer exactly once (at least once per layer it needs, with partial overlap), so Σ_i φ_i·k_i ≥ L·F, and
+φ_i ≤ min(cap_i(k_i), F) because a node carries at most its capacity and at most the whole flow. Hence
+
+    L·F ≤ h(F) = Σ_i max_k k·min(cap_i(k), F).
+
+h(F)/F is non-increasing (each term k·min(cap/F, 1) is), so {F : h(F) ≥ L·F} is an interval [0, F*]
+and F* is found by bisection. F* never exceeds Helix's compute bound Σ_i max_k k·cap_i(k) / L and is
+usually much tighter. It holds with or without partial overlap and whatever the links are.
+
+Coordinator cut bounds: F ≤ Σ_i (coordinator → i link capacity, capped by i's best capacity), and the
+same for the links back.
+"""
+
+from __future__ import annotations
+
+from helix.placement.milp.problem import Problem
+
+
+def layer_work(problem: Problem, flow: float) -> float:
+    """h(F) = Σ_i max_k k·min(cap_i(k), F)."""
+    total = 0.0
+    for cls in problem.classes:
+        best = max(k * min(cap, flow) for k, cap in enumerate(cls.caps_tokens_per_s, start=1))
+        total += cls.count * best
+    return total
+
+
+def saturation_bound(problem: Problem, rel_tol: float = 1e-9) -> float:
+    """The largest F with h(F) ≥ L·F (see the module docstring)."""
+    lo = 0.0
+    hi = max(max(c.caps_tokens_per_s) for c in problem.classes) * len(problem.classes) * \
+        max(c.count for c in problem.classes)
+    if layer_work(problem, hi) >= problem.num_layers * hi:
+        return hi
+    while hi - lo > rel_tol * hi:
+        mid = (lo + hi) / 2
+        if layer_work(problem, mid) >= problem.num_layers * mid:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def coordinator_cut_bound(problem: Problem) -> float:
+    """min(Σ source-link capacities, Σ sink-link capacities), each link capped by its node's best cap."""
+    out = sum(c.count * min(c.source_cap[1], max(c.caps_tokens_per_s)) for c in problem.classes)
+    back = sum(c.count * min(c.sink_cap[1], max(c.caps_tokens_per_s)) for c in problem.classes)
+    return min(out, back)
+
+
+def static_upper_bound(problem: Problem) -> tuple[float, str]:
+    """The better of the saturation and coordinator-cut bounds, and which it was."""
+    sat = saturation_bound(problem)
+    cut = coordinator_cut_bound(problem)
+    if cut < sat:
+        return cut, "coordinator cut bound (capacity of the coordinator's links)"
+    return sat, "saturation bound: L·F ≤ Σ_i max_k k·min(cap_i(k), F)"

@@ -1,0 +1,65 @@
+"""The thin Ray actor around a worker: load the stage, expose the inbox address, start, report stats.
+
+Ray places the actor (on the Ray node carrying the plan node's custom resource when joining a cluster),
+owns its lifecycle and detects its death; the hot path does not go through Ray but through the ZeroMQ
+sockets whose addresses `address()` hands out.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict
+from typing import Any
+
+from helix.runtime.stage_backend import StageConfig, load_backend
+from helix.runtime.worker import Worker
+from helix.runtime.worker_loop import WorkerLoop
+
+
+class WorkerActor:
+    """Wrapped with `ray.remote` by `helix.runtime.deploy`; plain class otherwise."""
+
+    def __init__(self, name: str, stage: StageConfig, slowdown: float = 1.0, advertise_host: str = "") -> None:
+        os.environ.setdefault("OMP_NUM_THREADS", str(stage.threads))
+        started = time.perf_counter()
+        backend = load_backend(stage)
+        self.load_s = time.perf_counter() - started
+        host = advertise_host or _node_ip()
+        bind_host = "127.0.0.1" if host == "127.0.0.1" else "0.0.0.0"
+        self.loop = WorkerLoop(Worker(name, backend, slowdown=slowdown), host, bind_host=bind_host)
+        self.stage = stage
+
+    def address(self) -> str:
+        return self.loop.address
+
+    def info(self) -> dict[str, Any]:
+        backend = self.loop.worker.backend
+        return {"name": self.loop.worker.name, "address": self.loop.address, "load_s": self.load_s,
+                "kv_blocks": backend.num_kv_blocks, "max_model_len": backend.max_model_len,
+                "pid": os.getpid(), "stage": asdict(self.stage)}
+
+    def start(self, peers: dict[str, str]) -> bool:
+        self.loop.start(peers)
+        return True
+
+    def stats(self) -> dict[str, Any]:
+        if not self.loop.is_alive():
+            raise RuntimeError(f"worker {self.loop.worker.name}: its step loop stopped")
+        with self.loop.lock:
+            return asdict(self.loop.worker.stats)
+
+    def stop(self) -> bool:
+        self.loop.stop()
+        return True
+
+
+def _node_ip() -> str:
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return ray.util.get_node_ip_address()
+    except Exception:  # not inside Ray
+        pass
+    return "127.0.0.1"

@@ -1,0 +1,103 @@
+"""The loop that drives a `Worker` from its ZeroMQ inbox (one thread per worker process).
+
+Every iteration drains the inbox, applies `free`/`stop` controls, runs one step over all batches that
+arrived (up to `max_step_tokens` new tokens; the rest wait for the next step), and sends one `HopBatch`
+per next hop plus one `ResultBatch` of sampled tokens to the coordinator. An exception inside a step
+fails only the requests of that step: each gets an error result, and the loop goes on.
+"""
+
+from __future__ import annotations
+
+import threading
+import traceback
+
+import zmq
+
+from helix.runtime.messages import COORDINATOR_HOP, Control, HopBatch, ResultBatch, TokenResult
+from helix.runtime.transport import Inbox, Outbox
+from helix.runtime.worker import Worker
+
+IDLE_POLL_S = 0.05
+
+
+class WorkerLoop:
+    """Owns a worker's sockets and runs its step loop in a daemon thread."""
+
+    def __init__(self, worker: Worker, host: str = "127.0.0.1", *, max_step_tokens: int = 4096,
+                 bind_host: str | None = None) -> None:
+        self.worker = worker
+        self.max_step_tokens = max_step_tokens
+        self._context = zmq.Context.instance()
+        self.inbox = Inbox(self._context, host, bind_host)
+        self._peers: dict[str, str] = {}
+        self._thread: threading.Thread | None = None
+        self._stopped = threading.Event()
+        self.lock = threading.Lock()  # guards worker state read by stats()
+
+    @property
+    def address(self) -> str:
+        return self.inbox.address
+
+    def start(self, peers: dict[str, str]) -> None:
+        """Start stepping; `peers` maps worker names and ``coordinator`` to inbox addresses."""
+        self._peers = dict(peers)
+        self._thread = threading.Thread(target=self._run, name=f"helix-worker-{self.worker.name}",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def is_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self) -> None:
+        outbox = Outbox(self._context)
+        pending: list[HopBatch] = []
+        try:
+            while not self._stopped.is_set():
+                for message in self.inbox.recv(0.0 if pending else IDLE_POLL_S):
+                    if isinstance(message, Control):
+                        if message.kind == "stop":
+                            return
+                        with self.lock:
+                            self.worker.free(message.seq_ids)
+                    else:
+                        pending.append(message)
+                if pending:
+                    batch, pending = _take(pending, self.max_step_tokens)
+                    self._step(batch, outbox)
+        finally:
+            outbox.close()
+            self.inbox.close()
+
+    def _step(self, batch: list[HopBatch], outbox: Outbox) -> None:
+        try:
+            with self.lock:
+                out = self.worker.step(batch)
+        except Exception as exc:  # a bug or device error fails this step's requests, not the worker
+            detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            failed = [TokenResult(i.seq_id, error=f"worker {self.worker.name}: {detail}")
+                      for b in batch for i in b.items]
+            with self.lock:
+                self.worker.free([r.seq_id for r in failed])
+            outbox.send(self._peers[COORDINATOR_HOP], ResultBatch(self.worker.name, failed))
+            return
+        for hop, forward in out.forward.items():
+            outbox.send(self._peers[hop], forward)
+        if out.results:
+            outbox.send(self._peers[COORDINATOR_HOP], ResultBatch(self.worker.name, out.results))
+
+
+def _take(pending: list[HopBatch], max_tokens: int) -> tuple[list[HopBatch], list[HopBatch]]:
+    """Whole batches from the front while their new tokens fit `max_tokens` (at least one)."""
+    taken, total = [], 0
+    for index, batch in enumerate(pending):
+        tokens = sum(item.num_new_tokens for item in batch.items)
+        if taken and total + tokens > max_tokens:
+            return taken, pending[index:]
+        taken.append(batch)
+        total += tokens
+    return taken, []
