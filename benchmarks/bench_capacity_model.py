@@ -38,10 +38,10 @@ def samples(model_name: str):
     catalog = default_catalog()
     for profile in load_profiles(reference_dir() / "profiles", model.profile_key).values():
         gpu = catalog.get(profile.machine_type).name
-        for x, y in zip(profile.prompt_time_s.xs, profile.prompt_time_s.ys):
+        for x, y in zip(profile.prompt_time_s.xs, profile.prompt_time_s.ys, strict=True):
             if 0 < x <= PROMPT_MAX_TOKENS and y > 0:
                 yield gpu, "prompt", int(x), y
-        for x, y in zip(profile.decode_time_s.xs, profile.decode_time_s.ys):
+        for x, y in zip(profile.decode_time_s.xs, profile.decode_time_s.ys, strict=True):
             if 0 < x <= DECODE_MAX_SEQS and y > 0:
                 yield gpu, "decode", int(x), y
 
@@ -55,15 +55,21 @@ def fit(all_samples) -> RooflineParams:
     base = RooflineParams()
 
     def params_of(v: np.ndarray) -> RooflineParams:
-        return replace(base, compute_efficiency=float(v[0]), memory_efficiency=float(v[1]),
-                       layer_overhead_s=float(v[2]) * 1e-3, tp_efficiency=float(v[3]))
+        return replace(
+            base,
+            compute_efficiency=float(v[0]),
+            memory_efficiency=float(v[1]),
+            layer_overhead_s=float(v[2]) * 1e-3,
+            tp_efficiency=float(v[3]),
+        )
 
     def loss(v: np.ndarray) -> float:
         p = params_of(v)
         return sum(math.log(predict(m, p, g, k, x) / y) ** 2 for m, g, k, x, y in all_samples)
 
-    start = np.array([base.compute_efficiency, base.memory_efficiency, base.layer_overhead_s * 1e3,
-                      base.tp_efficiency])
+    start = np.array(
+        [base.compute_efficiency, base.memory_efficiency, base.layer_overhead_s * 1e3, base.tp_efficiency]
+    )
     result = minimize(loss, start, method="L-BFGS-B", bounds=[(0.05, 1), (0.05, 1), (0, 5), (0.3, 1)])
     return params_of(result.x)
 
@@ -73,23 +79,29 @@ def errors(all_samples, params: RooflineParams) -> dict[str, dict[str, float]]:
     for m, g, k, x, y in all_samples:
         err = abs(predict(m, params, g, k, x) / y - 1)
         per_gpu.setdefault(f"{m}/{g}", {}).setdefault(k, []).append(err)
-    return {key: {f"{k}_time_mape": round(100 * float(np.mean(v)), 1) for k, v in kinds.items()}
-            for key, kinds in sorted(per_gpu.items())}
+    return {
+        key: {f"{k}_time_mape": round(100 * float(np.mean(v)), 1) for k, v in kinds.items()}
+        for key, kinds in sorted(per_gpu.items())
+    }
 
 
 def throughput_errors(params: RooflineParams) -> dict[str, float]:
     """Mean |tp_roofline(k) / tp_profile(k) − 1| over k, per model/GPU, in the single24 / cluster42 mixes."""
     out = {}
-    mixes = {"llama-2-70b": {"A100-40GB": 4, "V100-16GB": 6, "L4": 8, "L4x2": 4, "T4": 10, "T4x2": 6, "T4x4": 4},
-             "llama-1-30b": {"A100-40GB": 4, "L4": 8, "T4": 12}}
+    mixes = {
+        "llama-2-70b": {"A100-40GB": 4, "V100-16GB": 6, "L4": 8, "L4x2": 4, "T4": 10, "T4x2": 6, "T4x4": 4},
+        "llama-1-30b": {"A100-40GB": 4, "L4": 8, "T4": 12},
+    }
     for model_name, mix in mixes.items():
         model = builtin_model(model_name)
         measured = profile_capacity_model(reference_dir() / "profiles", model, mix)
         roof = RooflineCapacityModel(model, mix, params=params)
         for gpu in mix:
             k_max = min(measured.max_layers(gpu), roof.max_layers(gpu))
-            ratios = [roof.throughput_tokens_per_s(gpu, k) / measured.throughput_tokens_per_s(gpu, k) - 1
-                      for k in range(1, k_max + 1)]
+            ratios = [
+                roof.throughput_tokens_per_s(gpu, k) / measured.throughput_tokens_per_s(gpu, k) - 1
+                for k in range(1, k_max + 1)
+            ]
             out[f"{model_name}/{gpu}"] = round(100 * float(np.mean(np.abs(ratios))), 1)
     return out
 

@@ -6,33 +6,48 @@ from pathlib import Path
 
 import typer
 
+from helix.errors import HelixInputError
 from helix.perf.base import CapacityModel
 from helix.perf.factory import CAPACITY_KINDS, capacity_model_for
 from helix.specs.cluster import ClusterSpec
 from helix.specs.loading import load_cluster
 from helix.specs.model import ModelSpec, load_model_spec
-from helix.errors import HelixInputError
 
 ClusterOpt = typer.Option(..., "--cluster", "-c", help="Cluster file (.yaml, or Helix .ini) or bundled name.")
 ModelOpt = typer.Option(..., "--model", "-m", help="Built-in model name or a Hugging Face config.json / dir.")
 ProfilesOpt = typer.Option(None, "--profiles", help="Profile-table directory (Helix's or `helix profile`'s).")
 CapacityOpt = typer.Option("auto", "--capacity", help="Capacity model: auto | profile | roofline.")
 HelixUnitsOpt = typer.Option(
-    True, "--helix-units/--si-units",
-    help="Helix INI files: read bandwidths as Helix does (bits taken as bytes) to reproduce its numbers.")
+    True,
+    "--helix-units/--si-units",
+    help="Helix INI files: read bandwidths as Helix does (bits taken as bytes) to reproduce its numbers.",
+)
 
 
-def load_inputs(cluster_path: str, model_name: str, profiles: Path | None, capacity_kind: str,
-                helix_units: bool = True, extrapolate: bool = False
-                ) -> tuple[ClusterSpec, ModelSpec, CapacityModel]:
+def load_inputs(
+    cluster_path: str,
+    model_name: str,
+    profiles: Path | None,
+    capacity_kind: str,
+    helix_units: bool = True,
+    extrapolate: bool = False,
+) -> tuple[ClusterSpec, ModelSpec, CapacityModel]:
     if capacity_kind not in CAPACITY_KINDS:
-        raise HelixInputError(f"unknown capacity model {capacity_kind!r}", field="--capacity",
-                              fix=f"use one of {', '.join(CAPACITY_KINDS)}")
+        raise HelixInputError(
+            f"unknown capacity model {capacity_kind!r}",
+            field="--capacity",
+            fix=f"use one of {', '.join(CAPACITY_KINDS)}",
+        )
     if profiles is not None and not Path(profiles).is_dir():
-        raise HelixInputError("not a directory", where=str(profiles), field="--profiles",
-                              fix="pass a directory written by `helix profile`")
+        raise HelixInputError(
+            "not a directory",
+            where=str(profiles),
+            field="--profiles",
+            fix="pass a directory written by `helix profile`",
+        )
     cluster = load_cluster(cluster_path, helix_units=helix_units)
     model = load_model_spec(model_name)
-    capacity = capacity_model_for(cluster, model, profiles_dir=profiles, kind=capacity_kind,
-                                  extrapolate=extrapolate)
+    capacity = capacity_model_for(
+        cluster, model, profiles_dir=profiles, kind=capacity_kind, extrapolate=extrapolate
+    )
     return cluster, model, capacity

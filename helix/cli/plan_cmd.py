@@ -28,7 +28,8 @@ def _progress_printer(console: Console):
         console.print(
             f"[{info.get('elapsed_s', 0.0):6.1f}s] incumbent {info.get('incumbent', 0.0):10.3f}  "
             f"bound {bound if bound is None else f'{bound:10.3f}'}  gap {gap_text}  {info.get('phase', '')}",
-            highlight=False)
+            highlight=False,
+        )
 
     return show
 
@@ -52,29 +53,57 @@ def plan_command(
     """Place a model's layers on a cluster's nodes and write the plan (and optionally a PNG)."""
     console = Console(stderr=True, quiet=quiet)
     if method not in available_methods():
-        raise HelixInputError(f"unknown method {method!r}", field="--method",
-                              fix=f"use one of {', '.join(available_methods())}")
+        raise HelixInputError(
+            f"unknown method {method!r}", field="--method", fix=f"use one of {', '.join(available_methods())}"
+        )
     cluster_spec, model_spec, capacity_model = load_inputs(cluster, model, profiles, capacity, helix_units)
-    options = PlannerOptions(method=method, time_limit_s=time_limit, threads=threads, seed=seed,
-                             mip_gap=mip_gap, partial_overlap=partial_overlap,
-                             progress=None if quiet else _progress_printer(console))
+    options = PlannerOptions(
+        method=method,
+        time_limit_s=time_limit,
+        threads=threads,
+        seed=seed,
+        mip_gap=mip_gap,
+        partial_overlap=partial_overlap,
+        progress=None if quiet else _progress_printer(console),
+    )
     result = plan(cluster_spec, model_spec, options, capacity_model)
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
     record = plan_from_result(
-        result, cluster_spec, model_spec, capacity_description=capacity_model.description,
+        result,
+        cluster_spec,
+        model_spec,
+        capacity_description=capacity_model.description,
         partial_overlap=partial_overlap,
-        sources={"cluster": str(cluster), "model": model, "profiles": str(profiles) if profiles else None,
-                 "capacity": capacity, "helix_units": helix_units})
+        sources={
+            "cluster": str(cluster),
+            "model": model,
+            "profiles": str(profiles) if profiles else None,
+            "capacity": capacity,
+            "helix_units": helix_units,
+        },
+    )
     save_plan(record, output)
     if plot is not None:
-        plot_placement(cluster_spec, model_spec, result.placement, result.flow, plot,
-                       title=f"{cluster_spec.name} / {model_spec.name} / {method}: "
-                             f"{result.flow_tokens_per_s:.1f} tokens/s")
-    summary = {"method": method, "max_flow_tokens_per_s": round(result.flow_tokens_per_s, 3),
-               "upper_bound_tokens_per_s": result.upper_bound_tokens_per_s, "gap": result.gap,
-               "nodes_used": len(result.placement), "nodes": len(cluster_spec.nodes),
-               "plan": str(output), "plot": str(plot) if plot else None}
+        plot_placement(
+            cluster_spec,
+            model_spec,
+            result.placement,
+            result.flow,
+            plot,
+            title=f"{cluster_spec.name} / {model_spec.name} / {method}: "
+            f"{result.flow_tokens_per_s:.1f} tokens/s",
+        )
+    summary = {
+        "method": method,
+        "max_flow_tokens_per_s": round(result.flow_tokens_per_s, 3),
+        "upper_bound_tokens_per_s": result.upper_bound_tokens_per_s,
+        "gap": result.gap,
+        "nodes_used": len(result.placement),
+        "nodes": len(cluster_spec.nodes),
+        "plan": str(output),
+        "plot": str(plot) if plot else None,
+    }
     typer.echo(json.dumps(summary))
 
 
@@ -92,23 +121,39 @@ def evaluate_command(
     sources = record.extra.get("sources", {})
     cluster = cluster or sources.get("cluster")
     if not cluster:
-        raise HelixInputError("the plan does not say which cluster it is for", where=str(plan_path),
-                              field="sources.cluster", fix="pass --cluster")
+        raise HelixInputError(
+            "the plan does not say which cluster it is for",
+            where=str(plan_path),
+            field="sources.cluster",
+            fix="pass --cluster",
+        )
     profiles = profiles or (Path(sources["profiles"]) if sources.get("profiles") else None)
     cluster_spec, model_spec, capacity_model = load_inputs(
-        cluster, model or sources.get("model") or record.model_name, profiles,
+        cluster,
+        model or sources.get("model") or record.model_name,
+        profiles,
         capacity or sources.get("capacity", "auto"),
-        sources.get("helix_units", True) if helix_units is None else helix_units)
+        sources.get("helix_units", True) if helix_units is None else helix_units,
+    )
     check_plan_matches(record, cluster_spec, model_spec, where=str(plan_path))
-    flow = evaluate_placement(cluster_spec, model_spec, record.placement, capacity_model,
-                              FlowOptions(record.partial_overlap))
+    flow = evaluate_placement(
+        cluster_spec, model_spec, record.placement, capacity_model, FlowOptions(record.partial_overlap)
+    )
     bound = compute_upper_bound(cluster_spec, model_spec, capacity_model)
     report = {
-        "plan": str(plan_path), "max_flow_tokens_per_s": round(flow.value_tokens_per_s, 6),
-        "compute_upper_bound_tokens_per_s": round(bound, 6), "bottleneck": flow.describe_bottleneck(),
-        "nodes": [{"name": n, "gpu": cluster_spec.node(n).gpu.name, "layers": [r.start, r.end],
-                   "inflow_tokens_per_s": round(flow.node_inflow.get(n, 0.0), 3)}
-                  for n, r in record.placement.items()],
+        "plan": str(plan_path),
+        "max_flow_tokens_per_s": round(flow.value_tokens_per_s, 6),
+        "compute_upper_bound_tokens_per_s": round(bound, 6),
+        "bottleneck": flow.describe_bottleneck(),
+        "nodes": [
+            {
+                "name": n,
+                "gpu": cluster_spec.node(n).gpu.name,
+                "layers": [r.start, r.end],
+                "inflow_tokens_per_s": round(flow.node_inflow.get(n, 0.0), 3),
+            }
+            for n, r in record.placement.items()
+        ],
         "unused_nodes": [n for n in cluster_spec.node_names if n not in record.placement],
     }
     if as_json:
@@ -119,8 +164,10 @@ def evaluate_command(
 
 def _print_report(report: dict[str, Any]) -> None:
     console = Console()
-    table = Table(title=f"{report['plan']}: max flow {report['max_flow_tokens_per_s']:.3f} tokens/s "
-                        f"(compute upper bound {report['compute_upper_bound_tokens_per_s']:.3f})")
+    table = Table(
+        title=f"{report['plan']}: max flow {report['max_flow_tokens_per_s']:.3f} tokens/s "
+        f"(compute upper bound {report['compute_upper_bound_tokens_per_s']:.3f})"
+    )
     for column in ("node", "gpu", "layers", "flow tok/s"):
         table.add_column(column)
     for node in report["nodes"]:

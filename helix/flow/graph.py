@@ -65,14 +65,16 @@ def out_vertex(node: str) -> str:
     return f"{node}:out"
 
 
-def node_capacity_tokens_per_s(node: NodeSpec, num_layers: int, model: ModelSpec,
-                               capacity: CapacityModel) -> float:
+def node_capacity_tokens_per_s(
+    node: NodeSpec, num_layers: int, model: ModelSpec, capacity: CapacityModel
+) -> float:
     """cap(i, k) = min(tp(type_i, k), NIC / activation bytes per token)."""
     max_layers = capacity.max_layers(node.gpu.name)
     if num_layers > max_layers:
         raise HelixInputError(
             f"holds {num_layers} layers but a {node.gpu.name} can hold at most {max_layers}",
-            field=f"placement.{node.name}", fix=f"give {node.name} at most {max_layers} layers",
+            field=f"placement.{node.name}",
+            fix=f"give {node.name} at most {max_layers} layers",
         )
     compute = capacity.throughput_tokens_per_s(node.gpu.name, num_layers)
     return min(compute, node.nic_bytes_per_s / model.activation_bytes_per_token)
@@ -85,16 +87,27 @@ def chains(a: LayerRange, b: LayerRange, partial_overlap: bool) -> bool:
     return a.end == b.start
 
 
-def build_flow_graph(cluster: ClusterSpec, model: ModelSpec, placement: Placement, capacity: CapacityModel,
-                     options: FlowOptions = FlowOptions()) -> FlowGraph:
+def build_flow_graph(
+    cluster: ClusterSpec,
+    model: ModelSpec,
+    placement: Placement,
+    capacity: CapacityModel,
+    options: FlowOptions = FlowOptions(),
+) -> FlowGraph:
     """The flow graph of `placement` on `cluster` (see the module docstring)."""
     for name, layer_range in placement.items():
         if name not in cluster.node_by_name:
-            raise HelixInputError(f"unknown node {name!r}", field="placement",
-                                  fix="the plan must match the cluster's node names")
+            raise HelixInputError(
+                f"unknown node {name!r}",
+                field="placement",
+                fix="the plan must match the cluster's node names",
+            )
         if layer_range.end > model.num_layers:
-            raise HelixInputError(f"range {layer_range} ends past layer {model.num_layers}",
-                                  field=f"placement.{name}", fix="the plan must match the model")
+            raise HelixInputError(
+                f"range {layer_range} ends past layer {model.num_layers}",
+                field=f"placement.{name}",
+                fix="the plan must match the model",
+            )
     edges: list[FlowEdge] = []
     used = [(cluster.node(name), r) for name, r in placement.items()]
     for node, r in used:
@@ -102,19 +115,42 @@ def build_flow_graph(cluster: ClusterSpec, model: ModelSpec, placement: Placemen
         edges.append(FlowEdge(in_vertex(node.name), out_vertex(node.name), cap, "node", node.name, node.name))
         link = cluster.link(COORDINATOR, node.name)
         if link is not None and r.start == 0:
-            edges.append(FlowEdge(SOURCE, in_vertex(node.name), link.bandwidth_bytes_per_s / model.token_bytes,
-                                  "coordinator_in", COORDINATOR, node.name))
+            edges.append(
+                FlowEdge(
+                    SOURCE,
+                    in_vertex(node.name),
+                    link.bandwidth_bytes_per_s / model.token_bytes,
+                    "coordinator_in",
+                    COORDINATOR,
+                    node.name,
+                )
+            )
         link = cluster.link(node.name, COORDINATOR)
         if link is not None and r.end == model.num_layers:
-            edges.append(FlowEdge(out_vertex(node.name), SINK, link.bandwidth_bytes_per_s / model.token_bytes,
-                                  "coordinator_out", node.name, COORDINATOR))
+            edges.append(
+                FlowEdge(
+                    out_vertex(node.name),
+                    SINK,
+                    link.bandwidth_bytes_per_s / model.token_bytes,
+                    "coordinator_out",
+                    node.name,
+                    COORDINATOR,
+                )
+            )
     for a, ra in used:
         for b, rb in used:
             if a.name == b.name or not chains(ra, rb, options.partial_overlap):
                 continue
             link = cluster.link(a.name, b.name)
             if link is not None:
-                edges.append(FlowEdge(out_vertex(a.name), in_vertex(b.name),
-                                      link.bandwidth_bytes_per_s / model.activation_bytes_per_token,
-                                      "link", a.name, b.name))
+                edges.append(
+                    FlowEdge(
+                        out_vertex(a.name),
+                        in_vertex(b.name),
+                        link.bandwidth_bytes_per_s / model.activation_bytes_per_token,
+                        "link",
+                        a.name,
+                        b.name,
+                    )
+                )
     return FlowGraph(tuple(edges))

@@ -54,8 +54,9 @@ def solve_max_flow(graph: FlowGraph) -> FlowResult:
     index = {v: i for i, v in enumerate(graph.vertices)}
     solver = ortools_max_flow.SimpleMaxFlow()
     for edge in graph.edges:
-        solver.add_arc_with_capacity(index[edge.tail], index[edge.head],
-                                     int(edge.capacity_tokens_per_s * SCALE))
+        solver.add_arc_with_capacity(
+            index[edge.tail], index[edge.head], int(edge.capacity_tokens_per_s * SCALE)
+        )
     status = solver.solve(index[SOURCE], index[SINK])
     if status != solver.OPTIMAL:
         raise RuntimeError(f"max-flow solver failed with status {status}")
@@ -71,8 +72,13 @@ def solve_max_flow(graph: FlowGraph) -> FlowResult:
     return FlowResult(solver.optimal_flow() / SCALE, flows, inflow, cut)
 
 
-def evaluate_placement(cluster: ClusterSpec, model: ModelSpec, placement: Placement, capacity: CapacityModel,
-                       options: FlowOptions = FlowOptions()) -> FlowResult:
+def evaluate_placement(
+    cluster: ClusterSpec,
+    model: ModelSpec,
+    placement: Placement,
+    capacity: CapacityModel,
+    options: FlowOptions = FlowOptions(),
+) -> FlowResult:
     """The independent evaluator: build the flow graph of `placement` and solve its max flow."""
     return solve_max_flow(build_flow_graph(cluster, model, placement, capacity, options))
 
@@ -82,7 +88,9 @@ def compute_upper_bound(cluster: ClusterSpec, model: ModelSpec, capacity: Capaci
     total = 0.0
     for node in cluster.nodes:
         nic_cap = node.nic_bytes_per_s / model.activation_bytes_per_token
-        best = max((k * min(tp, nic_cap) for k, tp in
-                    enumerate(capacity.throughput_table(node.gpu.name), start=1)), default=0.0)
+        best = max(
+            (k * min(tp, nic_cap) for k, tp in enumerate(capacity.throughput_table(node.gpu.name), start=1)),
+            default=0.0,
+        )
         total += best
     return total / model.num_layers

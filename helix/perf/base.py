@@ -109,17 +109,22 @@ def typical_batch_throughput(timing: TypeTiming, num_layers: int, rho: float) ->
         return 0.0
     if q >= 1:
         return (prompt_tokens + decode_seqs) / (
-            k * (timing.prompt_time_s(prompt_tokens) + timing.decode_time_s(decode_seqs)))
+            k * (timing.prompt_time_s(prompt_tokens) + timing.decode_time_s(decode_seqs))
+        )
     r = 1.0 / q
-    return r * (prompt_tokens + decode_seqs) / (
-        k * (timing.prompt_time_s(int(prompt_tokens * r)) + r * timing.decode_time_s(decode_seqs)))
+    return (
+        r
+        * (prompt_tokens + decode_seqs)
+        / (k * (timing.prompt_time_s(int(prompt_tokens * r)) + r * timing.decode_time_s(decode_seqs)))
+    )
 
 
 class TypicalThroughput:
     """Composition-dependent typical throughput tp(type, k | N) for a model of `num_layers` layers."""
 
-    def __init__(self, timings: Mapping[str, TypeTiming], composition: Mapping[str, int],
-                 num_layers: int) -> None:
+    def __init__(
+        self, timings: Mapping[str, TypeTiming], composition: Mapping[str, int], num_layers: int
+    ) -> None:
         self._timings = dict(timings)
         self._num_layers = num_layers
         present = {m: n for m, n in composition.items() if n > 0}

@@ -13,8 +13,14 @@ from helix.specs.model import ModelSpec
 CAPACITY_KINDS = ("auto", "profile", "roofline")
 
 
-def capacity_model_for(cluster: ClusterSpec, model: ModelSpec, *, profiles_dir: str | Path | None = None,
-                       kind: str = "auto", extrapolate: bool = False) -> CapacityModel:
+def capacity_model_for(
+    cluster: ClusterSpec,
+    model: ModelSpec,
+    *,
+    profiles_dir: str | Path | None = None,
+    kind: str = "auto",
+    extrapolate: bool = False,
+) -> CapacityModel:
     """The capacity model for `model` on `cluster` (typical throughput depends on its composition).
 
     `kind`: ``profile`` needs profile tables (`profiles_dir`, or the cluster file's ``profiles:``);
@@ -26,6 +32,9 @@ def capacity_model_for(cluster: ClusterSpec, model: ModelSpec, *, profiles_dir: 
     if directory is None:
         from helix.errors import HelixInputError
 
-        raise HelixInputError("profile capacity model needs profile tables", field="--profiles",
-                              fix="pass --profiles DIR (written by `helix profile`) or --capacity roofline")
+        raise HelixInputError(
+            "profile capacity model needs profile tables",
+            field="--profiles",
+            fix="pass --profiles DIR (written by `helix profile`) or --capacity roofline",
+        )
     return profile_capacity_model(directory, model, cluster.composition(), extrapolate=extrapolate)

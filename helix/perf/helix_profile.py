@@ -26,10 +26,24 @@ from helix.specs.model import ModelSpec
 
 # (typical layers, fallback layers, initial normalized performance) per (model key, GPU key).
 HELIX_CONSTANTS: dict[str, dict[str, tuple[int, int, float]]] = {
-    "llama2_70b": {"a100": (8, 12, 80), "v100": (3, 4, 40), "l4": (4, 7, 20), "l4x2": (9, 14, 30),
-                   "t4": (3, 4, 12.5), "t4x2": (6, 9, 20), "t4x4": (12, 18, 30)},
-    "llama1_30b": {"a100": (12, 18, 48), "v100": (4, 7, 25), "l4": (8, 11, 9), "l4x2": (14, 22, 15),
-                   "t4": (4, 7, 8), "t4x2": (10, 15, 15), "t4x4": (20, 30, 23)},
+    "llama2_70b": {
+        "a100": (8, 12, 80),
+        "v100": (3, 4, 40),
+        "l4": (4, 7, 20),
+        "l4x2": (9, 14, 30),
+        "t4": (3, 4, 12.5),
+        "t4x2": (6, 9, 20),
+        "t4x4": (12, 18, 30),
+    },
+    "llama1_30b": {
+        "a100": (12, 18, 48),
+        "v100": (4, 7, 25),
+        "l4": (8, 11, 9),
+        "l4x2": (14, 22, 15),
+        "t4": (4, 7, 8),
+        "t4x2": (10, 15, 15),
+        "t4x4": (20, 30, 23),
+    },
 }
 
 
@@ -37,13 +51,20 @@ def _timing(model_key: str, profile: GPUProfile) -> TypeTiming:
     constants = HELIX_CONSTANTS.get(model_key, {}).get(profile.gpu_key)
     if constants is None:
         typical = max(1, round(2 * profile.max_layers / 3))
-        request_time_s = profile.prompt_time_s(min(AVG_PROMPT_TOKENS, profile.prompt_time_s.xs[-1])) + \
-            AVG_OUTPUT_TOKENS * profile.decode_time_s(min(8, profile.decode_time_s.xs[-1]))
+        request_time_s = profile.prompt_time_s(
+            min(AVG_PROMPT_TOKENS, profile.prompt_time_s.xs[-1])
+        ) + AVG_OUTPUT_TOKENS * profile.decode_time_s(min(8, profile.decode_time_s.xs[-1]))
         constants = (typical, profile.max_layers, (AVG_PROMPT_TOKENS + AVG_OUTPUT_TOKENS) / request_time_s)
     typical, fallback, perf = constants
-    return TypeTiming(max_layers=profile.max_layers, kv_blocks=profile.kv_blocks,
-                      prompt_time_s=profile.prompt_time_s, decode_time_s=profile.decode_time_s,
-                      typical_layers=typical, fallback_layers=fallback, initial_perf=perf)
+    return TypeTiming(
+        max_layers=profile.max_layers,
+        kv_blocks=profile.kv_blocks,
+        prompt_time_s=profile.prompt_time_s,
+        decode_time_s=profile.decode_time_s,
+        typical_layers=typical,
+        fallback_layers=fallback,
+        initial_perf=perf,
+    )
 
 
 class ProfileCapacityModel(CapacityModel):
@@ -56,22 +77,32 @@ class ProfileCapacityModel(CapacityModel):
         catalog: resolves profile machine types (``A100``) to catalog names (``A100-40GB``).
     """
 
-    def __init__(self, profiles: Mapping[str, GPUProfile], model: ModelSpec, composition: Mapping[str, int],
-                 catalog: GPUCatalog | None = None, source: str = "") -> None:
+    def __init__(
+        self,
+        profiles: Mapping[str, GPUProfile],
+        model: ModelSpec,
+        composition: Mapping[str, int],
+        catalog: GPUCatalog | None = None,
+        source: str = "",
+    ) -> None:
         catalog = catalog or default_catalog()
         self._model = model
         self._source = source
         self._profiles: dict[str, GPUProfile] = {}
         for profile in profiles.values():
-            name = catalog.get(profile.machine_type).name if profile.machine_type in catalog \
+            name = (
+                catalog.get(profile.machine_type).name
+                if profile.machine_type in catalog
                 else profile.machine_type
+            )
             self._profiles[name] = profile
         missing = sorted(set(composition) - set(self._profiles))
         if missing:
             raise HelixInputError(
-                f"no profile for GPU type(s) {missing} of model {model.name}", field="profiles",
+                f"no profile for GPU type(s) {missing} of model {model.name}",
+                field="profiles",
                 fix=f"profiled types: {sorted(self._profiles)}; run `helix profile` on those GPUs "
-                    "or use --capacity roofline",
+                "or use --capacity roofline",
             )
         timings = {name: _timing(model.profile_key, p) for name, p in self._profiles.items()}
         self._typical = TypicalThroughput(timings, composition, model.num_layers)
@@ -89,8 +120,11 @@ class ProfileCapacityModel(CapacityModel):
         try:
             return self._profiles[gpu]
         except KeyError:
-            raise HelixInputError(f"no profile for GPU type {gpu!r}", field="gpu",
-                                  fix=f"profiled types: {sorted(self._profiles)}") from None
+            raise HelixInputError(
+                f"no profile for GPU type {gpu!r}",
+                field="gpu",
+                fix=f"profiled types: {sorted(self._profiles)}",
+            ) from None
 
     def max_layers(self, gpu: str) -> int:
         return self.profile(gpu).max_layers
@@ -113,8 +147,13 @@ class ProfileCapacityModel(CapacityModel):
         return self._cache[key]
 
 
-def profile_capacity_model(directory: str | Path, model: ModelSpec, composition: Mapping[str, int], *,
-                           extrapolate: bool = False, catalog: GPUCatalog | None = None
-                           ) -> ProfileCapacityModel:
+def profile_capacity_model(
+    directory: str | Path,
+    model: ModelSpec,
+    composition: Mapping[str, int],
+    *,
+    extrapolate: bool = False,
+    catalog: GPUCatalog | None = None,
+) -> ProfileCapacityModel:
     profiles = load_profiles(directory, model.profile_key, extrapolate=extrapolate)
     return ProfileCapacityModel(profiles, model, composition, catalog, source=str(directory))

@@ -41,8 +41,11 @@ def _read_curve(path: Path, what: str, extrapolate: bool) -> Curve:
             rows = [row for row in csv.reader(handle) if row and not row[0].startswith("#")]
         points = [(float(x), float(ms) / 1000.0) for x, ms in rows]
     except OSError as exc:
-        raise HelixInputError(f"cannot read ({exc.strerror})", where=str(path),
-                              fix="run `helix profile` or point --profiles at a profile directory") from None
+        raise HelixInputError(
+            f"cannot read ({exc.strerror})",
+            where=str(path),
+            fix="run `helix profile` or point --profiles at a profile directory",
+        ) from None
     except ValueError:
         raise HelixInputError("rows must be `x,ms` numbers", where=str(path)) from None
     return Curve(points, what=what, extrapolate=extrapolate)
@@ -54,21 +57,28 @@ def _by_layers(raw: dict[str, int] | None, max_layers: int) -> tuple[int, ...]:
     return tuple(int(raw[str(k)]) for k in range(1, max_layers + 1))
 
 
-def load_profiles(directory: str | Path, model_key: str, *, extrapolate: bool = False
-                  ) -> dict[str, GPUProfile]:
+def load_profiles(
+    directory: str | Path, model_key: str, *, extrapolate: bool = False
+) -> dict[str, GPUProfile]:
     """All GPU profiles of one model in a profile directory, keyed by GPU key (e.g. ``a100``)."""
     directory = Path(directory)
     tables_path = directory / "profile_tables.json"
     try:
         tables = json.loads(tables_path.read_text())
     except OSError:
-        raise HelixInputError("profile_tables.json not found", where=str(directory),
-                              fix="point at a directory written by `helix profile`") from None
+        raise HelixInputError(
+            "profile_tables.json not found",
+            where=str(directory),
+            fix="point at a directory written by `helix profile`",
+        ) from None
     except json.JSONDecodeError as exc:
         raise HelixInputError(f"invalid JSON ({exc})", where=str(tables_path)) from None
     if model_key not in tables:
-        raise HelixInputError(f"no profiles for model {model_key!r}", where=str(tables_path),
-                              fix=f"profiled models: {sorted(tables)}; run `helix profile` for this model")
+        raise HelixInputError(
+            f"no profiles for model {model_key!r}",
+            where=str(tables_path),
+            fix=f"profiled models: {sorted(tables)}; run `helix profile` for this model",
+        )
     profiles = {}
     for gpu_key, table in tables[model_key].items():
         base = directory / model_key / gpu_key

@@ -49,8 +49,13 @@ class RooflineParams:
 class RooflineCapacityModel(CapacityModel):
     """Capacities of any GPU type for `model`, from specs, for one cluster composition."""
 
-    def __init__(self, model: ModelSpec, composition: Mapping[str, int], catalog: GPUCatalog | None = None,
-                 params: RooflineParams = RooflineParams()) -> None:
+    def __init__(
+        self,
+        model: ModelSpec,
+        composition: Mapping[str, int],
+        catalog: GPUCatalog | None = None,
+        params: RooflineParams = RooflineParams(),
+    ) -> None:
         self._model = model
         self._catalog = catalog or default_catalog()
         self._params = params
@@ -72,27 +77,42 @@ class RooflineCapacityModel(CapacityModel):
         """Effective FLOP/s and bytes/s of the node."""
         p = self._params
         tp = p.tp_efficiency ** math.log2(gpu.num_gpus) if gpu.num_gpus > 1 else 1.0
-        return gpu.peak_flops_per_s * p.compute_efficiency * tp, gpu.hbm_bytes_per_s * p.memory_efficiency * tp
+        return (
+            gpu.peak_flops_per_s * p.compute_efficiency * tp,
+            gpu.hbm_bytes_per_s * p.memory_efficiency * tp,
+        )
 
     def _timing(self, name: str) -> TypeTiming:
         k_max = self.max_layers(name)
         return TypeTiming(
-            max_layers=k_max, kv_blocks=lambda k, n=name: self.kv_capacity_tokens(n, k) // KV_BLOCK_TOKENS,
+            max_layers=k_max,
+            kv_blocks=lambda k, n=name: self.kv_capacity_tokens(n, k) // KV_BLOCK_TOKENS,
             prompt_time_s=lambda t, n=name: self.prompt_layer_time_s(n, t),
             decode_time_s=lambda d, n=name: self.decode_layer_time_s(n, d),
-            typical_layers=max(1, round(2 * k_max / 3)), fallback_layers=k_max, initial_perf=1.0)
+            typical_layers=max(1, round(2 * k_max / 3)),
+            fallback_layers=k_max,
+            initial_perf=1.0,
+        )
 
     def max_layers(self, gpu: str) -> int:
         spec = self._gpu(gpu)
         usable = spec.vram_bytes - self._params.reserve_bytes_per_gpu * spec.num_gpus
-        return max(0, min(self._model.num_layers,
-                          math.floor(self._params.weight_fraction * usable / self._model.layer_weight_bytes)))
+        return max(
+            0,
+            min(
+                self._model.num_layers,
+                math.floor(self._params.weight_fraction * usable / self._model.layer_weight_bytes),
+            ),
+        )
 
     def kv_capacity_tokens(self, gpu: str, num_layers: int) -> int:
         spec = self._gpu(gpu)
         p = self._params
-        free = spec.vram_bytes * p.memory_utilization - p.reserve_bytes_per_gpu * spec.num_gpus \
+        free = (
+            spec.vram_bytes * p.memory_utilization
+            - p.reserve_bytes_per_gpu * spec.num_gpus
             - num_layers * self._model.layer_weight_bytes
+        )
         per_token = num_layers * self._model.kv_bytes_per_token_per_layer
         return max(0, int(free // (per_token * KV_BLOCK_TOKENS)) * KV_BLOCK_TOKENS)
 
@@ -111,7 +131,10 @@ class RooflineCapacityModel(CapacityModel):
         m = self._model
         flops_per_s, bytes_per_s = self._effective(self._gpu(gpu))
         read = m.layer_weight_bytes + num_seqs * DECODE_CONTEXT_TOKENS * m.kv_bytes_per_token_per_layer
-        return max(2 * m.layer_params * num_seqs / flops_per_s, read / bytes_per_s) + self._params.layer_overhead_s
+        return (
+            max(2 * m.layer_params * num_seqs / flops_per_s, read / bytes_per_s)
+            + self._params.layer_overhead_s
+        )
 
     def throughput_tokens_per_s(self, gpu: str, num_layers: int) -> float:
         key = (gpu, num_layers)

@@ -34,12 +34,16 @@ def check_fits(cluster: ClusterSpec, model: ModelSpec, capacity: CapacityModel) 
     if total < model.num_layers:
         raise HelixInputError(
             f"{model.name} has {model.num_layers} layers but the cluster's nodes can hold only {total} "
-            f"in total (per node: weights plus KV reserve must fit in VRAM)", where=cluster.name,
-            field="nodes", fix="add nodes or GPUs with more memory, or serve a smaller model")
+            f"in total (per node: weights plus KV reserve must fit in VRAM)",
+            where=cluster.name,
+            field="nodes",
+            fix="add nodes or GPUs with more memory, or serve a smaller model",
+        )
 
 
-def petals_placement(cluster: ClusterSpec, model: ModelSpec, capacity: CapacityModel, *,
-                     seed: int = 0) -> Placement:
+def petals_placement(
+    cluster: ClusterSpec, model: ModelSpec, capacity: CapacityModel, *, seed: int = 0
+) -> Placement:
     """Petals: every node holds its maximum layer count; nodes in random order each take the window
     whose sorted per-layer throughputs are lexicographically smallest (the least-served layers)."""
     check_fits(cluster, model, capacity)
@@ -49,7 +53,7 @@ def petals_placement(cluster: ClusterSpec, model: ModelSpec, capacity: CapacityM
     ranges = {}
     for node in nodes:
         k = _max_layers(node, model, capacity)
-        best = min(range(model.num_layers - k + 1), key=lambda s: (sorted(layer_tp[s:s + k]), s))
+        best = min(range(model.num_layers - k + 1), key=lambda s: (sorted(layer_tp[s : s + k]), s))
         ranges[node.name] = LayerRange(best, best + k)
         cap = _cap(node, k, model, capacity)
         for layer in range(best, best + k):
@@ -68,8 +72,14 @@ def stage_bounds(num_layers: int, num_stages: int) -> list[LayerRange]:
     return bounds
 
 
-def swarm_placement(cluster: ClusterSpec, model: ModelSpec, capacity: CapacityModel, *,
-                    num_stages: int | None = None, seed: int = 0) -> Placement:
+def swarm_placement(
+    cluster: ClusterSpec,
+    model: ModelSpec,
+    capacity: CapacityModel,
+    *,
+    num_stages: int | None = None,
+    seed: int = 0,
+) -> Placement:
     """Swarm: equal stages (by default as few as the smallest node allows); nodes sorted by capacity
     (descending, ties to the larger index) each join the stage with the least summed capacity."""
     del seed  # deterministic
@@ -81,13 +91,20 @@ def swarm_placement(cluster: ClusterSpec, model: ModelSpec, capacity: CapacityMo
     size = max(s.num_layers for s in stages)
     too_small = [n.name for n in cluster.nodes if _max_layers(n, model, capacity) < size]
     if too_small:
-        raise HelixInputError(f"nodes {too_small[:5]} cannot hold a stage of {size} layers",
-                              field="num_stages", fix="use more stages")
+        raise HelixInputError(
+            f"nodes {too_small[:5]} cannot hold a stage of {size} layers",
+            field="num_stages",
+            fix="use more stages",
+        )
     if num_stages > len(cluster.nodes):
-        raise HelixInputError(f"{num_stages} stages need at least as many nodes", field="num_stages",
-                              fix="use fewer stages or more nodes")
-    order = sorted(enumerate(cluster.nodes), key=lambda p: (_cap(p[1], size, model, capacity), p[0]),
-                   reverse=True)
+        raise HelixInputError(
+            f"{num_stages} stages need at least as many nodes",
+            field="num_stages",
+            fix="use fewer stages or more nodes",
+        )
+    order = sorted(
+        enumerate(cluster.nodes), key=lambda p: (_cap(p[1], size, model, capacity), p[0]), reverse=True
+    )
     stage_cap = [0.0] * num_stages
     ranges = {}
     for _, node in order:
@@ -97,8 +114,9 @@ def swarm_placement(cluster: ClusterSpec, model: ModelSpec, capacity: CapacityMo
     return Placement(ranges)
 
 
-def _fill_pipelines(nodes: list[NodeSpec], model: ModelSpec, capacity: CapacityModel
-                    ) -> dict[str, LayerRange]:
+def _fill_pipelines(
+    nodes: list[NodeSpec], model: ModelSpec, capacity: CapacityModel
+) -> dict[str, LayerRange]:
     """Greedy pipelines in the given node order: each node takes min(K, remaining) layers; a pipeline
     that cannot be completed is dropped (its nodes stay unused)."""
     ranges, pipeline, start = {}, {}, 0
@@ -119,8 +137,9 @@ def _by_type(cluster: ClusterSpec) -> dict[str, list[NodeSpec]]:
     return groups
 
 
-def homogeneous_placement(cluster: ClusterSpec, model: ModelSpec, capacity: CapacityModel, *,
-                          seed: int = 0) -> Placement:
+def homogeneous_placement(
+    cluster: ClusterSpec, model: ModelSpec, capacity: CapacityModel, *, seed: int = 0
+) -> Placement:
     """Homogeneous pipelines: types ranked by K·cap(K); nodes fill pipelines greedily (each takes
     min(K, remaining) layers); nodes that cannot complete a pipeline stay unused."""
     check_fits(cluster, model, capacity)
@@ -135,8 +154,14 @@ def homogeneous_placement(cluster: ClusterSpec, model: ModelSpec, capacity: Capa
     return Placement(_fill_pipelines(nodes, model, capacity))
 
 
-def separate_pipelines_placement(cluster: ClusterSpec, model: ModelSpec, capacity: CapacityModel, *,
-                                 seed: int = 0, respect_memory: bool = True) -> Placement:
+def separate_pipelines_placement(
+    cluster: ClusterSpec,
+    model: ModelSpec,
+    capacity: CapacityModel,
+    *,
+    seed: int = 0,
+    respect_memory: bool = True,
+) -> Placement:
     """Separate pipelines: pipelines of one GPU type each, layers split evenly over their nodes.
 
     With `respect_memory` (default) each type forms as many pipelines of ceil(L / K) nodes as it can;
@@ -152,12 +177,12 @@ def separate_pipelines_placement(cluster: ClusterSpec, model: ModelSpec, capacit
         per_pipeline = len(group) if not respect_memory else math.ceil(model.num_layers / k_max)
         num_pipelines = len(group) // per_pipeline
         for p in range(num_pipelines):
-            members = group[p * per_pipeline:(p + 1) * per_pipeline]
+            members = group[p * per_pipeline : (p + 1) * per_pipeline]
             start = 0
             for node, stage in zip(members, stage_bounds(model.num_layers, len(members))[::-1], strict=True):
                 ranges[node.name] = LayerRange(start, start + stage.num_layers)
                 start += stage.num_layers
-        leftover.extend(group[num_pipelines * per_pipeline:])
+        leftover.extend(group[num_pipelines * per_pipeline :])
     if respect_memory:
         leftover.sort(key=lambda n: -capacity.best_layer_work(n.gpu.name))
         ranges.update(_fill_pipelines(leftover, model, capacity))

@@ -74,32 +74,58 @@ def save_plan(plan: Plan, path: str | Path) -> None:
 
 def _placement_from(raw: Any, where: str) -> Placement:
     if not isinstance(raw, dict):
-        raise HelixInputError("must be a mapping of node name to [start, end]", where=where, field="placement")
+        raise HelixInputError(
+            "must be a mapping of node name to [start, end]", where=where, field="placement"
+        )
     ranges = {}
     for name, value in raw.items():
         ok = isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) for v in value)
         if not ok or not 0 <= value[0] < value[1]:
-            raise HelixInputError(f"invalid layer range {value!r}", where=where, field=f"placement.{name}",
-                                  fix="write [start, end] with 0 <= start < end")
+            raise HelixInputError(
+                f"invalid layer range {value!r}",
+                where=where,
+                field=f"placement.{name}",
+                fix="write [start, end] with 0 <= start < end",
+            )
         ranges[str(name)] = LayerRange(value[0], value[1])
     return Placement(ranges)
 
 
 def plan_from_dict(data: Any, where: str = "plan") -> Plan:
     if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
-        raise HelixInputError("not a helix plan (missing \"format\": \"helix-plan\")", where=where,
-                              field="format", fix="write plans with `helix plan -o plan.json`")
+        raise HelixInputError(
+            'not a helix plan (missing "format": "helix-plan")',
+            where=where,
+            field="format",
+            fix="write plans with `helix plan -o plan.json`",
+        )
     if data.get("version") != PLAN_VERSION:
-        raise HelixInputError(f"unsupported plan version {data.get('version')!r}", where=where,
-                              field="version", fix=f"re-create the plan with this helix (version {PLAN_VERSION})")
+        raise HelixInputError(
+            f"unsupported plan version {data.get('version')!r}",
+            where=where,
+            field="version",
+            fix=f"re-create the plan with this helix (version {PLAN_VERSION})",
+        )
     try:
         model, cluster = data["model"], data["cluster"]
-        known = {"format", "version", "model", "cluster", "method", "partial_overlap", "placement",
-                 "unused_nodes", "max_flow_tokens_per_s", "upper_bound_tokens_per_s"}
+        known = {
+            "format",
+            "version",
+            "model",
+            "cluster",
+            "method",
+            "partial_overlap",
+            "placement",
+            "unused_nodes",
+            "max_flow_tokens_per_s",
+            "upper_bound_tokens_per_s",
+        }
         return Plan(
             placement=_placement_from(data["placement"], where),
-            model_name=str(model["name"]), num_layers=int(model["num_layers"]),
-            cluster_name=str(cluster["name"]), cluster_nodes=tuple(cluster["nodes"]),
+            model_name=str(model["name"]),
+            num_layers=int(model["num_layers"]),
+            cluster_name=str(cluster["name"]),
+            cluster_nodes=tuple(cluster["nodes"]),
             method=str(data.get("method", "unknown")),
             partial_overlap=bool(data.get("partial_overlap", False)),
             max_flow_tokens_per_s=data.get("max_flow_tokens_per_s"),
@@ -107,8 +133,12 @@ def plan_from_dict(data: Any, where: str = "plan") -> Plan:
             extra={k: v for k, v in data.items() if k not in known},
         )
     except (KeyError, TypeError) as exc:
-        raise HelixInputError(f"missing or malformed field {exc}", where=where, field=str(exc).strip("'"),
-                              fix="re-create the plan with `helix plan`") from None
+        raise HelixInputError(
+            f"missing or malformed field {exc}",
+            where=where,
+            field=str(exc).strip("'"),
+            fix="re-create the plan with `helix plan`",
+        ) from None
 
 
 def load_plan(path: str | Path) -> Plan:
@@ -116,8 +146,11 @@ def load_plan(path: str | Path) -> Plan:
     try:
         data = json.loads(path.read_text())
     except OSError as exc:
-        raise HelixInputError(f"cannot read the plan ({exc.strerror})", where=str(path),
-                              fix="check the path, or create one with `helix plan -o plan.json`") from None
+        raise HelixInputError(
+            f"cannot read the plan ({exc.strerror})",
+            where=str(path),
+            fix="check the path, or create one with `helix plan -o plan.json`",
+        ) from None
     except json.JSONDecodeError as exc:
         raise HelixInputError(f"invalid JSON ({exc.msg} at line {exc.lineno})", where=str(path)) from None
     return plan_from_dict(data, where=str(path))
@@ -128,34 +161,61 @@ def check_plan_matches(plan: Plan, cluster: ClusterSpec, model: ModelSpec, where
     if plan.num_layers != model.num_layers:
         raise HelixInputError(
             f"the plan is for {plan.model_name} ({plan.num_layers} layers), not {model.name} "
-            f"({model.num_layers} layers)", where=where, field="model",
-            fix="plan again for this model with `helix plan`")
+            f"({model.num_layers} layers)",
+            where=where,
+            field="model",
+            fix="plan again for this model with `helix plan`",
+        )
     unknown = sorted(set(plan.placement) - set(cluster.node_names))
     if unknown:
-        raise HelixInputError(f"nodes {unknown[:5]} are not in cluster {cluster.name!r}", where=where,
-                              field="placement", fix="plan again for this cluster with `helix plan`")
+        raise HelixInputError(
+            f"nodes {unknown[:5]} are not in cluster {cluster.name!r}",
+            where=where,
+            field="placement",
+            fix="plan again for this cluster with `helix plan`",
+        )
     for name, r in plan.placement.items():
         if r.end > model.num_layers:
-            raise HelixInputError(f"range {r} ends past layer {model.num_layers}", where=where,
-                                  field=f"placement.{name}", fix="plan again for this model")
+            raise HelixInputError(
+                f"range {r} ends past layer {model.num_layers}",
+                where=where,
+                field=f"placement.{name}",
+                fix="plan again for this model",
+            )
     uncovered = plan.placement.uncovered_layers(model.num_layers)
     if uncovered:
-        raise HelixInputError(f"layers {uncovered[:10]} are held by no node", where=where, field="placement",
-                              fix="every layer must be held by at least one node")
+        raise HelixInputError(
+            f"layers {uncovered[:10]} are held by no node",
+            where=where,
+            field="placement",
+            fix="every layer must be held by at least one node",
+        )
 
 
-def plan_from_result(result: PlanResult, cluster: ClusterSpec, model: ModelSpec, *, capacity_description: str,
-                     partial_overlap: bool, sources: dict[str, Any] | None = None) -> Plan:
+def plan_from_result(
+    result: PlanResult,
+    cluster: ClusterSpec,
+    model: ModelSpec,
+    *,
+    capacity_description: str,
+    partial_overlap: bool,
+    sources: dict[str, Any] | None = None,
+) -> Plan:
     """The plan record of a planner result: placement, evaluated flow, per-node and per-link detail."""
     flow = result.flow
     nodes = []
     for node in cluster.nodes:
         r = result.placement.get(node.name)
-        nodes.append({
-            "name": node.name, "gpu": node.gpu.name, "region": node.region,
-            "start": r.start if r else None, "end": r.end if r else None,
-            "inflow_tokens_per_s": round(flow.node_inflow.get(node.name, 0.0), 6),
-        })
+        nodes.append(
+            {
+                "name": node.name,
+                "gpu": node.gpu.name,
+                "region": node.region,
+                "start": r.start if r else None,
+                "end": r.end if r else None,
+                "inflow_tokens_per_s": round(flow.node_inflow.get(node.name, 0.0), 6),
+            }
+        )
     flows = [{"src": s, "dst": d, "tokens_per_s": round(f, 6)} for (s, d), f in flow.link_flows().items()]
     extra = {
         "capacity_model": capacity_description,
@@ -163,11 +223,24 @@ def plan_from_result(result: PlanResult, cluster: ClusterSpec, model: ModelSpec,
         "bottleneck": flow.describe_bottleneck(),
         "nodes": nodes,
         "flows": flows,
-        "planner": {"elapsed_s": round(result.elapsed_s, 3), "time_to_best_s": round(result.time_to_best_s, 3),
-                    "gap": result.gap, "warnings": list(result.warnings), **result.details},
+        "planner": {
+            "elapsed_s": round(result.elapsed_s, 3),
+            "time_to_best_s": round(result.time_to_best_s, 3),
+            "gap": result.gap,
+            "warnings": list(result.warnings),
+            **result.details,
+        },
         "sources": sources or {},
     }
-    return Plan(placement=result.placement, model_name=model.name, num_layers=model.num_layers,
-                cluster_name=cluster.name, cluster_nodes=cluster.node_names, method=result.method,
-                partial_overlap=partial_overlap, max_flow_tokens_per_s=round(flow.value_tokens_per_s, 6),
-                upper_bound_tokens_per_s=result.upper_bound_tokens_per_s, extra=extra)
+    return Plan(
+        placement=result.placement,
+        model_name=model.name,
+        num_layers=model.num_layers,
+        cluster_name=cluster.name,
+        cluster_nodes=cluster.node_names,
+        method=result.method,
+        partial_overlap=partial_overlap,
+        max_flow_tokens_per_s=round(flow.value_tokens_per_s, 6),
+        upper_bound_tokens_per_s=result.upper_bound_tokens_per_s,
+        extra=extra,
+    )

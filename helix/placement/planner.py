@@ -22,22 +22,29 @@ from helix.specs.model import ModelSpec
 Method = Callable[[ClusterSpec, ModelSpec, CapacityModel, PlannerOptions], PlanResult]
 
 
-def baseline_plan(name: str, cluster: ClusterSpec, model: ModelSpec, capacity: CapacityModel,
-                  options: PlannerOptions) -> PlanResult:
+def baseline_plan(
+    name: str, cluster: ClusterSpec, model: ModelSpec, capacity: CapacityModel, options: PlannerOptions
+) -> PlanResult:
     """Run baseline `name` and evaluate it."""
     started = time.perf_counter()
     placement = BASELINES[name](cluster, model, capacity, seed=options.seed)
     flow = evaluate_placement(cluster, model, placement, capacity, FlowOptions(options.partial_overlap))
     elapsed = time.perf_counter() - started
-    return PlanResult(placement=placement, flow=flow, method=name,
-                      upper_bound_tokens_per_s=compute_upper_bound(cluster, model, capacity),
-                      bound_source="compute upper bound (sum of node capacities / L)",
-                      elapsed_s=elapsed, time_to_best_s=elapsed)
+    return PlanResult(
+        placement=placement,
+        flow=flow,
+        method=name,
+        upper_bound_tokens_per_s=compute_upper_bound(cluster, model, capacity),
+        bound_source="compute upper bound (sum of node capacities / L)",
+        elapsed_s=elapsed,
+        time_to_best_s=elapsed,
+    )
 
 
 def _baseline_method(name: str) -> Method:
-    def run(cluster: ClusterSpec, model: ModelSpec, capacity: CapacityModel,
-            options: PlannerOptions) -> PlanResult:
+    def run(
+        cluster: ClusterSpec, model: ModelSpec, capacity: CapacityModel, options: PlannerOptions
+    ) -> PlanResult:
         return baseline_plan(name, cluster, model, capacity, options)
 
     return run
@@ -60,13 +67,20 @@ def _load_optional_methods() -> None:
         METHODS["milp"] = milp_plan
 
 
-def plan(cluster: ClusterSpec, model: ModelSpec, options: PlannerOptions = PlannerOptions(),
-         capacity: CapacityModel | None = None) -> PlanResult:
+def plan(
+    cluster: ClusterSpec,
+    model: ModelSpec,
+    options: PlannerOptions = PlannerOptions(),
+    capacity: CapacityModel | None = None,
+) -> PlanResult:
     """Place `model` on `cluster` with `options.method`; the result's flow is independently evaluated."""
     _load_optional_methods()
     if options.method not in METHODS:
-        raise HelixInputError(f"unknown placement method {options.method!r}", field="--method",
-                              fix=f"use one of {', '.join(sorted(METHODS))}")
+        raise HelixInputError(
+            f"unknown placement method {options.method!r}",
+            field="--method",
+            fix=f"use one of {', '.join(sorted(METHODS))}",
+        )
     if options.time_limit_s <= 0:
         raise HelixInputError("must be > 0", field="--time-limit", fix="give a positive number of seconds")
     capacity = capacity or capacity_model_for(cluster, model)

@@ -17,8 +17,14 @@ from helix.specs.model import ModelSpec  # noqa: E402
 from helix.specs.placement import Placement  # noqa: E402
 
 
-def plot_placement(cluster: ClusterSpec, model: ModelSpec, placement: Placement, flow: FlowResult,
-                   path: str | Path, title: str = "") -> Path:
+def plot_placement(
+    cluster: ClusterSpec,
+    model: ModelSpec,
+    placement: Placement,
+    flow: FlowResult,
+    path: str | Path,
+    title: str = "",
+) -> Path:
     """Write a PNG of `placement` to `path` and return the path."""
     names = list(cluster.node_names)
     types = sorted({n.gpu.name for n in cluster.nodes})
@@ -34,8 +40,15 @@ def plot_placement(cluster: ClusterSpec, model: ModelSpec, placement: Placement,
             continue
         inflow = flow.node_inflow.get(name, 0.0)
         alpha = 1.0 if inflow > 1e-6 else 0.35
-        ax.barh(row, r.num_layers, left=r.start, color=colour[node.gpu.name], alpha=alpha, edgecolor="black",
-                linewidth=0.4)
+        ax.barh(
+            row,
+            r.num_layers,
+            left=r.start,
+            color=colour[node.gpu.name],
+            alpha=alpha,
+            edgecolor="black",
+            linewidth=0.4,
+        )
         ax.text(r.end + 0.5, row, f"{inflow:.0f} tok/s", va="center", fontsize=7)
     ax.set_yticks(range(len(names)))
     ax.set_yticklabels([f"{n} ({cluster.node(n).gpu.name})" for n in names], fontsize=7)

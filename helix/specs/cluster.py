@@ -107,24 +107,44 @@ def validate_cluster(cluster: ClusterSpec, where: str = "") -> None:
     seen: set[str] = set()
     for i, node in enumerate(cluster.nodes):
         if node.name in seen or node.name == COORDINATOR:
-            raise HelixInputError(f"duplicate or reserved node name {node.name!r}", where=where,
-                                  field=f"nodes[{i}].name", fix="give every node a unique name")
+            raise HelixInputError(
+                f"duplicate or reserved node name {node.name!r}",
+                where=where,
+                field=f"nodes[{i}].name",
+                fix="give every node a unique name",
+            )
         seen.add(node.name)
         if not node.nic_bytes_per_s > 0:
             raise HelixInputError("NIC speed must be > 0", where=where, field=f"nodes[{i}].nic_gbps")
     for i, link in enumerate(cluster.links):
         for end in (link.src, link.dst):
             if end != COORDINATOR and end not in seen:
-                raise HelixInputError(f"link to unknown node {end!r}", where=where, field=f"links[{i}]",
-                                      fix=f"use one of the node names, or {COORDINATOR!r}")
+                raise HelixInputError(
+                    f"link to unknown node {end!r}",
+                    where=where,
+                    field=f"links[{i}]",
+                    fix=f"use one of the node names, or {COORDINATOR!r}",
+                )
         if link.src == link.dst:
             raise HelixInputError("a link from a node to itself", where=where, field=f"links[{i}]")
         if not link.bandwidth_bytes_per_s > 0 or link.latency_s < 0:
-            raise HelixInputError("bandwidth must be > 0 and latency >= 0", where=where,
-                                  field=f"links[{i}]", fix="use positive numbers")
+            raise HelixInputError(
+                "bandwidth must be > 0 and latency >= 0",
+                where=where,
+                field=f"links[{i}]",
+                fix="use positive numbers",
+            )
     if not any(link.src == COORDINATOR for link in cluster.links):
-        raise HelixInputError("the coordinator has no outgoing link to any node", where=where,
-                              field="coordinator", fix="give the coordinator a region or links to nodes")
+        raise HelixInputError(
+            "the coordinator has no outgoing link to any node",
+            where=where,
+            field="coordinator",
+            fix="give the coordinator a region or links to nodes",
+        )
     if not any(link.dst == COORDINATOR for link in cluster.links):
-        raise HelixInputError("no node has a link back to the coordinator", where=where,
-                              field="coordinator", fix="give the coordinator a region or links from nodes")
+        raise HelixInputError(
+            "no node has a link back to the coordinator",
+            where=where,
+            field="coordinator",
+            fix="give the coordinator a region or links from nodes",
+        )

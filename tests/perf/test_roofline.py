@@ -15,7 +15,7 @@ def test_throughput_decreases_with_layers_and_faster_gpu_is_faster():
     model = builtin_model("llama-3-70b")
     roof = RooflineCapacityModel(model, {"H100-80GB": 4, "L4": 8})
     table = roof.throughput_table("H100-80GB")
-    assert all(a > b for a, b in zip(table, table[1:]))
+    assert all(a > b for a, b in zip(table, table[1:], strict=False))
     assert roof.throughput_tokens_per_s("H100-80GB", 4) > 3 * roof.throughput_tokens_per_s("L4", 4)
 
 
@@ -24,8 +24,11 @@ def test_decode_time_is_memory_bound_at_small_batch():
     roof = RooflineCapacityModel(model, {"H100-80GB": 1})
     t1 = roof.decode_layer_time_s("H100-80GB", 1)
     weights_time = model.layer_weight_bytes / (3350e9 * roof._params.memory_efficiency)
-    assert t1 == pytest.approx(weights_time + 1000 * model.kv_bytes_per_token_per_layer /
-                               (3350e9 * roof._params.memory_efficiency) + roof._params.layer_overhead_s)
+    assert t1 == pytest.approx(
+        weights_time
+        + 1000 * model.kv_bytes_per_token_per_layer / (3350e9 * roof._params.memory_efficiency)
+        + roof._params.layer_overhead_s
+    )
 
 
 def test_kv_capacity_shrinks_with_layers():

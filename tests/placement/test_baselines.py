@@ -2,9 +2,9 @@ import pytest
 
 from helix.errors import HelixInputError
 from helix.flow import FlowOptions, evaluate_placement
+from helix.perf.roofline import RooflineCapacityModel
 from helix.placement.baselines import BASELINES, petals_placement, stage_bounds, swarm_placement
 from helix.specs.cluster_yaml import cluster_from_dict
-from helix.perf.roofline import RooflineCapacityModel
 from helix.specs.model import builtin_model
 
 HELIX_VALUES = {  # (cluster, method) → max flow Helix reports for the same baseline (placement.md §9)
@@ -31,7 +31,9 @@ def test_baselines_respect_memory_and_cover_layers(helix_setup, cluster_name, me
 def test_swarm_matches_helix(helix_setup, key, value):
     cluster, model, capacity = helix_setup(key[0])
     placement = swarm_placement(cluster, model, capacity)
-    assert evaluate_placement(cluster, model, placement, capacity).value_tokens_per_s == pytest.approx(value, abs=1e-3)
+    assert evaluate_placement(cluster, model, placement, capacity).value_tokens_per_s == pytest.approx(
+        value, abs=1e-3
+    )
 
 
 def test_petals_takes_max_layers_and_is_seeded(helix_setup):

@@ -38,20 +38,35 @@ def test_plan_for_other_model_is_rejected(tmp_path, planned):
 
 def test_uncovered_layer_is_rejected(tmp_path):
     path = tmp_path / "p.json"
-    path.write_text(json.dumps({"format": "helix-plan", "version": 1, "model": {"name": "llama-3-8b",
-                                "num_layers": 32}, "cluster": {"name": "geo-mixed", "nodes": ["h100-0"]},
-                                "method": "x", "placement": {"h100-0": [0, 30]}}))
+    path.write_text(
+        json.dumps(
+            {
+                "format": "helix-plan",
+                "version": 1,
+                "model": {"name": "llama-3-8b", "num_layers": 32},
+                "cluster": {"name": "geo-mixed", "nodes": ["h100-0"]},
+                "method": "x",
+                "placement": {"h100-0": [0, 30]},
+            }
+        )
+    )
     with pytest.raises(HelixInputError, match=r"layers \[30, 31\]"):
         check_plan_matches(load_plan(path), load_cluster("geo-mixed"), builtin_model("llama-3-8b"))
 
 
-@pytest.mark.parametrize("content, match", [
-    ("{", "invalid JSON"),
-    ('{"format": "other"}', "not a helix plan"),
-    ('{"format": "helix-plan", "version": 9}', "unsupported plan version"),
-    ('{"format": "helix-plan", "version": 1, "model": {"name": "m", "num_layers": 2}, "cluster": {"name": "c",'
-     ' "nodes": []}, "placement": {"a": [3, 1]}}', "invalid layer range"),
-])
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ("{", "invalid JSON"),
+        ('{"format": "other"}', "not a helix plan"),
+        ('{"format": "helix-plan", "version": 9}', "unsupported plan version"),
+        (
+            '{"format": "helix-plan", "version": 1, "model": {"name": "m", "num_layers": 2},'
+            ' "cluster": {"name": "c", "nodes": []}, "placement": {"a": [3, 1]}}',
+            "invalid layer range",
+        ),
+    ],
+)
 def test_malformed_plans(tmp_path, content, match):
     path = tmp_path / "p.json"
     path.write_text(content)

@@ -8,10 +8,15 @@ from helix.specs.loading import load_cluster
 BASE = {
     "name": "t",
     "coordinator": {"region": "east"},
-    "regions": {"east": {"bandwidth_gbps": 8, "latency_ms": 1}, "west": {"bandwidth_gbps": 16, "latency_ms": 2}},
+    "regions": {
+        "east": {"bandwidth_gbps": 8, "latency_ms": 1},
+        "west": {"bandwidth_gbps": 16, "latency_ms": 2},
+    },
     "inter_region": {"bandwidth_gbps": 0.8, "latency_ms": 40},
-    "nodes": [{"name": "a", "gpu": "A100-80GB", "region": "east"},
-              {"name": "l4", "gpu": "L4", "region": "west", "count": 2}],
+    "nodes": [
+        {"name": "a", "gpu": "A100-80GB", "region": "east"},
+        {"name": "l4", "gpu": "L4", "region": "west", "count": 2},
+    ],
 }
 
 

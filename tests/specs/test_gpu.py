@@ -3,15 +3,30 @@ import pytest
 from helix.errors import HelixInputError
 from helix.specs.gpu import default_catalog, load_catalog
 
-REQUIRED = ["H200", "H100-80GB", "A100-80GB", "A100-40GB", "L40S", "A10G", "L4", "T4", "V100-16GB",
-            "L4x2", "T4x2", "T4x4", "8xH100"]
+REQUIRED = [
+    "H200",
+    "H100-80GB",
+    "A100-80GB",
+    "A100-40GB",
+    "L40S",
+    "A10G",
+    "L4",
+    "T4",
+    "V100-16GB",
+    "L4x2",
+    "T4x2",
+    "T4x4",
+    "8xH100",
+]
 
 
 def test_catalog_has_required_types_with_positive_figures():
     catalog = default_catalog()
     for name in REQUIRED:
         spec = catalog.get(name)
-        assert spec.vram_bytes > 0 and spec.peak_tflops > 0 and spec.hbm_gbytes_per_s > 0 and spec.nic_gbps > 0
+        assert (
+            spec.vram_bytes > 0 and spec.peak_tflops > 0 and spec.hbm_gbytes_per_s > 0 and spec.nic_gbps > 0
+        )
 
 
 def test_multi_gpu_nodes_sum_their_gpus():

@@ -26,9 +26,17 @@ def test_helix_70b_uses_its_layer_size():
 
 
 def test_from_hf_config(tmp_path):
-    config = {"architectures": ["Qwen2ForCausalLM"], "num_hidden_layers": 24, "hidden_size": 896,
-              "num_attention_heads": 14, "num_key_value_heads": 2, "intermediate_size": 4864,
-              "vocab_size": 151936, "torch_dtype": "bfloat16", "max_position_embeddings": 32768}
+    config = {
+        "architectures": ["Qwen2ForCausalLM"],
+        "num_hidden_layers": 24,
+        "hidden_size": 896,
+        "num_attention_heads": 14,
+        "num_key_value_heads": 2,
+        "intermediate_size": 4864,
+        "vocab_size": 151936,
+        "torch_dtype": "bfloat16",
+        "max_position_embeddings": 32768,
+    }
     (tmp_path / "config.json").write_text(json.dumps(config))
     m = load_model_spec(tmp_path)
     assert m.num_layers == 24 and m.kv_dim == 128 and m.max_context_tokens == 32768
