@@ -145,8 +145,6 @@ def load_helix_ini(
 
 def load_helix_placement(path: str | Path) -> Placement:
     """Read a Helix placement (``[Solution] compute_node_<i+offset>=[layer ids]``); ``[]`` = unused."""
-    from helix.specs.placement import LayerRange, Placement
-
     path = Path(path)
     parser = _read_ini(path)
     if not parser.has_section("Solution"):
