@@ -37,6 +37,7 @@ class StageItem:
     token_ids: tuple[int, ...] | None = None
     route: tuple[str, ...] | None = None
     sampling: SamplingParams | None = None
+    stage_done_s: tuple[float, ...] = ()  # prompt only: wall time each earlier stage finished it
 
 
 @dataclass(slots=True)
@@ -57,6 +58,7 @@ class TokenResult:
     logprob: float | None = None
     top_logprobs: dict[int, float] | None = None
     error: str | None = None
+    stage_done_s: tuple[float, ...] = ()  # prompt only: wall time each stage finished it
 
 
 @dataclass(slots=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -74,7 +74,7 @@ class Worker:
             return StepOutput({}, errors)
         hidden = self.backend.forward(items, inputs)
         if self.backend.is_last:
-            out = StepOutput({}, errors + self.backend.sample(items, hidden))
+            out = StepOutput({}, errors + self._stamp(items, self.backend.sample(items, hidden)))
         else:
             out = StepOutput(self._split_by_next_hop(items, hidden), errors)
         self._account(items, time.perf_counter() - started)
@@ -123,14 +123,22 @@ class Worker:
     def _split_by_next_hop(self, items: list[StageItem], hidden: torch.Tensor) -> dict[str, HopBatch]:
         grouped_items: dict[str, list[StageItem]] = defaultdict(list)
         grouped_rows: dict[str, list[torch.Tensor]] = defaultdict(list)
+        now = time.time()
         for item, rows in zip(items, torch.split(hidden, [i.num_new_tokens for i in items]), strict=True):
             hop = self._next_hop[item.seq_id]
+            done = (*item.stage_done_s, now) if item.route is not None else ()
             forwarded = StageItem(item.seq_id, item.num_cached_tokens, item.num_new_tokens, None,
-                                  item.route, item.sampling)
+                                  item.route, item.sampling, done)
             grouped_items[hop].append(forwarded)
             grouped_rows[hop].append(rows)
-        now = time.time()
         return {hop: HopBatch(grouped_items[hop], torch.cat(grouped_rows[hop]), now) for hop in grouped_items}
+
+    @staticmethod
+    def _stamp(items: list[StageItem], results: list[TokenResult]) -> list[TokenResult]:
+        """Prompt results carry when each stage finished the prompt (for swarm-like schedulers)."""
+        now = time.time()
+        return [replace(r, stage_done_s=(*i.stage_done_s, now)) if i.route is not None else r
+                for i, r in zip(items, results, strict=True)]
 
     def _account(self, items: list[StageItem], compute_s: float) -> None:
         if self.slowdown > 1.0:
