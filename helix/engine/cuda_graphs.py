@@ -44,7 +44,9 @@ class DecodeGraphs:
         self.positions = torch.zeros(n, dtype=torch.int64, device=device)
         self.slot_mapping = torch.full((n,), scratch_block * block_size, dtype=torch.int64, device=device)
         self.context_lens = torch.ones(n, dtype=torch.int32, device=device)
-        self.block_tables = torch.full((n, max_blocks_per_seq), scratch_block, dtype=torch.int32, device=device)
+        self.block_tables = torch.full(
+            (n, max_blocks_per_seq), scratch_block, dtype=torch.int32, device=device
+        )
         self.buckets = graph_buckets(max_batch_size)
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self._capture_all()
@@ -95,18 +97,22 @@ class DecodeGraphs:
         width = max(len(t) for t in block_tables)
         scratch_slot = self.scratch_block * self.block_size
         host = torch.tensor(
-            [positions + [0] * num_pad, slots + [scratch_slot] * num_pad,
-             [p + 1 for p in positions] + [1] * num_pad],
+            [
+                positions + [0] * num_pad,
+                slots + [scratch_slot] * num_pad,
+                [p + 1 for p in positions] + [1] * num_pad,
+            ],
             dtype=torch.int64,
-        )  # fmt: skip
+            pin_memory=True,
+        )
         pad_row = [self.scratch_block] * width
         rows = [t + pad_row[len(t) :] for t in block_tables] + [pad_row] * num_pad
-        tables = torch.tensor(rows, dtype=torch.int32)
-        device_host = host.to(self.positions.device, non_blocking=True)
-        self.positions[:bucket].copy_(device_host[0])
-        self.slot_mapping[:bucket].copy_(device_host[1])
-        self.context_lens[:bucket].copy_(device_host[2])
-        self.block_tables[:bucket, :width].copy_(tables.to(self.positions.device, non_blocking=True))
+        tables = torch.tensor(rows, dtype=torch.int32, pin_memory=True)
+        # Pinned memory and non-blocking copies: the host never waits for earlier stages' work.
+        self.positions[:bucket].copy_(host[0], non_blocking=True)
+        self.slot_mapping[:bucket].copy_(host[1], non_blocking=True)
+        self.context_lens[:bucket].copy_(host[2], non_blocking=True)
+        self.block_tables[:bucket, :width].copy_(tables, non_blocking=True)
         target = self.input_ids if self.model.is_first else self.hidden
         target[:batch_size].copy_(inputs)
         graph, out = self._graphs[bucket]

@@ -40,8 +40,9 @@ class LLMEngine:
     ) -> None:
         ranges = [r.model.layer_range for r in runners]
         if not ranges or ranges[0].start != 0 or not runners[-1].model.is_last:
-            raise HelixInputError("the stages must cover the model from its first to its last layer",
-                                  field="layer_range")  # fmt: skip
+            raise HelixInputError(
+                "the stages must cover the model from its first to its last layer", field="layer_range"
+            )
         if any(a.end != b.start for a, b in zip(ranges, ranges[1:], strict=False)):
             raise HelixInputError(f"stages {ranges} are not contiguous", field="layer_range")
         self.runners = runners
@@ -121,7 +122,7 @@ class LLMEngine:
             return []
         tokens: list[int] = []
         for seq, chunk in zip(seqs, batch.chunks, strict=True):
-            tokens.extend(seq.token_ids[chunk.num_cached_tokens : chunk.num_total_tokens])
+            tokens.extend(seq.token_slice(chunk.num_cached_tokens, chunk.num_total_tokens))
         x = torch.tensor(tokens, dtype=torch.int64, device=self.runners[0].device)
         for runner in self.runners:
             x = runner.execute(batch, x)
@@ -131,9 +132,7 @@ class LLMEngine:
         if not done:
             return []
         ready = [seqs[i] for i in done]
-        new_tokens, logprobs = self.sampler(
-            x[done], [s.params for s in ready], [s.generator for s in ready]
-        )
+        new_tokens, logprobs = self.sampler(x[done], [s.params for s in ready], [s.generator for s in ready])
         return [self._append(s, t, lp) for s, t, lp in zip(ready, new_tokens, logprobs, strict=True)]
 
     def _append(self, seq: Sequence, token: int, logprobs: dict[int, float] | None) -> RequestOutput:

@@ -56,9 +56,13 @@ class ResolvedModel:
         """Build the stage for `layer_range` and load just its tensors."""
         source = SafetensorsSource(self.model_dir)
         return build_stage(
-            self.config, layer_range, device=device, dtype=dtype,
-            max_positions=max_positions, source=source,
-        )  # fmt: skip
+            self.config,
+            layer_range,
+            device=device,
+            dtype=dtype,
+            max_positions=max_positions,
+            source=source,
+        )
 
     def tokenizer(self) -> Any:
         from transformers import AutoTokenizer

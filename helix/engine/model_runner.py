@@ -72,9 +72,13 @@ class ModelRunner:
         if use_graphs and self.decode_backend == "triton":
             max_blocks = -(-self.max_model_len // self.block_size)
             self.graphs = DecodeGraphs(
-                model, self.kv_caches, engine_config.max_graph_batch_size, max_blocks,
-                self.scratch_block, self.block_size,
-            )  # fmt: skip
+                model,
+                self.kv_caches,
+                engine_config.max_graph_batch_size,
+                max_blocks,
+                self.scratch_block,
+                self.block_size,
+            )
 
     # ---- capacity ----
     def _blocks_from_memory(self) -> int:
@@ -95,15 +99,20 @@ class ModelRunner:
     def _warmup(self, num_tokens: int) -> None:
         """Run one prompt of `num_tokens` through a one-block scratch cache to measure activations."""
         config = self.model.config
-        cache = allocate_kv_cache(config, self.model.layer_range.num_layers, 0, self.block_size,
-                                  self.dtype, self.device)  # fmt: skip
+        cache = allocate_kv_cache(
+            config, self.model.layer_range.num_layers, 0, self.block_size, self.dtype, self.device
+        )
         caches = [(cache[i, 0], cache[i, 1]) for i in range(cache.shape[0])]
         meta = AttentionMetadata(
             slot_mapping=torch.zeros(num_tokens, dtype=torch.int64, device=self.device),
             prefill=(PrefillSegment(0, num_tokens, 0, None),),
-            num_prefill_tokens=num_tokens, decode_block_tables=None, decode_context_lens=None,
-            max_decode_context_len=0, block_size=self.block_size, decode_backend=self.decode_backend,
-        )  # fmt: skip
+            num_prefill_tokens=num_tokens,
+            decode_block_tables=None,
+            decode_context_lens=None,
+            max_decode_context_len=0,
+            block_size=self.block_size,
+            decode_backend=self.decode_backend,
+        )
         positions = torch.arange(num_tokens, device=self.device)
         if self.model.is_first:
             inputs = torch.zeros(num_tokens, dtype=torch.int64, device=self.device)
@@ -166,10 +175,10 @@ class ModelRunner:
         inputs = inputs.to(self.device)
         graphs = self.graphs
         if graphs is not None and batch.is_pure_decode and graphs.bucket_for(len(batch.chunks)):
-            manager = self.block_manager
+            size = self.block_size
             positions = [c.num_cached_tokens for c in batch.chunks]
-            slots = [manager.slots(c.seq_id, p, p + 1)[0] for c, p in zip(batch.chunks, positions)]
-            tables = [manager.block_table(c.seq_id) for c in batch.chunks]
+            tables = [self.block_manager.block_table(c.seq_id) for c in batch.chunks]
+            slots = [t[p // size] * size + p % size for t, p in zip(tables, positions, strict=True)]
             return graphs.run(inputs, positions, slots, tables)
         positions_t, meta = self.prepare(batch)
         hidden = self.model(inputs, positions_t, self.kv_caches, meta)
@@ -180,14 +189,15 @@ class ModelRunner:
 
     def prepare(self, batch: StepBatch) -> tuple[torch.Tensor, AttentionMetadata]:
         """Positions [T] and attention metadata of a (reserved) batch."""
-        manager, device = self.block_manager, self.device
+        manager, device, size = self.block_manager, self.device, self.block_size
         positions, slots, segments, start = [], [], [], 0
         decode_tables, decode_lens = [], []
         for chunk in batch.chunks:
             first, end = chunk.num_cached_tokens, chunk.num_total_tokens
-            positions.extend(range(first, end))
-            slots.extend(manager.slots(chunk.seq_id, first, end))
             table = manager.block_table(chunk.seq_id)
+            pos = torch.arange(first, end)
+            positions.append(pos)
+            slots.append(torch.tensor(table)[pos // size] * size + pos % size)
             if chunk.is_decode:
                 decode_tables.append(table)
                 decode_lens.append(end)
@@ -202,7 +212,7 @@ class ModelRunner:
             tables_t = torch.tensor(padded, dtype=torch.int32, device=device)
             lens_t = torch.tensor(decode_lens, dtype=torch.int32, device=device)
         meta = AttentionMetadata(
-            slot_mapping=torch.tensor(slots, dtype=torch.int64, device=device),
+            slot_mapping=torch.cat(slots).to(device),
             prefill=tuple(segments),
             num_prefill_tokens=sum(s.num_new for s in segments),
             decode_block_tables=tables_t,
@@ -211,4 +221,4 @@ class ModelRunner:
             block_size=self.block_size,
             decode_backend=self.decode_backend,
         )
-        return torch.tensor(positions, dtype=torch.int64, device=device), meta
+        return torch.cat(positions).to(device), meta

@@ -45,8 +45,9 @@ class Sampler:
         random_rows = [i for i, p in enumerate(params) if not p.is_greedy]
         if random_rows:
             tokens = tokens.clone()
-            tokens[random_rows] = self._sample(logits[random_rows], [params[i] for i in random_rows],
-                                               [generators[i] for i in random_rows])  # fmt: skip
+            tokens[random_rows] = self._sample(
+                logits[random_rows], [params[i] for i in random_rows], [generators[i] for i in random_rows]
+            )
         token_list = tokens.tolist()
         return token_list, self._logprobs(logits, params, token_list)
 

@@ -20,7 +20,9 @@ from helix.runtime.worker_loop import WorkerLoop
 class WorkerActor:
     """Wrapped with `ray.remote` by `helix.runtime.deploy`; plain class otherwise."""
 
-    def __init__(self, name: str, stage: StageConfig, slowdown: float = 1.0, advertise_host: str = "") -> None:
+    def __init__(
+        self, name: str, stage: StageConfig, slowdown: float = 1.0, advertise_host: str = ""
+    ) -> None:
         os.environ.setdefault("OMP_NUM_THREADS", str(stage.threads))
         started = time.perf_counter()
         backend = load_backend(stage)
@@ -35,9 +37,15 @@ class WorkerActor:
 
     def info(self) -> dict[str, Any]:
         backend = self.loop.worker.backend
-        return {"name": self.loop.worker.name, "address": self.loop.address, "load_s": self.load_s,
-                "kv_blocks": backend.num_kv_blocks, "max_model_len": backend.max_model_len,
-                "pid": os.getpid(), "stage": asdict(self.stage)}
+        return {
+            "name": self.loop.worker.name,
+            "address": self.loop.address,
+            "load_s": self.load_s,
+            "kv_blocks": backend.num_kv_blocks,
+            "max_model_len": backend.max_model_len,
+            "pid": os.getpid(),
+            "stage": asdict(self.stage),
+        }
 
     def start(self, peers: dict[str, str]) -> bool:
         self.loop.start(peers)

@@ -60,8 +60,13 @@ class CoordinatorConfig:
 class Coordinator:
     """See the module docstring. Thread-safe API: `submit`, `cancel`, `worker_gone`, `snapshot`."""
 
-    def __init__(self, scheduler: Scheduler, worker_addresses: dict[str, str], config: CoordinatorConfig,
-                 host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        worker_addresses: dict[str, str],
+        config: CoordinatorConfig,
+        host: str = "127.0.0.1",
+    ) -> None:
         self.scheduler = scheduler
         self.config = config
         self._admission = AdmissionQueue(scheduler)
@@ -103,7 +108,9 @@ class Coordinator:
             raise HelixInputError(
                 f"this model's context window is {self.config.max_model_len} tokens; the prompt has "
                 f"{len(prompt_ids)} tokens and max_tokens is {params.max_tokens} ({total} in total)",
-                field="max_tokens", fix="shorten the prompt or lower max_tokens")
+                field="max_tokens",
+                fix="shorten the prompt or lower max_tokens",
+            )
         with self._lock:
             if self._num_waiting >= self.config.max_waiting:
                 self.counters["rejected"] += 1
@@ -127,8 +134,13 @@ class Coordinator:
         with self._lock:
             waiting, running = self._num_waiting, self._num_running
         kv = {node: self.scheduler.kv.usage(node) for node in self.scheduler.topology.ranges}
-        return {"waiting": waiting, "running": running, "expected_kv_usage": kv,
-                "dead_workers": dict(self.dead_workers), "counters": dict(self.counters)}
+        return {
+            "waiting": waiting,
+            "running": running,
+            "expected_kv_usage": kv,
+            "dead_workers": dict(self.dead_workers),
+            "counters": dict(self.counters),
+        }
 
     # ---- the loop (coordinator thread only) ----
     def _run(self) -> None:
@@ -154,8 +166,9 @@ class Coordinator:
 
     def _enqueue(self, state: RequestState) -> None:
         self._requests[state.seq_id] = state
-        pipeline = self._admission.submit(state.seq_id, len(state.prompt_ids), state.params.max_tokens,
-                                          time.time())
+        pipeline = self._admission.submit(
+            state.seq_id, len(state.prompt_ids), state.params.max_tokens, time.time()
+        )
         if pipeline is not None:
             self._start(state, pipeline)
 
@@ -168,9 +181,15 @@ class Coordinator:
         for waiting in unservable:
             state = self._requests.pop(waiting.request_id)
             self._set_counts(waiting=-1)
-            self._emit(state, ErrorEvent(
-                f"no pipeline can hold this request's KV cache ({len(state.prompt_ids)} prompt tokens + "
-                f"{state.params.max_tokens} max_tokens)", 400, "invalid_request_error"))
+            self._emit(
+                state,
+                ErrorEvent(
+                    f"no pipeline can hold this request's KV cache ({len(state.prompt_ids)} prompt tokens + "
+                    f"{state.params.max_tokens} max_tokens)",
+                    400,
+                    "invalid_request_error",
+                ),
+            )
 
     def _start(self, state: RequestState, pipeline) -> None:
         self._set_counts(waiting=-1, running=+1)
@@ -178,11 +197,17 @@ class Coordinator:
         state.pipeline = pipeline
         dead = [n for n in pipeline.nodes if n in self.dead_workers]
         if dead:
-            self._finish(state, None, ErrorEvent(f"worker {dead[0]} is gone: {self.dead_workers[dead[0]]}",
-                                                 503, "service_unavailable"))
+            self._finish(
+                state,
+                None,
+                ErrorEvent(
+                    f"worker {dead[0]} is gone: {self.dead_workers[dead[0]]}", 503, "service_unavailable"
+                ),
+            )
             return
-        item = StageItem(state.seq_id, 0, len(state.prompt_ids), tuple(state.prompt_ids),
-                         state.route, state.params)
+        item = StageItem(
+            state.seq_id, 0, len(state.prompt_ids), tuple(state.prompt_ids), state.route, state.params
+        )
         self._send(state, item)
 
     def _send(self, state: RequestState, item: StageItem) -> None:
@@ -217,7 +242,9 @@ class Coordinator:
 
     def _stop_reason(self, state: RequestState, token_id: int) -> str | None:
         params = state.params
-        if token_id in params.stop_token_ids or (not params.ignore_eos and token_id in self.config.eos_token_ids):
+        if token_id in params.stop_token_ids or (
+            not params.ignore_eos and token_id in self.config.eos_token_ids
+        ):
             return "stop"
         if len(state.output_ids) >= params.max_tokens or state.num_tokens >= self.config.max_model_len:
             return "length"
@@ -229,7 +256,8 @@ class Coordinator:
             return
         if state.pipeline is None:  # still waiting for admission
             self._admission.waiting = type(self._admission.waiting)(
-                w for w in self._admission.waiting if w.request_id != seq_id)
+                w for w in self._admission.waiting if w.request_id != seq_id
+            )
             self._requests.pop(seq_id)
             self._set_counts(waiting=-1)
             self.counters["cancelled"] += 1
@@ -257,17 +285,25 @@ class Coordinator:
     def _fail_worker(self, name: str, reason: str) -> None:
         self.dead_workers[name] = reason
         for state in [s for s in self._requests.values() if s.pipeline is not None and name in s.route]:
-            self._finish(state, None, ErrorEvent(f"worker {name} is gone: {reason}", 503,
-                                                 "service_unavailable"))
+            self._finish(
+                state, None, ErrorEvent(f"worker {name} is gone: {reason}", 503, "service_unavailable")
+            )
 
     def _watchdog(self) -> None:
         now = time.monotonic()
         for seq_id, since in list(self._last_progress.items()):
             state = self._requests.get(seq_id)
             if state is not None and state.in_flight and now - since > self.config.stall_timeout_s:
-                self._finish(state, None, ErrorEvent(
-                    f"no progress for {self.config.stall_timeout_s:.0f} s on pipeline {list(state.route)}",
-                    504, "timeout"))
+                self._finish(
+                    state,
+                    None,
+                    ErrorEvent(
+                        f"no progress for {self.config.stall_timeout_s:.0f} s "
+                        f"on pipeline {list(state.route)}",
+                        504,
+                        "timeout",
+                    ),
+                )
 
     def _flush(self, outbox: Outbox) -> None:
         now = time.time()

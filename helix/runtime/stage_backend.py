@@ -70,8 +70,10 @@ class StageBackend:
         if item.num_cached_tokens and not manager.has(item.seq_id):
             return f"no KV cached for request {item.seq_id}"
         if not self.runner.can_reserve(batch):
-            return (f"KV cache full ({manager.num_free_blocks} of {manager.num_blocks} blocks free, "
-                    f"{self.runner.num_blocks_needed(batch)} needed)")
+            return (
+                f"KV cache full ({manager.num_free_blocks} of {manager.num_blocks} blocks free, "
+                f"{self.runner.num_blocks_needed(batch)} needed)"
+            )
         try:
             self.runner.reserve(batch)
         except HelixInputError as exc:
@@ -118,8 +120,9 @@ def load_backend(config: StageConfig) -> StageBackend:
     dtype = _DTYPES[config.dtype]
     resolved = resolve_model(config.model)
     layer_range = LayerRange(config.start, config.end).validate(resolved.config.num_layers)
-    model = resolved.load_stage(layer_range, device=config.device, dtype=dtype,
-                                max_positions=config.max_model_len)
+    model = resolved.load_stage(
+        layer_range, device=config.device, dtype=dtype, max_positions=config.max_model_len
+    )
     num_blocks = None
     if config.kv_cache_bytes is not None:
         block_bytes = kv_block_bytes(resolved.config, layer_range.num_layers, 16, dtype)

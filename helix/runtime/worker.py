@@ -50,8 +50,7 @@ class StepOutput:
 class Worker:
     """One pipeline stage of the serving runtime (see the module docstring)."""
 
-    def __init__(self, name: str, backend: StageBackend, *, slowdown: float = 1.0,
-                 sleep=time.sleep) -> None:
+    def __init__(self, name: str, backend: StageBackend, *, slowdown: float = 1.0, sleep=time.sleep) -> None:
         self.name = name
         self.backend = backend
         self.slowdown = max(1.0, float(slowdown))
@@ -99,7 +98,8 @@ class Worker:
                     self.stats.errors += 1
                     continue
                 (decodes if item.num_cached_tokens > 0 and item.num_new_tokens == 1 else prompts).append(
-                    (item, row))
+                    (item, row)
+                )
         ordered = prompts + decodes
         if not ordered:
             return [], torch.empty(0), errors
@@ -127,8 +127,15 @@ class Worker:
         for item, rows in zip(items, torch.split(hidden, [i.num_new_tokens for i in items]), strict=True):
             hop = self._next_hop[item.seq_id]
             done = (*item.stage_done_s, now) if item.route is not None else ()
-            forwarded = StageItem(item.seq_id, item.num_cached_tokens, item.num_new_tokens, None,
-                                  item.route, item.sampling, done)
+            forwarded = StageItem(
+                item.seq_id,
+                item.num_cached_tokens,
+                item.num_new_tokens,
+                None,
+                item.route,
+                item.sampling,
+                done,
+            )
             grouped_items[hop].append(forwarded)
             grouped_rows[hop].append(rows)
         return {hop: HopBatch(grouped_items[hop], torch.cat(grouped_rows[hop]), now) for hop in grouped_items}
@@ -137,8 +144,10 @@ class Worker:
     def _stamp(items: list[StageItem], results: list[TokenResult]) -> list[TokenResult]:
         """Prompt results carry when each stage finished the prompt (for swarm-like schedulers)."""
         now = time.time()
-        return [replace(r, stage_done_s=(*i.stage_done_s, now)) if i.route is not None else r
-                for i, r in zip(items, results, strict=True)]
+        return [
+            replace(r, stage_done_s=(*i.stage_done_s, now)) if i.route is not None else r
+            for i, r in zip(items, results, strict=True)
+        ]
 
     def _account(self, items: list[StageItem], compute_s: float) -> None:
         if self.slowdown > 1.0:

@@ -23,8 +23,14 @@ IDLE_POLL_S = 0.05
 class WorkerLoop:
     """Owns a worker's sockets and runs its step loop in a daemon thread."""
 
-    def __init__(self, worker: Worker, host: str = "127.0.0.1", *, max_step_tokens: int = 4096,
-                 bind_host: str | None = None) -> None:
+    def __init__(
+        self,
+        worker: Worker,
+        host: str = "127.0.0.1",
+        *,
+        max_step_tokens: int = 4096,
+        bind_host: str | None = None,
+    ) -> None:
         self.worker = worker
         self.max_step_tokens = max_step_tokens
         self._context = zmq.Context.instance()
@@ -41,8 +47,9 @@ class WorkerLoop:
     def start(self, peers: dict[str, str]) -> None:
         """Start stepping; `peers` maps worker names and ``coordinator`` to inbox addresses."""
         self._peers = dict(peers)
-        self._thread = threading.Thread(target=self._run, name=f"helix-worker-{self.worker.name}",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name=f"helix-worker-{self.worker.name}", daemon=True
+        )
         self._thread.start()
 
     def stop(self) -> None:
@@ -79,8 +86,11 @@ class WorkerLoop:
                 out = self.worker.step(batch)
         except Exception as exc:  # a bug or device error fails this step's requests, not the worker
             detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-            failed = [TokenResult(i.seq_id, error=f"worker {self.worker.name}: {detail}")
-                      for b in batch for i in b.items]
+            failed = [
+                TokenResult(i.seq_id, error=f"worker {self.worker.name}: {detail}")
+                for b in batch
+                for i in b.items
+            ]
             with self.lock:
                 self.worker.free([r.seq_id for r in failed])
             outbox.send(self._peers[COORDINATOR_HOP], ResultBatch(self.worker.name, failed))

@@ -13,8 +13,25 @@ from helix.scheduling.pipeline import Hop, Pipeline, next_hop_layers
 from helix.scheduling.topology import NextHop, NodeLimits, Topology, node_limits
 
 __all__ = [
-    "IWRR", "SCHEDULERS", "AdmissionQueue", "Hop", "KVExpectation", "KVParameters", "MaxFlowScheduler",
-    "NextHop", "NodeLimits", "Pipeline", "RandomScheduler", "Route", "Scheduler", "ShortestQueueScheduler",
-    "SwarmScheduler", "Topology", "create_scheduler", "next_hop_layers", "node_limits", "register_scheduler",
+    "IWRR",
+    "SCHEDULERS",
+    "AdmissionQueue",
+    "Hop",
+    "KVExpectation",
+    "KVParameters",
+    "MaxFlowScheduler",
+    "NextHop",
+    "NodeLimits",
+    "Pipeline",
+    "RandomScheduler",
+    "Route",
+    "Scheduler",
+    "ShortestQueueScheduler",
+    "SwarmScheduler",
+    "Topology",
+    "create_scheduler",
+    "next_hop_layers",
+    "node_limits",
+    "register_scheduler",
     "should_feed",
 ]

@@ -39,8 +39,9 @@ class AdmissionQueue:
     def __len__(self) -> int:
         return len(self.waiting)
 
-    def submit(self, request_id: Hashable, prompt_tokens: int, expected_output_tokens: int | None,
-               now_s: float) -> Pipeline | None:
+    def submit(
+        self, request_id: Hashable, prompt_tokens: int, expected_output_tokens: int | None, now_s: float
+    ) -> Pipeline | None:
         """Admit now if nobody is waiting and the scheduler accepts; otherwise enqueue and return None."""
         if not self.waiting:
             pipeline = self.scheduler.admit(request_id, prompt_tokens, expected_output_tokens, now_s)
@@ -60,8 +61,9 @@ class AdmissionQueue:
         unservable: list[Waiting] = []
         while self.waiting:
             head = self.waiting[0]
-            pipeline = self.scheduler.admit(head.request_id, head.prompt_tokens, head.expected_output_tokens,
-                                            now_s)
+            pipeline = self.scheduler.admit(
+                head.request_id, head.prompt_tokens, head.expected_output_tokens, now_s
+            )
             if pipeline is None:
                 if self.scheduler.active:
                     break

@@ -49,8 +49,14 @@ class Scheduler(ABC):
     kv_admission_default: ClassVar[bool] = False
     wants_stage_events: ClassVar[bool] = False
 
-    def __init__(self, topology: Topology, kv_params: KVParameters | None = None,
-                 rng: random.Random | None = None, *, kv_admission: bool | None = None) -> None:
+    def __init__(
+        self,
+        topology: Topology,
+        kv_params: KVParameters | None = None,
+        rng: random.Random | None = None,
+        *,
+        kv_admission: bool | None = None,
+    ) -> None:
         self.topology = topology
         capacities = {n: lim.kv_capacity_token_layers for n, lim in topology.limits.items()}
         self.kv = KVExpectation(topology.ranges, capacities, topology.num_layers, kv_params or KVParameters())
@@ -58,8 +64,13 @@ class Scheduler(ABC):
         self.kv_admission = self.kv_admission_default if kv_admission is None else kv_admission
         self.active: dict[Hashable, Route] = {}
 
-    def admit(self, request_id: Hashable, prompt_tokens: int, expected_output_tokens: int | None = None,
-              now_s: float = 0.0) -> Pipeline | None:
+    def admit(
+        self,
+        request_id: Hashable,
+        prompt_tokens: int,
+        expected_output_tokens: int | None = None,
+        now_s: float = 0.0,
+    ) -> Pipeline | None:
         """Choose and register a route, or return None (nothing changed) if none can take it now."""
         if request_id in self.active:
             raise ValueError(f"request {request_id!r} is already admitted")
@@ -70,7 +81,9 @@ class Scheduler(ABC):
         choices: list[Choice] = []
         while True:
             candidates = self.topology.next_hops[sender]
-            mask = [self._allowed(sender, k, hop, prompt_tokens, expected) for k, hop in enumerate(candidates)]
+            mask = [
+                self._allowed(sender, k, hop, prompt_tokens, expected) for k, hop in enumerate(candidates)
+            ]
             if not any(mask):
                 self._undo(choices, prompt_tokens)
                 return None
@@ -97,8 +110,14 @@ class Scheduler(ABC):
         return not self.kv_admission or self.kv.can_admit(hop.dst, expected)
 
     @abstractmethod
-    def _choose(self, sender: str, candidates: Sequence[NextHop], mask: Sequence[bool], prompt_tokens: int,
-                now_s: float) -> int:
+    def _choose(
+        self,
+        sender: str,
+        candidates: Sequence[NextHop],
+        mask: Sequence[bool],
+        prompt_tokens: int,
+        now_s: float,
+    ) -> int:
         """Index of the next hop among `candidates` (at least one is masked in)."""
 
     def _before_admit(self, now_s: float) -> None:  # noqa: B027 - optional hook
@@ -141,13 +160,20 @@ def register_scheduler(cls: type[Scheduler]) -> type[Scheduler]:
     return cls
 
 
-def create_scheduler(name: str, topology: Topology, kv_params: KVParameters | None = None,
-                     rng: random.Random | None = None, *, kv_admission: bool | None = None) -> Scheduler:
+def create_scheduler(
+    name: str,
+    topology: Topology,
+    kv_params: KVParameters | None = None,
+    rng: random.Random | None = None,
+    *,
+    kv_admission: bool | None = None,
+) -> Scheduler:
     """A registered scheduler by name (``maxflow``, ``random``, ``shortest-queue``, ``swarm``)."""
     import helix.scheduling.baselines  # noqa: F401  (registers the built-in schedulers)
     import helix.scheduling.maxflow  # noqa: F401
 
     if name not in SCHEDULERS:
-        raise HelixInputError(f"unknown scheduler {name!r}", field="scheduler",
-                              fix=f"use one of {sorted(SCHEDULERS)}")
+        raise HelixInputError(
+            f"unknown scheduler {name!r}", field="scheduler", fix=f"use one of {sorted(SCHEDULERS)}"
+        )
     return SCHEDULERS[name](topology, kv_params, rng, kv_admission=kv_admission)

@@ -29,8 +29,14 @@ SWARM_GAMMA = 0.8
 class RandomScheduler(Scheduler):
     name = "random"
 
-    def _choose(self, sender: str, candidates: Sequence[NextHop], mask: Sequence[bool], prompt_tokens: int,
-                now_s: float) -> int:
+    def _choose(
+        self,
+        sender: str,
+        candidates: Sequence[NextHop],
+        mask: Sequence[bool],
+        prompt_tokens: int,
+        now_s: float,
+    ) -> int:
         return self.rng.choice([k for k, ok in enumerate(mask) if ok])
 
 
@@ -44,11 +50,18 @@ class ShortestQueueScheduler(Scheduler):
         self.queued_prompts: dict[str, int] = {name: 0 for name in self.topology.ranges}
         self._unfinished: dict[Hashable, list[str]] = {}
 
-    def _choose(self, sender: str, candidates: Sequence[NextHop], mask: Sequence[bool], prompt_tokens: int,
-                now_s: float) -> int:
+    def _choose(
+        self,
+        sender: str,
+        candidates: Sequence[NextHop],
+        mask: Sequence[bool],
+        prompt_tokens: int,
+        now_s: float,
+    ) -> int:
         allowed = [k for k, ok in enumerate(mask) if ok]
-        lengths = [0 if candidates[k].dst == COORDINATOR else self.queued_prompts[candidates[k].dst]
-                   for k in allowed]
+        lengths = [
+            0 if candidates[k].dst == COORDINATOR else self.queued_prompts[candidates[k].dst] for k in allowed
+        ]
         shortest = min(lengths)
         return self.rng.choice([k for k, n in zip(allowed, lengths, strict=True) if n == shortest])
 
@@ -80,8 +93,14 @@ class SwarmScheduler(Scheduler):
         self.priority = {s: [SWARM_EPSILON_S] * len(h) for s, h in self.topology.next_hops.items()}
         self._left_upstream_s: dict[Hashable, float] = {}
 
-    def _choose(self, sender: str, candidates: Sequence[NextHop], mask: Sequence[bool], prompt_tokens: int,
-                now_s: float) -> int:
+    def _choose(
+        self,
+        sender: str,
+        candidates: Sequence[NextHop],
+        mask: Sequence[bool],
+        prompt_tokens: int,
+        now_s: float,
+    ) -> int:
         priority = self.priority[sender]
         best = min((k for k, ok in enumerate(mask) if ok), key=lambda k: (priority[k], k))
         priority[best] += self.ema_s[sender][best]

@@ -45,8 +45,13 @@ class KVParameters:
 class KVExpectation:
     """Expected KV availability per node; check-then-act: `can_admit` / `register` / `release`."""
 
-    def __init__(self, ranges: Mapping[str, LayerRange], capacities: Mapping[str, int], num_layers: int,
-                 params: KVParameters) -> None:
+    def __init__(
+        self,
+        ranges: Mapping[str, LayerRange],
+        capacities: Mapping[str, int],
+        num_layers: int,
+        params: KVParameters,
+    ) -> None:
         self.params = params
         self._ranges = dict(ranges)
         self._capacity = {n: float(capacities[n]) for n in ranges}
@@ -55,8 +60,9 @@ class KVExpectation:
         for name, r in self._ranges.items():
             for layer in range(r.start, r.end):
                 self._layer_nodes[layer].append(name)
-        self._total_per_layer = [sum(self._capacity[n] / self._ranges[n].num_layers for n in nodes)
-                                 for nodes in self._layer_nodes]
+        self._total_per_layer = [
+            sum(self._capacity[n] / self._ranges[n].num_layers for n in nodes) for nodes in self._layer_nodes
+        ]
 
     def can_admit(self, node: str, expected_tokens: int) -> bool:
         need = expected_tokens * self._ranges[node].num_layers

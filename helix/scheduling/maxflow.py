@@ -42,8 +42,14 @@ class MaxFlowScheduler(Scheduler):
     def _allowed(self, sender: str, k: int, hop: NextHop, prompt_tokens: int, expected: int) -> bool:
         return self._flow_ok[sender][k] and super()._allowed(sender, k, hop, prompt_tokens, expected)
 
-    def _choose(self, sender: str, candidates: Sequence[NextHop], mask: Sequence[bool], prompt_tokens: int,
-                now_s: float) -> int:
+    def _choose(
+        self,
+        sender: str,
+        candidates: Sequence[NextHop],
+        mask: Sequence[bool],
+        prompt_tokens: int,
+        now_s: float,
+    ) -> int:
         return self._iwrr[sender].choose(prompt_tokens, mask)
 
     def _before_admit(self, now_s: float) -> None:

@@ -60,8 +60,13 @@ def node_limits(capacity: CapacityModel, gpu: str, num_layers: int) -> NodeLimit
             prompt_requests = table.prompt_max_requests_by_layers[num_layers - 1]
         if table.decode_max_tokens_by_layers:
             decode_seqs = table.decode_max_tokens_by_layers[num_layers - 1]
-    return NodeLimits(kv, prompt_requests, prompt_requests * MAX_PROMPT_TOKENS_PER_REQUEST, decode_seqs,
-                      decode_seqs * DECODE_CONTEXT_PER_SEQ)
+    return NodeLimits(
+        kv,
+        prompt_requests,
+        prompt_requests * MAX_PROMPT_TOKENS_PER_REQUEST,
+        decode_seqs,
+        decode_seqs * DECODE_CONTEXT_PER_SEQ,
+    )
 
 
 @dataclass(frozen=True)
@@ -87,11 +92,20 @@ class Topology:
     nic_bytes_per_s: dict[str, float]
 
     @classmethod
-    def build(cls, cluster: ClusterSpec, model: ModelSpec, placement: Placement, capacity: CapacityModel,
-              flow: FlowResult | None = None, *, partial_overlap: bool = True) -> Topology:
+    def build(
+        cls,
+        cluster: ClusterSpec,
+        model: ModelSpec,
+        placement: Placement,
+        capacity: CapacityModel,
+        flow: FlowResult | None = None,
+        *,
+        partial_overlap: bool = True,
+    ) -> Topology:
         if flow is None:
-            flow = evaluate_placement(cluster, model, placement, capacity,
-                                      FlowOptions(partial_overlap=partial_overlap))
+            flow = evaluate_placement(
+                cluster, model, placement, capacity, FlowOptions(partial_overlap=partial_overlap)
+            )
         ranges = dict(placement.items())
         flows = flow.edge_flows
         next_hops: dict[str, list[NextHop]] = {COORDINATOR: []}
@@ -101,26 +115,50 @@ class Topology:
                 link = cluster.link(name, other)
                 chained = r2.start <= r.end < r2.end if partial_overlap else r.end == r2.start
                 if other != name and link is not None and chained:
-                    hops.append(NextHop(other, flows.get((name, other, "link"), 0.0),
-                                        link.bandwidth_bytes_per_s, link.latency_s))
+                    hops.append(
+                        NextHop(
+                            other,
+                            flows.get((name, other, "link"), 0.0),
+                            link.bandwidth_bytes_per_s,
+                            link.latency_s,
+                        )
+                    )
             link = cluster.link(name, COORDINATOR)
             if link is not None and r.end == model.num_layers:
-                hops.append(NextHop(COORDINATOR, flows.get((name, COORDINATOR, "coordinator_out"), 0.0),
-                                    link.bandwidth_bytes_per_s, link.latency_s))
+                hops.append(
+                    NextHop(
+                        COORDINATOR,
+                        flows.get((name, COORDINATOR, "coordinator_out"), 0.0),
+                        link.bandwidth_bytes_per_s,
+                        link.latency_s,
+                    )
+                )
             next_hops[name] = hops
             link = cluster.link(COORDINATOR, name)
             if link is not None and r.start == 0:
-                next_hops[COORDINATOR].append(NextHop(
-                    name, flows.get((COORDINATOR, name, "coordinator_in"), 0.0),
-                    link.bandwidth_bytes_per_s, link.latency_s))
+                next_hops[COORDINATOR].append(
+                    NextHop(
+                        name,
+                        flows.get((COORDINATOR, name, "coordinator_in"), 0.0),
+                        link.bandwidth_bytes_per_s,
+                        link.latency_s,
+                    )
+                )
         _prune(next_hops)
         ranges = {name: r for name, r in ranges.items() if name in next_hops}
         gpus = {name: cluster.node(name).gpu.name for name in ranges}
         limits = {name: node_limits(capacity, gpus[name], r.num_layers) for name, r in ranges.items()}
         nics = {name: cluster.node(name).nic_bytes_per_s for name in ranges}
         nics[COORDINATOR] = cluster.coordinator_nic_bytes_per_s
-        return cls(model.num_layers, ranges, gpus, limits, {k: tuple(v) for k, v in next_hops.items()},
-                   flow.value_tokens_per_s, nics)
+        return cls(
+            model.num_layers,
+            ranges,
+            gpus,
+            limits,
+            {k: tuple(v) for k, v in next_hops.items()},
+            flow.value_tokens_per_s,
+            nics,
+        )
 
     def in_degree(self, node: str) -> int:
         """Number of senders (the coordinator included) that may hand a request to `node`."""

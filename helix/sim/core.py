@@ -2,8 +2,9 @@
 
 Ties at equal times go by `EventKind` (lower first), then by insertion order (`seq`), so runs are
 deterministic. The order is chosen so that work finishing at an instant is visible to work starting at it:
-a request returning to the coordinator (freeing KV) precedes arrivals and feeding at the same time, and a
-node's pass end precedes its wake-ups.
+a request returning to the coordinator (freeing KV) precedes arrivals and feeding at the same time, and
+nodes start passes (WAKE) only after everything else at that instant, so simultaneous arrivals share a
+batch.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ class EventKind(IntEnum):
 
     SINK = 0  # a request iteration reaches the coordinator
     PASS_END = 1  # a compute node finishes a pass over its layers
-    WAKE = 2  # an idle compute node has an arrival to look at
-    ARRIVAL = 3  # an online request arrives
-    FEED = 4  # the offline feeder launches a request
+    ARRIVAL = 2  # an online request arrives
+    FEED = 3  # the offline feeder launches a request
+    WAKE = 4  # an idle compute node starts a pass with what has arrived
     SAMPLE = 5  # periodic metrics sample
 
 
@@ -49,8 +50,9 @@ class EventLoop:
         self._seq += 1
         heapq.heappush(self.heap, (time_s, kind, self._seq, payload))
 
-    def run(self, until_s: float, progress: Callable[[float], None] | None = None,
-            progress_every: int = 50_000) -> None:
+    def run(
+        self, until_s: float, progress: Callable[[float], None] | None = None, progress_every: int = 50_000
+    ) -> None:
         """Process events with time ≤ `until_s` (later ones stay queued)."""
         heap, handlers, pop = self.heap, self.handlers, heapq.heappop
         count = 0

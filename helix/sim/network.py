@@ -24,11 +24,26 @@ BANDWIDTH_POLICIES = ("link", "helix-flow", "helix-fair")
 class Network:
     """Link and NIC FIFO state; links are indexed by `link_id[(src, dst)]`."""
 
-    __slots__ = ("link_id", "free_at", "inverse_bw", "latency_s", "src", "nic_free_at", "inverse_nic",
-                 "nic_queueing", "bytes_sent")
+    __slots__ = (
+        "link_id",
+        "free_at",
+        "inverse_bw",
+        "latency_s",
+        "src",
+        "nic_free_at",
+        "inverse_nic",
+        "nic_queueing",
+        "bytes_sent",
+    )
 
-    def __init__(self, topology: Topology, token_bytes: int, activation_bytes: int, policy: str = "link",
-                 nic_queueing: bool = True) -> None:
+    def __init__(
+        self,
+        topology: Topology,
+        token_bytes: int,
+        activation_bytes: int,
+        policy: str = "link",
+        nic_queueing: bool = True,
+    ) -> None:
         if policy not in BANDWIDTH_POLICIES:
             raise ValueError(f"bandwidth policy must be one of {BANDWIDTH_POLICIES}")
         hops = [(s, h) for s, hs in topology.next_hops.items() for h in hs]

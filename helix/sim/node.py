@@ -31,11 +31,25 @@ COPY_BYTES_PER_S = (4e9, 5e9)  # concatenation, CPU→GPU (serving.md §2.3)
 class Query:
     """One request (query) in flight; it carries one iteration (the prompt or one decode) at a time."""
 
-    __slots__ = ("qid", "prompt_tokens", "output_tokens", "num_decodes", "route", "layers", "links",
-                 "iteration", "hop", "issued_s", "arrived_s", "admitted_s", "first_token_s")
+    __slots__ = (
+        "qid",
+        "prompt_tokens",
+        "output_tokens",
+        "num_decodes",
+        "route",
+        "layers",
+        "links",
+        "iteration",
+        "hop",
+        "issued_s",
+        "arrived_s",
+        "admitted_s",
+        "first_token_s",
+    )
 
-    def __init__(self, qid: int, prompt_tokens: int, output_tokens: int, num_decodes: int,
-                 arrived_s: float) -> None:
+    def __init__(
+        self, qid: int, prompt_tokens: int, output_tokens: int, num_decodes: int, arrived_s: float
+    ) -> None:
         self.qid = qid
         self.prompt_tokens = prompt_tokens
         self.output_tokens = output_tokens
@@ -63,11 +77,34 @@ class NodeTiming:
 class ComputeNode:
     """A node's queues, current pass and counters."""
 
-    __slots__ = ("index", "name", "num_layers", "limits", "timing", "activation_bytes", "pending", "ready",
-                 "busy", "batch", "wake_at", "busy_s", "kv_used", "kv_capacity", "passes", "_seq")
+    __slots__ = (
+        "index",
+        "name",
+        "num_layers",
+        "limits",
+        "timing",
+        "activation_bytes",
+        "pending",
+        "ready",
+        "busy",
+        "batch",
+        "wake_at",
+        "busy_s",
+        "kv_used",
+        "kv_capacity",
+        "passes",
+        "_seq",
+    )
 
-    def __init__(self, index: int, name: str, num_layers: int, limits: NodeLimits, timing: NodeTiming,
-                 activation_bytes: int) -> None:
+    def __init__(
+        self,
+        index: int,
+        name: str,
+        num_layers: int,
+        limits: NodeLimits,
+        timing: NodeTiming,
+        activation_bytes: int,
+    ) -> None:
         self.index = index
         self.name = name
         self.num_layers = num_layers
@@ -102,8 +139,10 @@ class ComputeNode:
         rest: list[Query] = []
         for q in self.ready:
             if q.iteration == 0:
-                if num_prompts < lim.max_prompt_requests and prompt_tokens + q.prompt_tokens <= \
-                        lim.max_prompt_tokens:
+                if (
+                    num_prompts < lim.max_prompt_requests
+                    and prompt_tokens + q.prompt_tokens <= lim.max_prompt_tokens
+                ):
                     num_prompts += 1
                     prompt_tokens += q.prompt_tokens
                     batch.append(q)

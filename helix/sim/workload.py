@@ -67,20 +67,29 @@ def load_lengths(name_or_path: str | Path) -> Lengths:
         with path.open(newline="") as handle:
             rows = list(csv.reader(handle))
     except OSError as exc:
-        raise HelixInputError(f"cannot read the workload ({exc.strerror})", where=where, field="workload",
-                              fix=f"give a CSV path or one of {list(DATASETS)}") from None
+        raise HelixInputError(
+            f"cannot read the workload ({exc.strerror})",
+            where=where,
+            field="workload",
+            fix=f"give a CSV path or one of {list(DATASETS)}",
+        ) from None
     if not rows:
         raise HelixInputError("the file is empty", where=where, field="workload")
     header = [h.strip() for h in rows[0]]
     if {"ContextTokens", "GeneratedTokens"} <= set(header):
-        cols, time_col = (header.index("ContextTokens"), header.index("GeneratedTokens")), header.index(
-            "TIMESTAMP") if "TIMESTAMP" in header else None
+        cols, time_col = (
+            (header.index("ContextTokens"), header.index("GeneratedTokens")),
+            header.index("TIMESTAMP") if "TIMESTAMP" in header else None,
+        )
     elif {"input_tokens", "output_tokens"} <= set(header):
         cols, time_col = (header.index("input_tokens"), header.index("output_tokens")), None
     else:
-        raise HelixInputError(f"unknown columns {header}", where=where, field="header",
-                              fix="use `input_tokens,output_tokens` or Azure's "
-                                  "`TIMESTAMP,ContextTokens,GeneratedTokens`")
+        raise HelixInputError(
+            f"unknown columns {header}",
+            where=where,
+            field="header",
+            fix="use `input_tokens,output_tokens` or Azure's `TIMESTAMP,ContextTokens,GeneratedTokens`",
+        )
     prompts, outputs, times = [], [], []
     for line, row in enumerate(rows[1:], start=2):
         if not row:
@@ -89,11 +98,19 @@ def load_lengths(name_or_path: str | Path) -> Lengths:
             p, o = int(float(row[cols[0]])), int(float(row[cols[1]]))
             t = _parse_time(row[time_col]) if time_col is not None else 0.0
         except (ValueError, IndexError):
-            raise HelixInputError("missing or non-numeric field", where=f"{where}:{line}", field=str(row),
-                                  fix="every row needs non-negative token counts (and a timestamp)") from None
+            raise HelixInputError(
+                "missing or non-numeric field",
+                where=f"{where}:{line}",
+                field=str(row),
+                fix="every row needs non-negative token counts (and a timestamp)",
+            ) from None
         if p <= 0 or o < 0:
-            raise HelixInputError(f"prompt tokens must be > 0 and output tokens >= 0, got {p}, {o}",
-                                  where=f"{where}:{line}", field="tokens", fix="remove or fix the row")
+            raise HelixInputError(
+                f"prompt tokens must be > 0 and output tokens >= 0, got {p}, {o}",
+                where=f"{where}:{line}",
+                field="tokens",
+                fix="remove or fix the row",
+            )
         prompts.append(p)
         outputs.append(max(o, 1))
         times.append(t)
@@ -108,8 +125,11 @@ def load_lengths(name_or_path: str | Path) -> Lengths:
 
 def _check_rate(rate_per_s: float) -> None:
     if not rate_per_s > 0 or not math.isfinite(rate_per_s):
-        raise HelixInputError(f"arrival rate must be > 0 requests/s, got {rate_per_s}", field="rate",
-                              fix="pass a positive --rate")
+        raise HelixInputError(
+            f"arrival rate must be > 0 requests/s, got {rate_per_s}",
+            field="rate",
+            fix="pass a positive --rate",
+        )
 
 
 def poisson_arrivals(rate_per_s: float, duration_s: float, rng: np.random.Generator) -> np.ndarray:
@@ -138,16 +158,23 @@ def load_bucket_counts(name_or_path: str | Path) -> np.ndarray:
     try:
         data = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
     except (OSError, ValueError) as exc:
-        raise HelixInputError(f"cannot read arrival buckets ({exc})", where=str(path), field="arrivals",
-                              fix="give `azure_conversation`, `azure_code` or a bucket CSV") from None
+        raise HelixInputError(
+            f"cannot read arrival buckets ({exc})",
+            where=str(path),
+            field="arrivals",
+            fix="give `azure_conversation`, `azure_code` or a bucket CSV",
+        ) from None
     counts = data[:, 1]
     if (counts < 0).any() or counts.sum() <= 0:
-        raise HelixInputError("bucket counts must be >= 0 and not all zero", where=str(path), field="requests")
+        raise HelixInputError(
+            "bucket counts must be >= 0 and not all zero", where=str(path), field="requests"
+        )
     return counts
 
 
-def bucket_arrivals(counts: np.ndarray, rate_per_s: float, duration_s: float,
-                    rng: np.random.Generator) -> np.ndarray:
+def bucket_arrivals(
+    counts: np.ndarray, rate_per_s: float, duration_s: float, rng: np.random.Generator
+) -> np.ndarray:
     """Helix's resampled Azure arrivals (see the module docstring)."""
     _check_rate(rate_per_s)
     scaled = counts * (BUCKET_S * rate_per_s / counts.mean())

@@ -95,8 +95,15 @@ def _gather_slots(cache: torch.Tensor, block_table: torch.Tensor, num_tokens: in
 def prefill_attention(q, k, v, k_cache, v_cache, seg: PrefillSegment, scale: float) -> torch.Tensor:
     """Causal attention of a prompt chunk. q [n, Hq, D], k/v [n, Hkv, D] -> [n, Hq, D]."""
     if seg.num_cached == 0:
+        if q.is_cuda and k.shape[1] != q.shape[1]:  # expanded heads keep SDPA on its flash kernels
+            groups = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
         out = F.scaled_dot_product_attention(
-            q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), is_causal=True, scale=scale,
+            q.transpose(0, 1),
+            k.transpose(0, 1),
+            v.transpose(0, 1),
+            is_causal=True,
+            scale=scale,
             enable_gqa=True,
         )
         return out.transpose(0, 1)
@@ -107,7 +114,11 @@ def prefill_attention(q, k, v, k_cache, v_cache, seg: PrefillSegment, scale: flo
     # Row i (position num_cached + i) sees keys 0 .. num_cached + i.
     mask = torch.ones(seg.num_new, total, dtype=torch.bool, device=q.device).tril(seg.num_cached)
     out = F.scaled_dot_product_attention(
-        q.transpose(0, 1), keys.to(q.dtype), values.to(q.dtype), attn_mask=mask, scale=scale,
+        q.transpose(0, 1),
+        keys.to(q.dtype),
+        values.to(q.dtype),
+        attn_mask=mask,
+        scale=scale,
         enable_gqa=True,
     )
     return out.transpose(0, 1)
@@ -131,7 +142,11 @@ def decode_attention_sdpa(
     values = v_cache[tables].view(batch, span, *v_cache.shape[2:]).transpose(1, 2)
     mask = torch.arange(span, device=q.device)[None, :] < context_lens[:, None]  # [B, S]
     out = F.scaled_dot_product_attention(
-        q.unsqueeze(2), keys.to(q.dtype), values.to(q.dtype), attn_mask=mask[:, None, None, :],
-        scale=scale, enable_gqa=True,
+        q.unsqueeze(2),
+        keys.to(q.dtype),
+        values.to(q.dtype),
+        attn_mask=mask[:, None, None, :],
+        scale=scale,
+        enable_gqa=True,
     )
     return out.squeeze(2)

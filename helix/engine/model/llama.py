@@ -53,13 +53,9 @@ class LlamaStage(nn.Module):
         self.is_last = layer_range.is_last(config.num_layers)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size) if self.is_first else None
         self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(layer_range.num_layers))
-        self.rotary = RotaryEmbedding(
-            config.head_dim, max_positions, config.rope_theta, config.rope_scaling
-        )
+        self.rotary = RotaryEmbedding(config.head_dim, max_positions, config.rope_theta, config.rope_scaling)
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps) if self.is_last else None
-        self.lm_head = (
-            nn.Linear(config.hidden_size, config.vocab_size, bias=False) if self.is_last else None
-        )
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False) if self.is_last else None
 
     def forward(
         self,
@@ -94,7 +90,10 @@ class LlamaStage(nn.Module):
             if self.config.attention_bias:
                 names[prefix + "self_attn.qkv_proj.bias"] = [attn + f"{p}_proj.bias" for p in "qkv"]
             names[prefix + "self_attn.o_proj.weight"] = [attn + "o_proj.weight"]
-            names[prefix + "mlp.gate_up_proj.weight"] = [hf + "mlp.gate_proj.weight", hf + "mlp.up_proj.weight"]
+            names[prefix + "mlp.gate_up_proj.weight"] = [
+                hf + "mlp.gate_proj.weight",
+                hf + "mlp.up_proj.weight",
+            ]
             names[prefix + "mlp.down_proj.weight"] = [hf + "mlp.down_proj.weight"]
             for norm in ("input_layernorm", "post_attention_layernorm"):
                 names[prefix + f"{norm}.weight"] = [hf + f"{norm}.weight"]

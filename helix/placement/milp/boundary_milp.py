@@ -8,6 +8,7 @@ flow they carry. For a target F::
     f[c,s,k] ≤ w[c,s,k]·x[c,s,k],  w = min(cap_c(k), F, coordinator link if s = 0 or s+k = L)
     Σ_{arcs of zone z ending at b} f + Σ_z' y[z',z,b] = Σ_{arcs of z starting at b} f + Σ_z' y[z,z',b]
     Σ_{c,k} f[c,0,k] ≥ F
+    Σ_{arcs covering layer ℓ} w·x ≥ F  for every layer ℓ   (cover cuts, implied by the flows)
 
 y[z,z',b] ≥ 0 is flow crossing from zone z to zone z' at boundary b. Capping capacities at F is what
 makes the LP relaxation useful (an arc of one node can never carry more than the whole flow), and the
@@ -56,8 +57,12 @@ class SolveOutcome:
 
 def columns(problem: Problem) -> list[Column]:
     L = problem.num_layers
-    return [Column(ci, s, k) for ci, c in enumerate(problem.classes)
-            for s in range(L) for k in range(1, min(c.max_layers, L - s) + 1)]
+    return [
+        Column(ci, s, k)
+        for ci, c in enumerate(problem.classes)
+        for s in range(L)
+        for k in range(1, min(c.max_layers, L - s) + 1)
+    ]
 
 
 class _Rows:
@@ -97,8 +102,16 @@ def _crossings(problem: Problem, mode: str) -> list[tuple[int, int, float]]:
     return out
 
 
-def solve_at(problem: Problem, target: float, mode: str, *, time_limit_s: float, threads: int, seed: int,
-             max_nodes: int = 20000) -> SolveOutcome:
+def solve_at(
+    problem: Problem,
+    target: float,
+    mode: str,
+    *,
+    time_limit_s: float,
+    threads: int,
+    seed: int,
+    max_nodes: int = 20000,
+) -> SolveOutcome:
     """Is there a placement with flow ≥ `target` in the `mode` model? (see the module docstring)"""
     cols = columns(problem)
     n = len(cols)
@@ -108,7 +121,9 @@ def solve_at(problem: Problem, target: float, mode: str, *, time_limit_s: float,
     num_vars = 2 * n + len(crossing_vars)
     counts = [problem.classes[c.cls].count for c in cols]
     weights = [_arc_weight(problem, c, target, mode) for c in cols]
-    upper = np.array(counts + [w * m for w, m in zip(weights, counts)] + [target] * len(crossing_vars))
+    upper = np.array(
+        counts + [w * m for w, m in zip(weights, counts, strict=True)] + [target] * len(crossing_vars)
+    )
     rows = _Rows()
     for ci, cls in enumerate(problem.classes):
         rows.add(-highspy.kHighsInf, cls.count, [(j, 1.0) for j, c in enumerate(cols) if c.cls == ci])
@@ -135,30 +150,65 @@ def solve_at(problem: Problem, target: float, mode: str, *, time_limit_s: float,
         zone_size[cls.zone] += cls.count
     for v, (za, zb, lam, b) in enumerate(crossing_vars):
         mult_e, mult_s = (zone_size[zb], zone_size[za]) if mode == "relax" else (1, 1)
-        rows.add(-highspy.kHighsInf, 0.0,
-                 [(2 * n + v, 1.0)] + [(j, -lam * mult_e) for j in ends.get((za, b), [])])
-        rows.add(-highspy.kHighsInf, 0.0,
-                 [(2 * n + v, 1.0)] + [(j, -lam * mult_s) for j in begins.get((zb, b), [])])
+        rows.add(
+            -highspy.kHighsInf, 0.0, [(2 * n + v, 1.0)] + [(j, -lam * mult_e) for j in ends.get((za, b), [])]
+        )
+        rows.add(
+            -highspy.kHighsInf,
+            0.0,
+            [(2 * n + v, 1.0)] + [(j, -lam * mult_s) for j in begins.get((zb, b), [])],
+        )
     rows.add(target, highspy.kHighsInf, [(n + j, 1.0) for j, c in enumerate(cols) if c.start == 0])
-    return _run(cols, num_vars, upper, rows, time_limit_s=time_limit_s, threads=threads, seed=seed,
-                max_nodes=max_nodes)
+    for layer in range(L):  # layer cover cuts: implied by the flows, but they guide branching a lot
+        rows.add(
+            target,
+            highspy.kHighsInf,
+            [
+                (j, w)
+                for j, (c, w) in enumerate(zip(cols, weights, strict=True))
+                if c.start <= layer < c.start + c.layers
+            ],
+        )
+    return _run(
+        cols,
+        num_vars,
+        upper,
+        rows,
+        time_limit_s=time_limit_s,
+        threads=threads,
+        seed=seed,
+        max_nodes=max_nodes,
+    )
 
 
-def _run(cols: list[Column], num_vars: int, upper: np.ndarray, rows: _Rows, *, time_limit_s: float,
-         threads: int, seed: int, max_nodes: int) -> SolveOutcome:
+def _run(
+    cols: list[Column],
+    num_vars: int,
+    upper: np.ndarray,
+    rows: _Rows,
+    *,
+    time_limit_s: float,
+    threads: int,
+    seed: int,
+    max_nodes: int,
+) -> SolveOutcome:
     n = len(cols)
     h = highspy.Highs()
     h.setOptionValue("output_flag", False)
     h.setOptionValue("time_limit", max(0.01, time_limit_s))
-    h.setOptionValue("threads", max(1, threads))
     h.setOptionValue("random_seed", seed)
     h.setOptionValue("mip_max_nodes", max_nodes)
     h.addVars(num_vars, np.zeros(num_vars), upper.astype(float))
-    h.changeColsIntegrality(n, np.arange(n, dtype=np.int32),
-                            np.array([highspy.HighsVarType.kInteger] * n))
-    h.addRows(len(rows.lower), np.array(rows.lower, float), np.array(rows.upper, float),
-              len(rows.index), np.array(rows.starts, np.int32), np.array(rows.index, np.int32),
-              np.array(rows.value, float))
+    h.changeColsIntegrality(n, np.arange(n, dtype=np.int32), np.array([highspy.HighsVarType.kInteger] * n))
+    h.addRows(
+        len(rows.lower),
+        np.array(rows.lower, float),
+        np.array(rows.upper, float),
+        len(rows.index),
+        np.array(rows.starts, np.int32),
+        np.array(rows.index, np.int32),
+        np.array(rows.value, float),
+    )
     h.run()
     status = h.getModelStatus()
     info = h.getInfo()

@@ -31,8 +31,11 @@ def layer_work(problem: Problem, flow: float) -> float:
 def saturation_bound(problem: Problem, rel_tol: float = 1e-9) -> float:
     """The largest F with h(F) ≥ L·F (see the module docstring)."""
     lo = 0.0
-    hi = max(max(c.caps_tokens_per_s) for c in problem.classes) * len(problem.classes) * \
-        max(c.count for c in problem.classes)
+    hi = (
+        max(max(c.caps_tokens_per_s) for c in problem.classes)
+        * len(problem.classes)
+        * max(c.count for c in problem.classes)
+    )
     if layer_work(problem, hi) >= problem.num_layers * hi:
         return hi
     while hi - lo > rel_tol * hi:
@@ -41,7 +44,7 @@ def saturation_bound(problem: Problem, rel_tol: float = 1e-9) -> float:
             lo = mid
         else:
             hi = mid
-    return hi
+    return hi * (1 + 1e-7)  # margin for float rounding at the fixed point: the bound stays valid
 
 
 def coordinator_cut_bound(problem: Problem) -> float:

@@ -85,8 +85,13 @@ def _zones(cluster: ClusterSpec, model: ModelSpec, big: float) -> dict[str, int]
     for link in cluster.links:
         if COORDINATOR in (link.src, link.dst):
             continue
-        if min(_link_cap(cluster, link.src, link.dst, act, big),
-               _link_cap(cluster, link.dst, link.src, act, big)) >= big:
+        if (
+            min(
+                _link_cap(cluster, link.src, link.dst, act, big),
+                _link_cap(cluster, link.dst, link.src, act, big),
+            )
+            >= big
+        ):
             parent[find(link.src)] = find(link.dst)
     roots: dict[str, int] = {}
     return {n.name: roots.setdefault(find(n.name), len(roots)) for n in cluster.nodes}
@@ -97,8 +102,9 @@ def build_problem(cluster: ClusterSpec, model: ModelSpec, capacity: CapacityMode
     tables = {}
     for node in cluster.nodes:
         k_max = min(capacity.max_layers(node.gpu.name), model.num_layers)
-        tables[node.name] = tuple(node_capacity_tokens_per_s(node, k, model, capacity)
-                                  for k in range(1, k_max + 1))
+        tables[node.name] = tuple(
+            node_capacity_tokens_per_s(node, k, model, capacity) for k in range(1, k_max + 1)
+        )
     big = max((max(t) for t in tables.values() if t), default=1.0)
     zone_of = _zones(cluster, model, big)
     tok = model.token_bytes
@@ -112,8 +118,9 @@ def build_problem(cluster: ClusterSpec, model: ModelSpec, capacity: CapacityMode
     for (gpu, zone, table, src, dst), names in groups.items():
         if not table:
             continue
-        classes.append(NodeClass(f"{gpu}@z{zone}#{len(classes)}", gpu, zone, tuple(names), table,
-                                 (src, src), (dst, dst)))
+        classes.append(
+            NodeClass(f"{gpu}@z{zone}#{len(classes)}", gpu, zone, tuple(names), table, (src, src), (dst, dst))
+        )
     zones = max(zone_of.values()) + 1
     zone_links = _zone_links(cluster, model, zone_of, zones, big)
     one_zone_clean = zones == 1 and zone_links.get((0, 0), (big, big))[0] >= big
@@ -121,8 +128,9 @@ def build_problem(cluster: ClusterSpec, model: ModelSpec, capacity: CapacityMode
     return Problem(model.num_layers, tuple(classes), zones, zone_links, big, one_zone_clean and coord_fast)
 
 
-def _zone_links(cluster: ClusterSpec, model: ModelSpec, zone_of: dict[str, int], zones: int,
-                big: float) -> dict[tuple[int, int], tuple[float, float]]:
+def _zone_links(
+    cluster: ClusterSpec, model: ModelSpec, zone_of: dict[str, int], zones: int, big: float
+) -> dict[tuple[int, int], tuple[float, float]]:
     act = model.activation_bytes_per_token
     caps: dict[tuple[int, int], list[float]] = {}
     names = [n.name for n in cluster.nodes]
@@ -139,20 +147,34 @@ def check_feasible(problem: Problem, cluster: ClusterSpec, model: ModelSpec) -> 
     if total < problem.num_layers:
         raise HelixInputError(
             f"{model.name} has {problem.num_layers} layers but the cluster's nodes can hold only {total} "
-            "in total (weights plus KV reserve must fit in each node's memory)", where=cluster.name,
-            field="nodes", fix="add nodes or GPUs with more memory, or serve a smaller model")
+            "in total (weights plus KV reserve must fit in each node's memory)",
+            where=cluster.name,
+            field="nodes",
+            fix="add nodes or GPUs with more memory, or serve a smaller model",
+        )
     if not any(c.source_cap[1] > 0 for c in problem.classes):
-        raise HelixInputError("the coordinator cannot send to any node", where=cluster.name,
-                              field="links", fix="add links from the coordinator to nodes")
+        raise HelixInputError(
+            "the coordinator cannot send to any node",
+            where=cluster.name,
+            field="links",
+            fix="add links from the coordinator to nodes",
+        )
     if not any(c.sink_cap[1] > 0 for c in problem.classes):
-        raise HelixInputError("no node can send results back to the coordinator", where=cluster.name,
-                              field="links", fix="add links from nodes to the coordinator")
+        raise HelixInputError(
+            "no node can send results back to the coordinator",
+            where=cluster.name,
+            field="links",
+            fix="add links from nodes to the coordinator",
+        )
     reach = _reachable_boundaries(problem, cluster, model)
     if problem.num_layers not in reach:
         raise HelixInputError(
             f"no chain of linked nodes can cover all {problem.num_layers} layers from the coordinator back "
-            f"to it (layer boundaries reachable: up to {max(reach)})", where=cluster.name, field="links",
-            fix="add links between nodes, or nodes with more memory")
+            f"to it (layer boundaries reachable: up to {max(reach)})",
+            where=cluster.name,
+            field="links",
+            fix="add links between nodes, or nodes with more memory",
+        )
 
 
 def _reachable_boundaries(problem: Problem, cluster: ClusterSpec, model: ModelSpec) -> set[int]:

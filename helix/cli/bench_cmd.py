@@ -1,0 +1,37 @@
+"""`helix bench`: open-loop load against any OpenAI-compatible endpoint; prints/writes JSON."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import typer
+
+
+def bench(
+    url: str = typer.Option("http://127.0.0.1:8000/v1", help="the endpoint's /v1 base URL"),
+    model: str = typer.Option(..., help="model name as the server reports it (/v1/models)"),
+    rate: float = typer.Option(1.0, help="requests per second (open loop)"),
+    duration: float = typer.Option(30.0, help="seconds of arrivals"),
+    prompt_tokens: int = typer.Option(64, help="prompt length (words, about one token each)"),
+    output_tokens: int = typer.Option(32, help="tokens generated per request (ignore_eos)"),
+    cv: float = typer.Option(1.0, help="arrival burstiness: 1 = Poisson, >1 = gamma bursts"),
+    seed: int = typer.Option(0),
+    api_key: str = typer.Option(None, envvar="HELIX_API_KEY"),
+    output: Path = typer.Option(None, "-o", help="write the JSON result here"),
+) -> None:
+    """Measure throughput and TTFT/TPOT percentiles at a given request rate."""
+    from helix.runtime.loadgen import LoadSpec, run_load
+
+    spec = LoadSpec(url, model, rate, duration, prompt_tokens, output_tokens, cv, seed, api_key)
+    result = asyncio.run(run_load(spec))
+    text = json.dumps(result, indent=2)
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text + "\n")
+    typer.echo(text)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("bench")(bench)

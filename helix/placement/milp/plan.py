@@ -1,0 +1,244 @@
+"""`milp_plan`: the default placement method.
+
+1. Aggregate interchangeable nodes into classes and zones (problem.py); reject infeasible inputs.
+2. Warm start: every baseline, scored by the evaluator. Bound: the saturation bound (bounds.py).
+3. Stage heuristic (stages.py): bisect on the target flow F with a tiny stage IP — milliseconds each.
+4. Boundary MILP (boundary_milp.py): bisect on F. An infeasible ``relax`` model at F proves that no
+   placement reaches F (the bound drops to F); feasible models give placements, realised on concrete
+   nodes and scored by the evaluator. When the model is exact one solve serves both purposes.
+5. Local search (search.py) on the incumbent with the time that is left.
+
+Every reported flow is the evaluator's; the bound is proven (the saturation bound or an infeasible
+relaxation at F). Search stops when (bound − flow)/bound ≤ ``options.mip_gap``.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+from helix.errors import HelixInputError
+from helix.flow.graph import FlowOptions
+from helix.perf.base import CapacityModel
+from helix.placement.milp.boundary_milp import FEASIBLE, INFEASIBLE, Column, solve_at
+from helix.placement.milp.bounds import saturation_bound, static_upper_bound
+from helix.placement.milp.incumbent import Clock, Incumbent
+from helix.placement.milp.problem import Problem, build_problem, check_feasible
+from helix.placement.milp.search import local_search
+from helix.placement.milp.stages import solve_stages, stages_to_placement
+from helix.placement.milp.zones import solve_zone_chain
+from helix.placement.result import PlannerOptions, PlanResult
+from helix.specs.cluster import ClusterSpec
+from helix.specs.model import ModelSpec
+from helix.specs.placement import LayerRange, Placement
+
+RELAX_BOUND = "boundary-graph MILP relaxation infeasible above this flow (HiGHS)"
+
+
+def counts_to_placement(problem: Problem, counts: dict[Column, int]) -> Placement:
+    """Give every (class, start, layers) slot of a MILP solution a concrete node of that class."""
+    next_node = [0] * len(problem.classes)
+    ranges = {}
+    for col in sorted(counts, key=lambda c: (c.cls, c.start, c.layers)):
+        for _ in range(counts[col]):
+            cls = problem.classes[col.cls]
+            ranges[cls.nodes[next_node[col.cls]]] = LayerRange(col.start, col.start + col.layers)
+            next_node[col.cls] += 1
+    return Placement(ranges)
+
+
+def _warm_start(
+    incumbent: Incumbent, cluster: ClusterSpec, model: ModelSpec, capacity: CapacityModel, seed: int
+) -> None:
+    from helix.placement.baselines import BASELINES
+
+    for name, baseline in sorted(BASELINES.items()):
+        try:
+            placement = baseline(cluster, model, capacity, seed=seed)
+            incumbent.offer(placement, f"baseline {name}")
+        except (HelixInputError, ValueError):
+            continue  # a baseline that does not apply to this cluster
+
+
+def _done(incumbent: Incumbent, options: PlannerOptions, until_s: float | None = None) -> bool:
+    stop = options.time_limit_s if until_s is None else until_s
+    return incumbent.gap() <= options.mip_gap or incumbent.clock.elapsed() >= stop
+
+
+def _stage_phase(problem: Problem, incumbent: Incumbent, options: PlannerOptions) -> None:
+    lo, hi = incumbent.value, incumbent.bound
+    while hi - lo > options.mip_gap * hi and not _done(incumbent, options):
+        target = (lo + hi) / 2
+        limit_s = min(2.0, incumbent.clock.left())
+        stages = solve_stages(problem, target, time_limit_s=limit_s, seed=options.seed)
+        if stages is None and problem.zones > 1:
+            stages = solve_zone_chain(problem, target, time_limit_s=limit_s, seed=options.seed)
+        value = incumbent.offer(stages_to_placement(problem, stages), "stage IP") if stages else 0.0
+        if value >= target:
+            lo = value
+        else:
+            hi = target
+
+
+def _zone_problem(problem: Problem, zone: int) -> Problem:
+    members = tuple(replace(c, zone=0) for c in problem.classes if c.zone == zone)
+    return Problem(
+        problem.num_layers,
+        members,
+        1,
+        {(0, 0): problem.zone_links.get((zone, zone), (0.0, 0.0))},
+        problem.big_tokens_per_s,
+        False,
+    )
+
+
+def _parallel_zones_phase(problem: Problem, incumbent: Incumbent, options: PlannerOptions) -> None:
+    """One stage pipeline per zone, side by side (coordinator links are fast): bisect each zone alone."""
+    combined: dict[str, LayerRange] = {}
+    for zone in range(problem.zones):
+        sub = _zone_problem(problem, zone)
+        if sum(c.count * c.max_layers for c in sub.classes) < problem.num_layers:
+            continue
+        lo, hi, best = 0.0, saturation_bound(sub), None
+        while hi - lo > options.mip_gap * hi and not _done(incumbent, options):
+            target = (lo + hi) / 2
+            stages = solve_stages(
+                sub, target, time_limit_s=min(2.0, incumbent.clock.left()), seed=options.seed
+            )
+            if stages is None:
+                hi = target
+            else:
+                lo, best = target, stages_to_placement(sub, stages)
+        if best is not None:
+            combined.update(best.ranges)
+    if combined:
+        incumbent.offer(Placement(combined), "stage IP, one pipeline set per zone")
+
+
+def _solve(problem: Problem, incumbent: Incumbent, options: PlannerOptions, target: float, mode: str):
+    cap_s = min(incumbent.clock.left() - 0.2, max(2.0, options.time_limit_s / 6))
+    return solve_at(problem, target, mode, time_limit_s=cap_s, threads=options.threads, seed=options.seed)
+
+
+def _boundary_phase(
+    problem: Problem, incumbent: Incumbent, options: PlannerOptions, until_s: float
+) -> dict[str, int]:
+    """Bisect on F with the boundary MILP: primal probes (restrict) and bound probes (relax)."""
+    bound_ok = not options.partial_overlap  # the strict model bounds only strict chaining
+    stats = {"milp_solves": 0}
+    ceiling = incumbent.bound  # primal probes above this failed
+    relax_floor = incumbent.value  # the relaxation is feasible up to here
+    first = True
+    while not _done(incumbent, options, until_s):
+        progressed = False
+        if ceiling - incumbent.value > options.mip_gap * ceiling:
+            # the first probe asks "is the incumbent optimal?"; later ones bisect
+            target = incumbent.value * (1 + options.mip_gap) if first else (incumbent.value + ceiling) / 2
+            first = False
+            mode = "relax" if problem.exact else "restrict"
+            out = _solve(problem, incumbent, options, target, mode)
+            stats["milp_solves"] += 1
+            value = (
+                incumbent.offer(counts_to_placement(problem, out.counts), "boundary MILP")
+                if out.status == FEASIBLE
+                else 0.0
+            )
+            if out.status == INFEASIBLE and problem.exact and bound_ok:
+                incumbent.tighten(target, RELAX_BOUND)
+            if value < target:
+                ceiling = target
+            progressed = True
+        if (
+            bound_ok
+            and not problem.exact
+            and incumbent.bound - relax_floor > options.mip_gap * incumbent.bound
+            and not _done(incumbent, options, until_s)
+        ):
+            target = (max(relax_floor, incumbent.value) + incumbent.bound) / 2
+            out = _solve(problem, incumbent, options, target, "relax")
+            stats["milp_solves"] += 1
+            if out.status == INFEASIBLE:
+                incumbent.tighten(target, RELAX_BOUND)
+            else:
+                relax_floor = target
+            progressed = True
+        if not progressed:
+            break
+        ceiling = min(ceiling, incumbent.bound)
+    return stats
+
+
+def milp_plan(
+    cluster: ClusterSpec, model: ModelSpec, capacity: CapacityModel, options: PlannerOptions
+) -> PlanResult:
+    """Plan a placement (module docstring); returns the best evaluated placement and a proven bound."""
+    clock = Clock(options.time_limit_s)
+    problem = build_problem(cluster, model, capacity)
+    check_feasible(problem, cluster, model)
+    incumbent = Incumbent(
+        cluster, model, capacity, FlowOptions(options.partial_overlap), clock, options.progress
+    )
+    _warm_start(incumbent, cluster, model, capacity, options.seed)
+    incumbent.tighten(*static_upper_bound(problem))
+    baseline_value = incumbent.value
+    _stage_phase(problem, incumbent, options)
+    if problem.zones > 1:
+        _parallel_zones_phase(problem, incumbent, options)
+    # an inexact model (slow links) leaves half the time to local search on concrete placements
+    until_s = options.time_limit_s * (1.0 if problem.exact else 0.5)
+    stats = _boundary_phase(problem, incumbent, options, until_s)
+    evals = 0
+    if not _done(incumbent, options) and incumbent.placement is not None:
+        evals = local_search(
+            problem,
+            incumbent,
+            rng=random.Random(options.seed),
+            max_evals=200_000,
+            deadline_s=options.time_limit_s,
+        )
+    return _result(problem, incumbent, options, baseline_value, {**stats, "local_search_evals": evals})
+
+
+def _result(
+    problem: Problem,
+    incumbent: Incumbent,
+    options: PlannerOptions,
+    baseline_value: float,
+    stats: dict[str, int],
+) -> PlanResult:
+    if incumbent.placement is None or incumbent.flow is None:
+        raise HelixInputError(
+            "no placement carries any flow: every chain of nodes from the coordinator "
+            "back to it is missing a link or memory",
+            field="cluster",
+            fix="check the cluster's links and node memory",
+        )
+    warnings = []
+    if incumbent.source.startswith("baseline") and incumbent.gap() > options.mip_gap:
+        warnings.append(
+            f"the time limit ({options.time_limit_s:g} s) expired before the search improved "
+            f"on the best baseline ({incumbent.source[len('baseline ') :]})"
+        )
+    used = set(incumbent.placement)
+    unused = sorted(n for c in problem.classes for n in c.nodes if n not in used)
+    details = {
+        "found_by": incumbent.source,
+        "baseline_tokens_per_s": baseline_value,
+        "unused_nodes": unused,
+        "classes": len(problem.classes),
+        "zones": problem.zones,
+        "exact_model": problem.exact,
+        "history": incumbent.history,
+        **stats,
+    }
+    return PlanResult(
+        placement=incumbent.placement,
+        flow=incumbent.flow,
+        method="milp",
+        upper_bound_tokens_per_s=incumbent.bound,
+        bound_source=incumbent.bound_source,
+        elapsed_s=incumbent.clock.elapsed(),
+        time_to_best_s=incumbent.found_at_s,
+        warnings=tuple(warnings),
+        details=details,
+    )

@@ -1,0 +1,94 @@
+"""Stage-structured placements from a small integer program (a fast primal heuristic).
+
+A stage is a set of nodes of one zone that all hold the same layers [b, b+k); consecutive stages are
+fully linked, so in a zone whose links never bind a pipeline of stages carries min over stages of
+Σ_{i in stage} cap_i(k). For a target F we enumerate *minimal* node multisets (at most `max_size`
+nodes, interchangeable nodes counted per class) whose capacity at k layers reaches F, and solve::
+
+    z[k, m] ∈ ℕ   (number of stages of length k using multiset m)
+    Σ z[k,m]·k = L,   Σ z[k,m]·m_c ≤ n_c for every class c
+
+A feasible z is a placement with flow ≥ F (checked by the evaluator). The model is tiny (one row per
+class plus one) and HiGHS answers in milliseconds, which lets the planner bisect on F.
+"""
+
+from __future__ import annotations
+
+from itertools import combinations_with_replacement
+
+import highspy
+import numpy as np
+
+from helix.placement.milp.problem import Problem
+from helix.specs.placement import LayerRange, Placement
+
+Stage = tuple[int, tuple[int, ...]]  # (layers, class indices with repetition)
+
+
+def minimal_stages(problem: Problem, target: float, zone: int, max_size: int) -> list[Stage]:
+    """Every minimal multiset of ≤ max_size nodes of `zone` whose capacity at k layers reaches `target`."""
+    out: list[Stage] = []
+    members = [ci for ci, c in enumerate(problem.classes) if c.zone == zone]
+    for k in range(1, problem.num_layers + 1):
+        able = [ci for ci in members if problem.classes[ci].max_layers >= k]
+        for size in range(1, max_size + 1):
+            for combo in combinations_with_replacement(able, size):
+                if any(combo.count(ci) > problem.classes[ci].count for ci in set(combo)):
+                    continue
+                caps = [problem.classes[ci].caps_tokens_per_s[k - 1] for ci in combo]
+                if sum(caps) >= target and sum(caps) - min(caps) < target:
+                    out.append((k, combo))
+    return out
+
+
+def solve_stages(
+    problem: Problem, target: float, *, time_limit_s: float, seed: int, max_size: int = 3
+) -> list[Stage] | None:
+    """Stages (in pipeline order) reaching `target` in one zone, or None if none found."""
+    for zone in range(problem.zones):
+        stages = minimal_stages(problem, target, zone, max_size)
+        if stages:
+            chosen = _solve(problem, stages, time_limit_s=time_limit_s, seed=seed)
+            if chosen is not None:
+                return chosen
+    return None
+
+
+def _solve(problem: Problem, stages: list[Stage], *, time_limit_s: float, seed: int) -> list[Stage] | None:
+    n = len(stages)
+    h = highspy.Highs()
+    h.setOptionValue("output_flag", False)
+    h.setOptionValue("time_limit", max(0.01, time_limit_s))
+    h.setOptionValue("random_seed", seed)
+    h.addVars(n, np.zeros(n), np.full(n, float(problem.num_layers)))
+    h.changeColsIntegrality(n, np.arange(n, dtype=np.int32), np.array([highspy.HighsVarType.kInteger] * n))
+    # prefer fewer nodes: cheaper to run and leaves spares
+    h.changeColsCost(n, np.arange(n, dtype=np.int32), np.array([len(m) for _, m in stages], float))
+    idx = np.arange(n, dtype=np.int32)
+    h.addRow(problem.num_layers, problem.num_layers, n, idx, np.array([k for k, _ in stages], float))
+    for ci, cls in enumerate(problem.classes):
+        use = np.array([m.count(ci) for _, m in stages], float)
+        if use.any():
+            h.addRow(0, cls.count, n, idx, use)
+    h.run()
+    if h.getInfo().primal_solution_status != 2:
+        return None
+    values = h.getSolution().col_value
+    chosen = []
+    for j, (k, combo) in enumerate(stages):
+        chosen.extend([(k, combo)] * round(values[j]))
+    chosen.sort(key=lambda st: (-st[0], st[1]))
+    return chosen
+
+
+def stages_to_placement(problem: Problem, stages: list[Stage]) -> Placement:
+    """Lay the stages out along the layers and give each class slot a concrete node."""
+    next_node = [0] * len(problem.classes)
+    ranges = {}
+    start = 0
+    for k, combo in stages:
+        for ci in combo:
+            ranges[problem.classes[ci].nodes[next_node[ci]]] = LayerRange(start, start + k)
+            next_node[ci] += 1
+        start += k
+    return Placement(ranges)

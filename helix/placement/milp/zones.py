@@ -1,0 +1,117 @@
+"""Stage pipelines across zones joined by slow links (geo clusters).
+
+The pipeline visits the zones in a fixed order, each zone serving one contiguous block of layers with
+stages (stages.py). Where the pipeline leaves zone z for zone z' the last stage of z and the first stage
+of z' must carry F over their p·q slow links, so both are *wide* stages of w = ⌈√(F/λ_min(z,z'))⌉ nodes
+whose capacity reaches F (λ_min = the slowest link from z to z'). For every zone order we solve::
+
+    Σ_stages k·z = L,  Σ_stages m_c·z ≤ n_c,  exactly one wide entry/exit stage per crossing
+
+with interior stages as in stages.py. A solution is laid out zone by zone and checked by the evaluator
+(local search then picks better-linked nodes for the crossings).
+"""
+
+from __future__ import annotations
+
+import math
+from itertools import combinations_with_replacement, permutations
+
+import highspy
+import numpy as np
+
+from helix.placement.milp.problem import Problem
+from helix.placement.milp.stages import Stage, minimal_stages
+
+MAX_WIDE = 4
+MAX_ORDERS = 24
+
+
+def wide_stages(problem: Problem, target: float, zone: int, width: int) -> list[Stage]:
+    """Multisets of exactly `width` nodes of `zone` whose capacity at k layers reaches `target`."""
+    members = [ci for ci, c in enumerate(problem.classes) if c.zone == zone]
+    out = []
+    for k in range(1, problem.num_layers + 1):
+        able = [ci for ci in members if problem.classes[ci].max_layers >= k]
+        for combo in combinations_with_replacement(able, width):
+            if any(combo.count(ci) > problem.classes[ci].count for ci in set(combo)):
+                continue
+            if sum(problem.classes[ci].caps_tokens_per_s[k - 1] for ci in combo) >= target:
+                out.append((k, combo))
+    return out
+
+
+def _width(problem: Problem, za: int, zb: int, target: float) -> int | None:
+    lam = problem.zone_links.get((za, zb), (0.0, 0.0))[0]
+    if lam <= 0:
+        return None
+    width = max(1, math.ceil(math.sqrt(target / lam) - 1e-9))
+    return width if width <= MAX_WIDE else None
+
+
+def solve_zone_chain(
+    problem: Problem, target: float, *, time_limit_s: float, seed: int, max_size: int = 3
+) -> list[Stage] | None:
+    """Stages in pipeline order across several zones reaching `target`, or None."""
+    zones = [z for z in range(problem.zones)]
+    orders = [o for r in range(2, len(zones) + 1) for o in permutations(zones, r)][:MAX_ORDERS]
+    for order in orders:
+        groups = _groups(problem, target, order, max_size)
+        if groups is not None:
+            chosen = _solve(problem, groups, time_limit_s=time_limit_s, seed=seed)
+            if chosen is not None:
+                return chosen
+    return None
+
+
+def _groups(
+    problem: Problem, target: float, order: tuple[int, ...], max_size: int
+) -> list[tuple[str, list[Stage]]] | None:
+    """[(role, candidate stages)] in layout order; role 'one' = exactly one, 'any' = any number."""
+    groups = []
+    for p, zone in enumerate(order):
+        if p > 0:
+            width = _width(problem, order[p - 1], zone, target)
+            if width is None:
+                return None
+            groups.append(("one", wide_stages(problem, target, zone, width)))
+        groups.append(("any", minimal_stages(problem, target, zone, max_size)))
+        if p < len(order) - 1:
+            width = _width(problem, zone, order[p + 1], target)
+            if width is None:
+                return None
+            groups.append(("one", wide_stages(problem, target, zone, width)))
+    if any(role == "one" and not stages for role, stages in groups):
+        return None
+    return groups
+
+
+def _solve(
+    problem: Problem, groups: list[tuple[str, list[Stage]]], *, time_limit_s: float, seed: int
+) -> list[Stage] | None:
+    flat = [(g, st) for g, (_, stages) in enumerate(groups) for st in stages]
+    n = len(flat)
+    h = highspy.Highs()
+    h.setOptionValue("output_flag", False)
+    h.setOptionValue("time_limit", max(0.01, time_limit_s))
+    h.setOptionValue("random_seed", seed)
+    h.addVars(n, np.zeros(n), np.full(n, float(problem.num_layers)))
+    idx = np.arange(n, dtype=np.int32)
+    h.changeColsIntegrality(n, idx, np.array([highspy.HighsVarType.kInteger] * n))
+    h.changeColsCost(n, idx, np.array([len(m) for _, (_, m) in flat], float))
+    h.addRow(problem.num_layers, problem.num_layers, n, idx, np.array([k for _, (k, _) in flat], float))
+    for ci, cls in enumerate(problem.classes):
+        use = np.array([m.count(ci) for _, (_, m) in flat], float)
+        if use.any():
+            h.addRow(0, cls.count, n, idx, use)
+    for g, (role, _) in enumerate(groups):
+        if role == "one":
+            h.addRow(1, 1, n, idx, np.array([1.0 if gg == g else 0.0 for gg, _ in flat]))
+    h.run()
+    if h.getInfo().primal_solution_status != 2:
+        return None
+    values = h.getSolution().col_value
+    out: list[Stage] = []
+    for g in range(len(groups)):
+        picked = [st for j, (gg, st) in enumerate(flat) if gg == g for _ in range(round(values[j]))]
+        out.extend(sorted(picked, key=lambda st: (-st[0], st[1])))
+    return out

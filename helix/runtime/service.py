@@ -1,0 +1,197 @@
+"""Build and run the whole serving system: plan → scheduler → Ray workers → coordinator → health.
+
+`ServingRuntime.start(options)` resolves the model (tokenizer, context window), loads the cluster and the
+plan (or plans on start with `helix.placement.plan`), builds the scheduler's `Topology` from the plan
+(the same code the simulator uses; links chain ranges exactly, since a worker runs its whole
+range) with each node's KV capacity replaced by what its worker really
+allocated, starts one Ray actor per used node, wires their ZeroMQ sockets, and starts the coordinator
+and a health monitor that reports dead workers to it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from helix.engine.loader import resolve_model
+from helix.errors import HelixInputError
+from helix.perf.base import CapacityModel
+from helix.placement.plan_io import Plan, check_plan_matches, load_plan
+from helix.runtime.coordinator import Coordinator, CoordinatorConfig
+from helix.runtime.deploy import Deployment, HealthMonitor, WorkerSpec, start_ray
+from helix.runtime.emulation import capacity_model, slowdowns
+from helix.runtime.stage_backend import StageConfig
+from helix.scheduling import KVParameters, Topology, create_scheduler
+from helix.specs.cluster import ClusterSpec
+from helix.specs.loading import load_cluster
+from helix.specs.model import ModelSpec, load_model_spec, model_from_hf_config
+from helix.specs.placement import Placement
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """Everything `helix serve` needs. `devices`: node → torch device (default ``cpu``)."""
+
+    model: str
+    cluster: str
+    plan: str | None = None
+    placement: Placement | None = None  # an explicit placement (the demo's) instead of a plan file
+    ray_address: str | None = None
+    emulate: bool = True
+    scheduler: str = "maxflow"
+    plan_method: str = "milp"
+    plan_time_limit_s: float = 20.0
+    devices: dict[str, str] = dataclasses.field(default_factory=dict)
+    dtype: str = "float32"
+    kv_cache_bytes: int = 128 << 20
+    max_model_len: int = 2048
+    max_waiting: int = 64
+    threads_per_worker: int = 1
+    seed: int = 0
+    kv_params: KVParameters = KVParameters(expected_kv_hwm=0.9, expected_output_length_ratio=0.6)
+
+
+class ServingRuntime:
+    """A running deployment: `coordinator`, `tokenizer`, `deployment`, `health` (see module docstring)."""
+
+    def __init__(
+        self,
+        options: ServeOptions,
+        model_name: str,
+        tokenizer: Any,
+        plan: Plan,
+        deployment: Deployment,
+        coordinator: Coordinator,
+        health: HealthMonitor,
+        topology: Topology,
+        slowdown: dict[str, float],
+    ) -> None:
+        self.options = options
+        self.model_name = model_name
+        self.tokenizer = tokenizer
+        self.plan = plan
+        self.deployment = deployment
+        self.coordinator = coordinator
+        self.health = health
+        self.topology = topology
+        self.slowdown = slowdown
+        self.started_at_s = time.time()
+
+    @classmethod
+    def start(cls, options: ServeOptions) -> ServingRuntime:
+        resolved = resolve_model(options.model)
+        tokenizer = resolved.tokenizer()
+        spec = _model_spec(options.model, resolved.hf_config)
+        cluster = load_cluster(options.cluster)
+        capacity = capacity_model(cluster, spec)
+        plan = _plan(options, cluster, spec, capacity)
+        factors = slowdowns(cluster, capacity, plan.placement) if options.emulate else {}
+        start_ray(options.ray_address)
+        specs = [
+            WorkerSpec(
+                name,
+                StageConfig(
+                    options.model,
+                    r.start,
+                    r.end,
+                    options.devices.get(name, "cpu"),
+                    options.dtype,
+                    options.kv_cache_bytes,
+                    options.max_model_len,
+                    options.threads_per_worker,
+                ),
+                factors.get(name, 1.0),
+                require_node_resource=options.ray_address is not None,
+            )
+            for name, r in plan.placement.items()
+        ]
+        deployment = Deployment(specs)
+        topology = _with_real_kv(
+            Topology.build(cluster, spec, plan.placement, capacity, partial_overlap=False),
+            deployment,
+        )
+        scheduler = create_scheduler(
+            options.scheduler, topology, options.kv_params, random.Random(options.seed)
+        )
+        eos = tuple(sorted({*resolved.config.eos_token_ids, *_tokenizer_eos(tokenizer)}))
+        max_len = min(options.max_model_len, *(i["max_model_len"] for i in deployment.info.values()))
+        coordinator = Coordinator(
+            scheduler, deployment.addresses, CoordinatorConfig(max_len, eos, options.max_waiting)
+        )
+        coordinator.start()
+        deployment.start(coordinator.address)
+        health = HealthMonitor(deployment, coordinator.worker_gone)
+        health.start()
+        return cls(
+            options, resolved.name, tokenizer, plan, deployment, coordinator, health, topology, factors
+        )
+
+    def shutdown(self) -> None:
+        self.health.stop()
+        self.coordinator.close()
+        self.deployment.shutdown()
+
+    def describe(self) -> dict[str, Any]:
+        """Plan, routes and emulation factors (for logs and the demo)."""
+        return {
+            "model": self.model_name,
+            "cluster": self.plan.cluster_name,
+            "method": self.plan.method,
+            "placement": self.plan.placement.as_pairs(),
+            "slowdown": self.slowdown,
+            "max_flow_tokens_per_s": self.topology.max_flow_tokens_per_s,
+            "scheduler": self.options.scheduler,
+        }
+
+
+def _model_spec(model: str, hf_config: dict[str, Any]) -> ModelSpec:
+    try:
+        return load_model_spec(model)
+    except HelixInputError:
+        return model_from_hf_config(hf_config, name=str(hf_config.get("_name_or_path") or model))
+
+
+def _plan(options: ServeOptions, cluster: ClusterSpec, spec: ModelSpec, capacity: CapacityModel) -> Plan:
+    if options.placement is not None:
+        plan = Plan(options.placement, spec.name, spec.num_layers, cluster.name, cluster.node_names, "given")
+    elif options.plan is not None:
+        plan = load_plan(options.plan)
+    else:
+        from helix.placement import PlannerOptions
+        from helix.placement import plan as make_plan
+
+        result = make_plan(
+            cluster,
+            spec,
+            PlannerOptions(method=options.plan_method, time_limit_s=options.plan_time_limit_s),
+            capacity,
+        )
+        plan = Plan(
+            result.placement,
+            spec.name,
+            spec.num_layers,
+            cluster.name,
+            cluster.node_names,
+            result.method,
+            max_flow_tokens_per_s=result.flow_tokens_per_s,
+        )
+    check_plan_matches(plan, cluster, spec, where=options.plan or "plan")
+    return plan
+
+
+def _with_real_kv(topology: Topology, deployment: Deployment) -> Topology:
+    """The topology with each node's KV capacity set to its worker's allocated blocks × 16 × layers."""
+    limits = {}
+    for name, limit in topology.limits.items():
+        blocks = deployment.info[name]["kv_blocks"]
+        real = blocks * 16 * topology.ranges[name].num_layers
+        limits[name] = dataclasses.replace(limit, kv_capacity_token_layers=real)
+    return dataclasses.replace(topology, limits=limits)
+
+
+def _tokenizer_eos(tokenizer: Any) -> list[int]:
+    eos = getattr(tokenizer, "eos_token_id", None)
+    return [eos] if isinstance(eos, int) else []

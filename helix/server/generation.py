@@ -1,0 +1,142 @@
+"""One request's life on the HTTP side: submit to the coordinator, detokenize, stop strings, metrics.
+
+Tokens arrive on the coordinator's thread and are handed to the event loop through an `asyncio.Queue`.
+Text is detokenized incrementally (special tokens skipped; a trailing partial character or a possible
+prefix of a stop string is held back until it is resolved). When a stop string appears, the text is cut
+before it and the request is cancelled in the coordinator, which frees its KV on every worker; the same
+happens when the client goes away (the caller's `finally` calls `close`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from helix.engine.sampling_params import SamplingParams
+from helix.runtime.requests import ErrorEvent, FinishEvent, TokenEvent
+from helix.server.errors import APIError
+from helix.server.metrics import ServerMetrics
+
+
+@dataclass(slots=True)
+class Delta:
+    """New text (maybe empty) and, on the last delta, the finish reason."""
+
+    text: str
+    finish_reason: str | None = None
+
+
+class Generation:
+    """Drive one request; iterate `deltas()` for text, then read `usage`."""
+
+    def __init__(
+        self,
+        runtime,
+        metrics: ServerMetrics,
+        endpoint: str,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        stop: list[str],
+    ) -> None:
+        self._runtime = runtime
+        self._metrics = metrics
+        self._endpoint = endpoint
+        self._tokenizer = runtime.tokenizer
+        self._queue: asyncio.Queue = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        self.prompt_ids = prompt_ids
+        self._stop = stop
+        self._ids: list[int] = []
+        self._sent = 0
+        self._done = False
+        self._arrived = time.perf_counter()
+        self._first: float | None = None
+        self.logprobs: list[float | None] = []
+        self.seq_id = runtime.coordinator.submit(
+            prompt_ids, params, lambda event: loop.call_soon_threadsafe(self._queue.put_nowait, event)
+        )
+        metrics.requests_total.labels(endpoint, "accepted").inc()
+
+    @property
+    def usage(self) -> dict[str, int]:
+        n = len(self._ids)
+        return {
+            "prompt_tokens": len(self.prompt_ids),
+            "completion_tokens": n,
+            "total_tokens": len(self.prompt_ids) + n,
+        }
+
+    async def deltas(self) -> AsyncIterator[Delta]:
+        while not self._done:
+            event = await self._queue.get()
+            if isinstance(event, TokenEvent):
+                self._on_token(event)
+                delta, stopped = self._text_delta(final=False)
+                if stopped:
+                    self._finish("stop")
+                    self._runtime.coordinator.cancel(self.seq_id)
+                    yield Delta(delta, "stop")
+                    return
+                if delta:
+                    yield Delta(delta)
+            elif isinstance(event, FinishEvent):
+                delta, _ = self._text_delta(final=True)
+                reason = "stop" if event.reason == "cancelled" else event.reason
+                self._finish(reason)
+                yield Delta(delta, reason)
+            elif isinstance(event, ErrorEvent):
+                self._done = True
+                self._metrics.requests_total.labels(self._endpoint, "failed").inc()
+                raise APIError(event.status, event.message, event.kind)
+
+    async def collect(self) -> tuple[str, str]:
+        """The whole text and the finish reason (non-streaming)."""
+        parts, reason = [], "stop"
+        async for delta in self.deltas():
+            parts.append(delta.text)
+            reason = delta.finish_reason or reason
+        return "".join(parts), reason
+
+    def close(self) -> None:
+        """Cancel if still running (client gone); frees the request's KV on every worker."""
+        if not self._done:
+            self._done = True
+            self._runtime.coordinator.cancel(self.seq_id)
+            self._metrics.requests_total.labels(self._endpoint, "cancelled").inc()
+
+    def _on_token(self, event: TokenEvent) -> None:
+        now = time.perf_counter()
+        if self._first is None:
+            self._first = now
+            self._metrics.ttft_s.observe(now - self._arrived)
+        self._ids.append(event.token_id)
+        self.logprobs.append(event.logprob)
+
+    def _text_delta(self, final: bool) -> tuple[str, bool]:
+        text = self._tokenizer.decode(self._ids, skip_special_tokens=True)
+        for stop in self._stop:
+            at = text.find(stop)
+            if at >= 0:
+                delta = text[self._sent : at] if at > self._sent else ""
+                self._sent = max(self._sent, at)
+                return delta, True
+        end = len(text)
+        if not final:
+            if text.endswith("\ufffd"):
+                end -= 1
+            hold = max((len(s) - 1 for s in self._stop), default=0)
+            end = max(self._sent, end - hold)
+        delta = text[self._sent : end]
+        self._sent = end
+        return delta, False
+
+    def _finish(self, reason: str) -> None:
+        self._done = True
+        now = time.perf_counter()
+        self._metrics.e2e_s.observe(now - self._arrived)
+        if self._first is not None and len(self._ids) > 1:
+            self._metrics.tpot_s.observe((now - self._first) / (len(self._ids) - 1))
+        self._metrics.requests_total.labels(self._endpoint, f"finished_{reason}").inc()
+        self._metrics.completion_tokens.inc(len(self._ids))

@@ -1,0 +1,301 @@
+"""The simulator: compute nodes, links and the coordinator driven by a scheduler (serving.md §2).
+
+The coordinator is source and sink. It launches requests (offline feeder or online arrivals), asks the
+scheduler for a pipeline, and sends the prompt to the first hop. Each node runs batched passes
+(`helix.sim.node`); finished requests travel over FIFO links (`helix.sim.network`) to the next hop or
+back to the coordinator, which records the iteration and immediately issues the next decode along the
+same pipeline, or finishes the request (freeing real and expected KV). Nodes are event-driven only at
+pass boundaries: arrivals are queued with their landing time and picked up when the node next starts a
+pass, so the event count scales with passes, not with request hops.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from functools import lru_cache
+
+import numpy as np
+
+from helix.perf.base import CapacityModel
+from helix.scheduling.admission import AdmissionQueue, should_feed
+from helix.scheduling.base import Scheduler
+from helix.scheduling.pipeline import Pipeline
+from helix.sim.config import SimConfig
+from helix.sim.core import EventKind, EventLoop
+from helix.sim.metrics import Recorder, summarize
+from helix.sim.network import Network
+from helix.sim.node import ComputeNode, NodeTiming, Query
+from helix.sim.workload import Lengths
+from helix.specs.cluster import COORDINATOR
+from helix.specs.model import ModelSpec
+
+INF = math.inf
+
+
+def _timing(capacity: CapacityModel, gpu: str, double_single_decode: bool) -> NodeTiming:
+    prompt = lru_cache(maxsize=None)(lambda n: capacity.prompt_layer_time_s(gpu, int(n)))
+    decode = lru_cache(maxsize=None)(lambda n: capacity.decode_layer_time_s(gpu, int(n)))
+    return NodeTiming(prompt, decode, double_single_decode)
+
+
+class Simulator:
+    """One simulation run. Build, then `run()`; see `helix.sim.run.simulate` for the usual entry point."""
+
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        capacity: CapacityModel,
+        model: ModelSpec,
+        config: SimConfig,
+        lengths: Lengths,
+        arrival_times_s: np.ndarray | None = None,
+    ) -> None:
+        topo = scheduler.topology
+        self.scheduler, self.config, self.model = scheduler, config, model
+        self.rng = np.random.default_rng(config.seed)
+        self.lengths = lengths
+        self.arrivals = arrival_times_s
+        self.names = sorted(topo.ranges)
+        self.nodes = [
+            ComputeNode(
+                i,
+                n,
+                topo.ranges[n].num_layers,
+                topo.limits[n],
+                _timing(capacity, topo.gpus[n], config.double_single_decode),
+                model.activation_bytes_per_token,
+            )
+            for i, n in enumerate(self.names)
+        ]
+        self.index = {n: i for i, n in enumerate(self.names)}
+        policy = config.bandwidth
+        if policy == "helix":
+            policy = "helix-flow" if scheduler.name == "maxflow" else "helix-fair"
+        self.network = Network(
+            topo, model.token_bytes, model.activation_bytes_per_token, policy, config.nic_queueing
+        )
+        self.loop = EventLoop()
+        for kind, handler in (
+            (EventKind.SINK, self._on_sink),
+            (EventKind.PASS_END, self._on_pass_end),
+            (EventKind.WAKE, self._on_wake),
+            (EventKind.ARRIVAL, self._on_arrival),
+            (EventKind.FEED, self._on_feed),
+            (EventKind.SAMPLE, self._on_sample),
+        ):
+            self.loop.on(kind, handler)
+        self.rec = Recorder()
+        self.queue = AdmissionQueue(scheduler)
+        self.in_flight: dict[int, Query] = {}
+        self._next_qid = 0
+        self._routes: dict[Pipeline, tuple] = {}
+        self._length_pool: tuple[np.ndarray, np.ndarray] | None = None
+        self._pool_pos = 0
+        self._stage_events = scheduler.wants_stage_events
+        self._feed_kind = (
+            config.feed if config.feed != "auto" else ("kv" if scheduler.kv_admission else "population")
+        )
+        self.load_times_s = {
+            n.name: n.num_layers * model.layer_weight_bytes / config.disk_bytes_per_s for n in self.nodes
+        }
+        self.start_s = math.ceil(max(self.load_times_s.values())) + 1.0 if config.model_loading else 0.0
+        self.window = (self.start_s + config.warmup_s, self.start_s + config.warmup_s + config.duration_s)
+        self._last_busy = [0.0] * len(self.nodes)
+
+    # ---------------------------------------------------------------- requests
+    def _draw_lengths(self) -> tuple[int, int]:
+        if self._length_pool is None or self._pool_pos >= len(self._length_pool[0]):
+            self._length_pool = self.lengths.sample(4096, self.rng)
+            self._pool_pos = 0
+        i = self._pool_pos
+        self._pool_pos += 1
+        return int(self._length_pool[0][i]), int(self._length_pool[1][i])
+
+    def _new_query(self, now_s: float, prompt: int, output: int) -> Query:
+        decodes = output if self.config.decodes_per_request == "output" else output - 1
+        query = Query(self._next_qid, prompt, output, max(decodes, 0), now_s)
+        self._next_qid += 1
+        return query
+
+    def _route_arrays(self, pipeline: Pipeline) -> tuple:
+        arrays = self._routes.get(pipeline)
+        if arrays is None:
+            nodes = [h.node for h in pipeline.hops]
+            ends = [COORDINATOR, *nodes, COORDINATOR]
+            links = tuple(self.network.link_id[(ends[i], ends[i + 1])] for i in range(len(ends) - 1))
+            arrays = (tuple(self.index[n] for n in nodes), tuple(h.num_layers for h in pipeline.hops), links)
+            self._routes[pipeline] = arrays
+        return arrays
+
+    def _launch(self, query: Query, pipeline: Pipeline, now_s: float) -> None:
+        query.route, query.layers, query.links = self._route_arrays(pipeline)
+        query.admitted_s = query.issued_s = now_s
+        self.in_flight[query.qid] = query
+        self._send(query, 0, now_s, query.prompt_tokens * self.model.token_bytes)
+
+    def _send(self, query: Query, hop: int, now_s: float, num_bytes: float) -> None:
+        """Send `query` over its link `hop` (hop = index of the receiving stage; len(route) = coordinator)."""
+        arrival = self.network.transfer(query.links[hop], now_s, num_bytes)
+        query.hop = hop
+        if hop == len(query.route):
+            self.loop.schedule(arrival, EventKind.SINK, query)
+            return
+        node = self.nodes[query.route[hop]]
+        node.push(arrival, query)
+        if not node.busy and arrival < node.wake_at:
+            node.wake_at = arrival
+            self.loop.schedule(arrival, EventKind.WAKE, node)
+
+    # ---------------------------------------------------------------- nodes
+    def _on_wake(self, now_s: float, node: ComputeNode) -> None:
+        if now_s >= node.wake_at:
+            node.wake_at = INF
+        if not node.busy:
+            self._start_pass(node, now_s)
+
+    def _start_pass(self, node: ComputeNode, now_s: float) -> None:
+        node.collect(now_s)
+        batch = node.form_batch() if node.ready else []
+        if not batch:
+            node.busy = False
+            if node.pending and node.pending[0][0] < node.wake_at:
+                node.wake_at = node.pending[0][0]
+                self.loop.schedule(node.wake_at, EventKind.WAKE, node)
+            return
+        duration = node.pass_time_s(batch)
+        node.busy, node.batch = True, batch
+        node.busy_s += duration
+        node.passes += 1
+        self.loop.schedule(now_s + duration, EventKind.PASS_END, node)
+
+    def _on_pass_end(self, now_s: float, node: ComputeNode) -> None:
+        batch, node.batch = node.batch, []
+        step = self.model.token_bytes + self.model.activation_bytes_per_token
+        for q in batch:
+            hop = q.hop
+            m = q.layers[hop]
+            if q.iteration == 0:
+                node.kv_used += q.prompt_tokens * m
+                if self._stage_events:
+                    self.scheduler.on_stage_done(q, hop, now_s)
+                tokens = q.prompt_tokens
+            else:
+                node.kv_used += m
+                tokens = 1
+            nxt = hop + 1
+            self._send(q, nxt, now_s, tokens * (step if nxt < len(q.route) else self.model.token_bytes))
+        if node.kv_used > node.kv_capacity:
+            self.rec.count("kv_overflow_passes")
+        node.busy = False
+        heap = self.loop.heap
+        if not heap or heap[0][0] > now_s:  # nothing else at this instant: start the next pass now
+            self._start_pass(node, now_s)
+        elif now_s < node.wake_at:  # let simultaneous arrivals join first
+            node.wake_at = now_s
+            self.loop.schedule(now_s, EventKind.WAKE, node)
+
+    # ---------------------------------------------------------------- coordinator
+    def _on_sink(self, now_s: float, q: Query) -> None:
+        rec = self.rec
+        latency = now_s - q.issued_s
+        if q.iteration == 0:
+            rec.prompt_return_s.append(now_s)
+            rec.prompt_latency_s.append(latency)
+            rec.ttft_s.append(now_s - q.arrived_s)
+            rec.prompt_tokens.append(q.prompt_tokens)
+            q.first_token_s = now_s
+            if self._feed_kind == "kv":
+                self._maybe_feed(now_s)
+        else:
+            rec.decode_return_s.append(now_s)
+            rec.decode_latency_s.append(latency)
+        if q.iteration >= q.num_decodes:
+            self._finish(q, now_s)
+            return
+        q.iteration += 1
+        q.issued_s = now_s
+        self.scheduler.on_tokens(q, 1, now_s)
+        self._send(q, 0, now_s, self.model.token_bytes)
+
+    def _finish(self, q: Query, now_s: float) -> None:
+        tokens = q.prompt_tokens + q.iteration
+        for node_index, m in zip(q.route, q.layers, strict=True):
+            self.nodes[node_index].kv_used -= tokens * m
+        del self.in_flight[q.qid]
+        self.scheduler.release(q, now_s)
+        self.rec.count("requests_completed")
+        if self.config.mode == "online" or self.config.retry_rejected:
+            self._admit_waiting(now_s)
+        if self.config.mode == "offline":
+            if self._feed_kind == "kv":
+                self._maybe_feed(now_s)
+            else:
+                self.loop.schedule(now_s + self.config.feed_delay_s, EventKind.FEED, None)
+
+    def _admit_waiting(self, now_s: float) -> None:
+        admitted, unservable = self.queue.retry(now_s)
+        for waiting, pipeline in admitted:
+            self._launch(waiting.request_id, pipeline, now_s)
+        self.rec.count("requests_unservable", len(unservable))
+
+    def _maybe_feed(self, now_s: float) -> None:
+        if should_feed(self.scheduler, self.config.feed_high_water):
+            self.loop.schedule(now_s + self.config.feed_delay_s, EventKind.FEED, None)
+
+    def _on_feed(self, now_s: float, _: None) -> None:
+        prompt, output = self._draw_lengths()
+        query = self._new_query(now_s, prompt, output)
+        self.rec.count("requests_launched")
+        if self.config.retry_rejected:
+            pipeline = self.queue.submit(query, prompt, None, now_s)
+        else:
+            pipeline = self.scheduler.admit(query, prompt, None, now_s)
+            if pipeline is None:
+                self.rec.count("requests_rejected")
+        if pipeline is not None:
+            self._launch(query, pipeline, now_s)
+
+    def _on_arrival(self, now_s: float, index: int) -> None:
+        assert self.arrivals is not None
+        if index + 1 < len(self.arrivals):
+            self.loop.schedule(self.start_s + float(self.arrivals[index + 1]), EventKind.ARRIVAL, index + 1)
+        prompt, output = self._draw_lengths()
+        query = self._new_query(now_s, prompt, output)
+        self.rec.count("requests_arrived")
+        pipeline = self.queue.submit(query, prompt, None, now_s)
+        if pipeline is not None:
+            self._launch(query, pipeline, now_s)
+
+    # ---------------------------------------------------------------- metrics and running
+    def _on_sample(self, now_s: float, _: None) -> None:
+        rec, interval = self.rec, self.config.sample_interval_s
+        rec.timeline_s.append(now_s)
+        rec.node_busy.extend(
+            min(1.0, (n.busy_s - last) / interval)
+            for n, last in zip(self.nodes, self._last_busy, strict=True)
+        )
+        self._last_busy = [n.busy_s for n in self.nodes]
+        rec.node_kv.extend(n.kv_used / n.kv_capacity for n in self.nodes)
+        rec.in_flight.append(len(self.in_flight))
+        rec.queue_length.append(len(self.queue))
+        rec.kv_bottleneck.append(self.scheduler.kv_bottleneck_usage())
+        if now_s + interval <= self.window[1] + 1e-9:
+            self.loop.schedule(now_s + interval, EventKind.SAMPLE, None)
+
+    def run(self, progress: Callable[[float], None] | None = None) -> dict:
+        """Run to the end of the window; returns the summary (see `helix.sim.metrics.summarize`)."""
+        cfg = self.config
+        if cfg.mode == "offline":
+            for i in range(cfg.initial_requests):
+                self.loop.schedule(self.start_s + i * cfg.feed_delay_s, EventKind.FEED, None)
+        elif self.arrivals is not None and len(self.arrivals):
+            self.loop.schedule(self.start_s + float(self.arrivals[0]), EventKind.ARRIVAL, 0)
+        self.loop.schedule(self.start_s + cfg.sample_interval_s, EventKind.SAMPLE, None)
+        self.loop.run(self.window[1], progress)
+        self.rec.counters["in_flight_at_end"] = len(self.in_flight)
+        self.rec.counters["queued_at_end"] = len(self.queue)
+        self.rec.counters["events"] = self.loop.events_processed
+        summary = summarize(self.rec, self.window, self.scheduler.topology.max_flow_tokens_per_s, self.names)
+        summary["model_loaded_s"] = self.start_s
+        return summary

@@ -1,0 +1,58 @@
+import json
+
+import pytest
+
+from helix.cli.main import main
+from helix.reference import reference_available, reference_dir
+
+pytestmark = pytest.mark.skipif(not reference_available(), reason="Helix reference data not available")
+
+
+def _args(tmp_path, *extra):
+    ref = reference_dir()
+    return [
+        "simulate",
+        "--cluster",
+        str(ref / "clusters" / "single24.ini"),
+        "--model",
+        "llama-2-70b",
+        "--plan",
+        str(ref / "placements" / "single24_llama70b_helix_milp.ini"),
+        "--profiles",
+        str(ref / "profiles"),
+        "-o",
+        str(tmp_path / "out"),
+        "-q",
+        *extra,
+    ]
+
+
+def test_simulate_writes_json_and_plots(tmp_path):
+    main(_args(tmp_path, "--duration", "20", "--warmup", "5"))
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert result["summary"]["decode_tokens_per_s"] > 0
+    assert {p.name for p in (tmp_path / "out").glob("*.png")} == {
+        "throughput.png",
+        "latency_cdf.png",
+        "nodes.png",
+    }
+
+
+def test_online_poisson(tmp_path):
+    main(
+        _args(
+            tmp_path, "--mode", "online", "--rate", "0.5", "--duration", "20", "--warmup", "0", "--no-plots"
+        )
+    )
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert result["summary"]["counters"]["requests_arrived"] > 0
+
+
+@pytest.mark.parametrize(
+    "extra", [["--model", "llama-30b"], ["--mode", "online", "--rate", "0"], ["--scheduler", "fifo"]]
+)
+def test_bad_input_exits_2(tmp_path, extra, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(_args(tmp_path, "--duration", "5", *extra))
+    assert exc.value.code == 2
+    assert "error" in capsys.readouterr().err
