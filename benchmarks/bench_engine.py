@@ -113,6 +113,10 @@ def decode_tokens_per_s(engine: LLMEngine, batch: int, prompt_len: int, steps: i
         engine.step()
     sync(device)
     seconds = time.perf_counter() - start
+    graphs = engine.runners[0].graphs
+    replay_ms = None
+    if len(engine.runners) == 1 and graphs is not None and graphs.bucket_for(batch):
+        replay_ms = 1000 * timed_median_s(lambda: graphs.replay_only(batch), device, repeats=20)
     for seq_id in ids:
         engine.cancel(seq_id)
     return {
@@ -120,6 +124,7 @@ def decode_tokens_per_s(engine: LLMEngine, batch: int, prompt_len: int, steps: i
         "tokens_per_s": batch * steps / seconds,
         "step_ms": 1000 * seconds / steps,
         "mean_context_tokens": prompt_len + 1 + steps / 2,
+        "graph_replay_ms": replay_ms,
     }
 
 

@@ -118,3 +118,9 @@ class DecodeGraphs:
         graph, out = self._graphs[bucket]
         graph.replay()
         return out[:batch_size].clone()
+
+    def replay_only(self, batch_size: int) -> None:
+        """Replay the graph of `batch_size`'s bucket on the current buffers (for timing the GPU alone)."""
+        bucket = self.bucket_for(batch_size)
+        assert bucket is not None
+        self._graphs[bucket][0].replay()

@@ -53,6 +53,7 @@ class ModelRunner:
         self.decode_backend = choose_decode_backend(
             engine_config.attention_backend, self.device, self.dtype, config.head_dim
         )
+        model.use_fused_kernels(self.decode_backend == "triton")
         num_blocks = engine_config.num_kv_blocks or self._blocks_from_memory()
         if num_blocks < 1:
             raise HelixInputError(

@@ -54,8 +54,7 @@ class WorkerActor:
     def stats(self) -> dict[str, Any]:
         if not self.loop.is_alive():
             raise RuntimeError(f"worker {self.loop.worker.name}: its step loop stopped")
-        with self.loop.lock:
-            return asdict(self.loop.worker.stats)
+        return asdict(self.loop.worker.stats)  # counters only: no lock, so a long step never delays it
 
     def stop(self) -> bool:
         self.loop.stop()

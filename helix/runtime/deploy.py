@@ -7,8 +7,9 @@ starts and every worker runs on this machine (CPU, or a named CUDA device).
 
 Actors reserve ``num_cpus=0`` (they would never start beyond a small local `ray.init(num_cpus=...)`);
 a worker pinned to ``cuda:<i>`` sets ``CUDA_VISIBLE_DEVICES=<i>`` itself before touching CUDA.
-Health: `Deployment.check()` asks every actor for its stats with a timeout; an actor that died or
-whose step loop stopped is reported with the reason.
+Health: `Deployment.check()` asks every actor for its stats with a timeout; an actor that died (Ray
+reports it) or whose step loop stopped is reported with the reason; one that is merely slow to answer
+is counted in `unresponsive`, not declared dead.
 """
 
 from __future__ import annotations
@@ -89,9 +90,10 @@ class Deployment:
         ready_set = set(ready)
         self.last_stats: dict[str, dict[str, Any]] = {}
         for name, ref in refs.items():
-            if ref not in ready_set:
-                gone[name] = f"no answer within {timeout_s:.0f} s"
+            if ref not in ready_set:  # busy (e.g. a long step on an overloaded host), not dead
+                self.unresponsive[name] = self.unresponsive.get(name, 0) + 1
                 continue
+            self.unresponsive.pop(name, None)
             try:
                 self.last_stats[name] = self._ray.get(ref)
             except Exception as exc:  # RayActorError and friends: the actor died

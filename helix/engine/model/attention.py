@@ -26,6 +26,7 @@ class Attention(nn.Module):
         self.qkv_proj = nn.Linear(hidden, self.q_size + 2 * self.kv_size, bias=bias)
         self.o_proj = nn.Linear(self.q_size, hidden, bias=False)
         self.scale = head_dim**-0.5
+        self.fused = False  # Triton kernels for RoPE + cache write (set by the runner on CUDA)
 
     def forward(
         self,
@@ -36,15 +37,33 @@ class Attention(nn.Module):
         rotary: RotaryEmbedding,
     ) -> torch.Tensor:  # [T, H]
         num_tokens = x.shape[0]
-        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = q.view(num_tokens, self.num_heads, self.head_dim)
-        k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
-        v = v.reshape(num_tokens, self.num_kv_heads, self.head_dim)
-        q, k = rotary(positions, q, k)
         k_cache, v_cache = kv_cache
-        write_kv(k_cache, v_cache, k, v, meta.slot_mapping)
+        if self.fused:
+            q, k, v = self._project_fused(x, positions, k_cache, v_cache, meta, rotary)
+        else:
+            q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+            q = q.view(num_tokens, self.num_heads, self.head_dim)
+            k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
+            v = v.reshape(num_tokens, self.num_kv_heads, self.head_dim)
+            q, k = rotary(positions, q, k)
+            write_kv(k_cache, v_cache, k, v, meta.slot_mapping)
         out = self._attend(q, k, v, k_cache, v_cache, meta)
         return self.o_proj(out.reshape(num_tokens, self.q_size))
+
+    def _project_fused(self, x, positions, k_cache, v_cache, meta: AttentionMetadata, rotary):
+        """One kernel for RoPE and the cache write; prompt rows read their k/v back from the cache."""
+        from helix.engine.model.triton_ops import rope_store_kv
+
+        q = rope_store_kv(
+            self.qkv_proj(x), positions, meta.slot_mapping, rotary.cos, rotary.sin, k_cache, v_cache,
+            self.num_heads, self.num_kv_heads, self.head_dim,
+        )  # fmt: skip
+        if not meta.num_prefill_tokens:
+            return q, None, None
+        rows = meta.slot_mapping[: meta.num_prefill_tokens]
+        k = k_cache.view(-1, self.num_kv_heads, self.head_dim)[rows]
+        v = v_cache.view(-1, self.num_kv_heads, self.head_dim)[rows]
+        return q, k, v
 
     def _attend(self, q, k, v, k_cache, v_cache, meta: AttentionMetadata) -> torch.Tensor:
         if meta.num_prefill_tokens == 0:

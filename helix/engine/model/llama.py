@@ -74,6 +74,12 @@ class LlamaStage(nn.Module):
             x = layer(x, positions, kv_cache, meta, self.rotary)
         return x
 
+    def use_fused_kernels(self, enabled: bool) -> None:
+        """Switch RMSNorm, SwiGLU and RoPE + cache write to the Triton kernels (CUDA, 16-bit)."""
+        for module in self.modules():
+            if hasattr(module, "fused"):
+                module.fused = enabled
+
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:  # [N, H] -> [N, V] float32
         assert self.norm is not None and self.lm_head is not None, "only the last stage has a head"
         return self.lm_head(self.norm(hidden)).float()
