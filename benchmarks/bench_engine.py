@@ -224,14 +224,13 @@ def hf_generate_baseline(hf_dict: dict, batch: int, args, device, dtype) -> dict
     }
 
 
-def release(*objects) -> None:
-    del objects
+def release() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -247,12 +246,32 @@ def main() -> None:
     parser.add_argument("--hf-tokens", type=int, default=17)
     parser.add_argument("--no-graphs", action="store_true")
     parser.add_argument("--skip-hf", action="store_true")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def bench_engine(name: str, num_stages: int, config: ModelConfig, args, device, dtype, ceilings) -> dict:
+    """Decode rows (with rooflines) and prefill of the model split into `num_stages` stages."""
+    bandwidth, peak = ceilings
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    engine = make_engine(config, even_split(config.num_layers, num_stages), args, device, dtype)
+    rows = []
+    for batch in args.batches:
+        row = decode_tokens_per_s(engine, batch, args.prompt_len, args.steps, device)
+        rows.append(with_roofline(row, config, bandwidth, itemsize))
+        print(name, {k: round(v, 3) if isinstance(v, float) else v for k, v in rows[-1].items()}, flush=True)
+    result = {"decode": rows, "prefill": prefill(engine, args, device, peak)}
+    print(name, "prefill", result["prefill"], flush=True)
+    del engine
+    release()
+    return result
+
+
+def main() -> None:
+    args = parse_args()
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     hf_dict = TINY if args.tiny else LLAMA3_8B
     config = ModelConfig.from_hf_dict(hf_dict)
-    itemsize = torch.empty((), dtype=dtype).element_size()
     big = device.type == "cuda" and not args.tiny
     result: dict = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
@@ -273,23 +292,7 @@ def main() -> None:
         print("hf", result.get("hf_generate", result.get("hf_generate_error")), flush=True)
         release()
     for name, num_stages in (("single_stage", 1), ("four_stages", 4)):
-        engine = make_engine(config, even_split(config.num_layers, num_stages), args, device, dtype)
-        rows = [
-            with_roofline(
-                decode_tokens_per_s(engine, b, args.prompt_len, args.steps, device),
-                config,
-                bandwidth,
-                itemsize,
-            )
-            for b in args.batches
-        ]
-        result[name] = {"decode": rows, "prefill": prefill(engine, args, device, peak)}
-        for row in rows:
-            print(name, {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
-        print(name, "prefill", result[name]["prefill"], flush=True)
-        release(engine)
-        del engine
-        release()
+        result[name] = bench_engine(name, num_stages, config, args, device, dtype, (bandwidth, peak))
     result["summary"] = summarize(result, args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

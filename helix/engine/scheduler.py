@@ -24,6 +24,7 @@ class Scheduler:
         self.block_managers = block_managers
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
+        self.num_preempted = 0  # preemptions so far (for metrics)
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
@@ -46,7 +47,7 @@ class Scheduler:
         decodes: list[Sequence] = []
         prompts: list[tuple[Sequence, int]] = []
         for seq in list(self.running):
-            if seq not in self.running:
+            if seq.status is not SequenceStatus.RUNNING:
                 continue  # preempted while making room for an earlier one
             num_new = min(seq.num_pending_tokens, budget)
             if num_new == 0 or not self._grow(seq, num_new):
@@ -99,6 +100,7 @@ class Scheduler:
         return True
 
     def _preempt(self, seq: Sequence) -> None:
+        self.num_preempted += 1
         self.running.remove(seq)
         for manager in self.block_managers:
             manager.free(seq.seq_id)

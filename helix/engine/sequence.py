@@ -22,7 +22,7 @@ class FinishReason(Enum):
     CANCELLED = "cancelled"
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # identity semantics: list membership stays cheap
 class Sequence:
     """One request: its prompt, generated tokens and how much of it has KV in the cache.
 

@@ -73,6 +73,7 @@ class Deployment:
             self.actors[spec.name] = remote_cls.options(**options).remote(
                 spec.name, spec.stage, spec.slowdown, "" if spec.require_node_resource else "127.0.0.1"
             )
+        self.unresponsive: dict[str, int] = {}  # consecutive health checks without an answer
         self.info = dict(
             zip(self.actors, ray.get([a.info.remote() for a in self.actors.values()]), strict=True)
         )

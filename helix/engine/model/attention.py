@@ -114,33 +114,34 @@ def _gather_slots(cache: torch.Tensor, block_table: torch.Tensor, num_tokens: in
 def prefill_attention(q, k, v, k_cache, v_cache, seg: PrefillSegment, scale: float) -> torch.Tensor:
     """Causal attention of a prompt chunk. q [n, Hq, D], k/v [n, Hkv, D] -> [n, Hq, D]."""
     if seg.num_cached == 0:
-        if q.is_cuda and k.shape[1] != q.shape[1]:  # expanded heads keep SDPA on its flash kernels
-            groups = q.shape[1] // k.shape[1]
-            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        out = F.scaled_dot_product_attention(
-            q.transpose(0, 1),
-            k.transpose(0, 1),
-            v.transpose(0, 1),
-            is_causal=True,
-            scale=scale,
-            enable_gqa=True,
-        )
-        return out.transpose(0, 1)
+        return _sdpa(q, k, v, scale, is_causal=True)
     assert seg.block_table is not None
     total = seg.num_cached + seg.num_new
-    keys = _gather_slots(k_cache, seg.block_table, total).transpose(0, 1)  # [Hkv, total, D]
-    values = _gather_slots(v_cache, seg.block_table, total).transpose(0, 1)
+    keys = _gather_slots(k_cache, seg.block_table, total)  # [total, Hkv, D]
+    values = _gather_slots(v_cache, seg.block_table, total)
     # Row i (position num_cached + i) sees keys 0 .. num_cached + i.
     mask = torch.ones(seg.num_new, total, dtype=torch.bool, device=q.device).tril(seg.num_cached)
+    return _sdpa(q, keys.to(q.dtype), values.to(q.dtype), scale, attn_mask=mask)
+
+
+def _sdpa(q, k, v, scale: float, **kwargs) -> torch.Tensor:
+    """SDPA over one sequence. q [n, Hq, D], k/v [m, Hkv, D] -> [n, Hq, D].
+
+    On CUDA the KV heads are expanded and the call is 4-D without `enable_gqa`, which keeps SDPA on
+    its fused (flash / memory-efficient) kernels; the CPU uses grouped-query attention directly.
+    """
+    if q.is_cuda and k.shape[1] != q.shape[1]:
+        groups = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
     out = F.scaled_dot_product_attention(
-        q.transpose(0, 1),
-        keys.to(q.dtype),
-        values.to(q.dtype),
-        attn_mask=mask,
+        q.transpose(0, 1)[None],
+        k.transpose(0, 1)[None],
+        v.transpose(0, 1)[None],
         scale=scale,
-        enable_gqa=True,
+        enable_gqa=k.shape[1] != q.shape[1],
+        **kwargs,
     )
-    return out.transpose(0, 1)
+    return out[0].transpose(0, 1)
 
 
 def decode_attention_sdpa(

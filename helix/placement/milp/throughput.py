@@ -1,0 +1,216 @@
+"""Throughput-aware placement: max flow subject to a KV-cache / pipeline-depth bound.
+
+Max flow counts tokens/s through compute and links, but a serving system also needs enough requests
+in flight to use that capacity, and every request in flight holds KV cache on every node of its route
+for its whole life. By Little's law a route of H nodes carrying f tokens/s keeps
+
+    N = f · (O / (I + O)) / O · (lifetime) ≈ f · H · t_hop / ((I + O) / O)   requests in flight
+
+(one decode iteration crosses the H nodes, t_hop each, O decodes per request of I + O tokens), and each
+holds about I + O/2 tokens of context per layer. A node i holding Q_i tokens of KV per layer, usable up
+to a fraction u, can therefore serve routes with
+
+    Σ_{routes p through i} f_p · H_p  ≤  γ · Q_i,     γ = u · (I + O) / O / ((I + O/2) · t_hop)     (KV)
+
+Long chains (large H) and nodes with little KV per layer (many layers each) make the bound bind; this
+is why a 24-stage chain that saturates every node (the max-flow optimum on single24) serves fewer
+tokens than a 16-stage pipeline with less max flow. The defaults (u = 0.75, t_hop = 0.1 s, I = 750,
+O = 240: γ ≈ 0.036 per s) are calibrated on simulations of 1 Gbps clusters (docs/planner.md).
+
+`kv_latency_estimate` scores any placement: decompose its max flow into routes, compute each node's
+load Σ f_p·H_p, and scale the flow down until (KV) holds everywhere. `throughput_candidates` builds
+stage pipelines (stages.py) for a grid of depths H: for each H it bisects on F for stages whose
+capacity reaches F and whose KV per layer reaches F·H/γ, at most H stages in all — each solve is a tiny
+integer program. Candidates are ranked by the estimate; the caller may re-rank the best few by
+simulation (`helix.sim.select`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from itertools import combinations_with_replacement
+
+import highspy
+import numpy as np
+
+from helix.flow.maxflow import FlowResult
+from helix.perf.base import AVG_OUTPUT_TOKENS, AVG_PROMPT_TOKENS, CapacityModel
+from helix.placement.milp.problem import Problem
+from helix.placement.milp.stages import Stage, stages_to_placement
+from helix.specs.cluster import COORDINATOR
+from helix.specs.placement import Placement
+
+
+@dataclass(frozen=True)
+class ThroughputModel:
+    """Constants of the KV bound (module docstring)."""
+
+    hop_time_s: float = 0.1
+    kv_utilisation: float = 0.75
+    prompt_tokens: int = AVG_PROMPT_TOKENS
+    output_tokens: int = AVG_OUTPUT_TOKENS
+
+    @property
+    def rate_per_kv_token(self) -> float:
+        """γ: tokens/s·node-hops a node can serve per token of KV per layer."""
+        i, o = self.prompt_tokens, self.output_tokens
+        return self.kv_utilisation * (i + o) / o / ((i + o / 2) * self.hop_time_s)
+
+
+def _routes(flow: FlowResult) -> list[tuple[list[str], float]]:
+    """Decompose the max flow into coordinator → … → coordinator routes (flows on a DAG)."""
+    out_edges: dict[str, dict[str, float]] = {}
+    for (src, dst), value in flow.link_flows().items():
+        out_edges.setdefault(src, {})[dst] = value
+    routes = []
+    for _ in range(10_000):
+        path, node = [], COORDINATOR
+        while True:
+            nxt = max(out_edges.get(node, {}).items(), key=lambda kv: kv[1], default=None)
+            if nxt is None or nxt[1] <= 1e-9:
+                break
+            node = nxt[0]
+            if node == COORDINATOR:
+                break
+            path.append(node)
+            if len(path) > 10_000:
+                break
+        if node != COORDINATOR or not path:
+            break
+        hops = [COORDINATOR, *path, COORDINATOR]
+        f = min(out_edges[a][b] for a, b in zip(hops, hops[1:], strict=False))
+        for a, b in zip(hops, hops[1:], strict=False):
+            out_edges[a][b] -= f
+        routes.append((path, f))
+    return routes
+
+
+def kv_latency_estimate(
+    placement: Placement,
+    flow: FlowResult,
+    kv_tokens: Callable[[str, int], float],
+    model: ThroughputModel,
+) -> float:
+    """Max flow scaled down until the KV bound holds at every node (tokens/s, an estimate).
+
+    `kv_tokens(node, layers)` = KV tokens per layer of `node` holding `layers` layers.
+    """
+    load: dict[str, float] = {}
+    for path, f in _routes(flow):
+        for node in path:
+            load[node] = load.get(node, 0.0) + f * len(path)
+    gamma = model.rate_per_kv_token
+    scale = 1.0
+    for node, value in load.items():
+        if value > 0:
+            scale = min(scale, gamma * kv_tokens(node, placement[node].num_layers) / value)
+    return flow.value_tokens_per_s * scale
+
+
+def class_kv_tables(problem: Problem, capacity: CapacityModel) -> list[tuple[float, ...]]:
+    """KV tokens per layer for every class and layer count 1..K."""
+    return [
+        tuple(float(capacity.kv_capacity_tokens(c.gpu, k)) for k in range(1, c.max_layers + 1))
+        for c in problem.classes
+    ]
+
+
+@dataclass(frozen=True)
+class StageTable:
+    """Every multiset of ≤ max_size nodes of one zone per layer count, with its capacity and KV sums."""
+
+    stages: list[Stage]
+    caps: np.ndarray  # Σ cap at k layers
+    kvs: np.ndarray  # Σ KV tokens per layer at k layers
+    caps_without_weakest: np.ndarray
+    kvs_without_weakest: np.ndarray
+
+    @classmethod
+    def build(cls, problem: Problem, kv: list[tuple[float, ...]], zone: int, max_size: int) -> StageTable:
+        rows: list[tuple[Stage, float, float, float, float]] = []
+        members = [ci for ci, c in enumerate(problem.classes) if c.zone == zone]
+        for k in range(1, problem.num_layers + 1):
+            able = [ci for ci in members if problem.classes[ci].max_layers >= k]
+            for size in range(1, max_size + 1):
+                for combo in combinations_with_replacement(able, size):
+                    if any(combo.count(ci) > problem.classes[ci].count for ci in set(combo)):
+                        continue
+                    caps = [problem.classes[ci].caps_tokens_per_s[k - 1] for ci in combo]
+                    kvs = [kv[ci][k - 1] for ci in combo]
+                    weak = min(range(size), key=lambda j: (caps[j], kvs[j]))
+                    rest = (sum(caps) - caps[weak], sum(kvs) - kvs[weak]) if size > 1 else (-1.0, -1.0)
+                    rows.append(((k, combo), sum(caps), sum(kvs), *rest))
+        cols = list(zip(*rows, strict=True)) if rows else [[], [], [], [], []]
+        return cls(list(cols[0]), *(np.array(c, float) for c in cols[1:]))
+
+    def reaching(self, target: float, kv_target: float) -> list[Stage]:
+        """Minimal multisets (dropping the weakest member breaks a target) reaching both targets."""
+        ok = (self.caps >= target) & (self.kvs >= kv_target)
+        ok &= (self.caps_without_weakest < target) | (self.kvs_without_weakest < kv_target)
+        return [self.stages[j] for j in np.flatnonzero(ok)]
+
+
+def _solve_depth(problem: Problem, stages: list[Stage], max_stages: int) -> list[Stage] | None:
+    """Σ k·z = L, Σ z ≤ max_stages, node counts; fewest nodes. None if infeasible."""
+    n = len(stages)
+    if n == 0:
+        return None
+    h = highspy.Highs()
+    h.setOptionValue("output_flag", False)
+    h.setOptionValue("mip_max_nodes", 5000)
+    h.setOptionValue("time_limit", 10.0)  # safety cap; these models solve in milliseconds
+    h.addVars(n, np.zeros(n), np.full(n, float(problem.num_layers)))
+    idx = np.arange(n, dtype=np.int32)
+    h.changeColsIntegrality(n, idx, np.array([highspy.HighsVarType.kInteger] * n))
+    h.changeColsCost(n, idx, np.array([len(m) for _, m in stages], float))
+    h.addRow(problem.num_layers, problem.num_layers, n, idx, np.array([k for k, _ in stages], float))
+    h.addRow(0, max_stages, n, idx, np.ones(n))
+    for ci, cls in enumerate(problem.classes):
+        use = np.array([m.count(ci) for _, m in stages], float)
+        if use.any():
+            h.addRow(0, cls.count, n, idx, use)
+    h.run()
+    if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+        return None
+    values = h.getSolution().col_value
+    chosen = [st for j, st in enumerate(stages) for _ in range(round(values[j]))]
+    return sorted(chosen, key=lambda st: (-st[0], st[1]))
+
+
+def throughput_candidates(
+    problem: Problem,
+    capacity: CapacityModel,
+    model: ThroughputModel,
+    flow_hint: float,
+    *,
+    max_size: int = 4,
+    bisection_steps: int = 12,
+) -> list[tuple[int, float, Placement]]:
+    """For each depth H, the stage pipeline with the largest F meeting the KV bound at depth H.
+
+    Returns (H, F reached in the stage model, placement) per depth that has any; `flow_hint` (the best
+    max flow known) bounds the bisection from above. Deterministic: a fixed number of tiny IPs.
+    """
+    kv = class_kv_tables(problem, capacity)
+    tables = [StageTable.build(problem, kv, zone, max_size) for zone in range(problem.zones)]
+    gamma = model.rate_per_kv_token
+    nodes = sum(c.count for c in problem.classes)
+    shallowest = -(-problem.num_layers // max(c.max_layers for c in problem.classes))
+    out = []
+    for depth in range(shallowest, min(nodes, problem.num_layers) + 1):
+        lo, hi, best = 0.0, flow_hint, None
+        for _ in range(bisection_steps):
+            target = (lo + hi) / 2
+            stages = None
+            for table in tables:  # a pipeline inside one zone
+                stages = _solve_depth(problem, table.reaching(target, target * depth / gamma), depth)
+                if stages is not None:
+                    break
+            if stages is None:
+                hi = target
+            else:
+                lo, best = target, stages
+        if best is not None:
+            out.append((depth, lo, stages_to_placement(problem, best)))
+    return out
