@@ -32,7 +32,8 @@ def allocate_kv_cache(
 
 def available_kv_bytes(device: torch.device, memory_utilization: float, activation_bytes: int) -> int:
     """Bytes the KV cache may take: on CUDA, `utilization` of the device minus what is in use
-    (weights, other processes) and the activation peak; on CPU a fixed budget (256 MiB per stage) capped by free RAM."""
+    (weights, other processes) and the activation peak; on CPU `CPU_KV_CACHE_BYTES`, capped by
+    free RAM."""
     if device.type == "cuda":
         free_bytes, total_bytes = torch.cuda.mem_get_info(device)
         used_bytes = total_bytes - free_bytes

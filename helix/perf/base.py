@@ -107,6 +107,10 @@ def typical_batch_throughput(timing: TypeTiming, num_layers: int, rho: float) ->
         q, prompt_tokens, decode_seqs = 1.0, AVG_PROMPT_TOKENS, AVG_OUTPUT_TOKENS
     if q <= 0:
         return 0.0
+    if prompt_tokens + decode_seqs == 0:
+        # Less than one typical request fits: serve one average request at a time.
+        return (AVG_PROMPT_TOKENS + AVG_OUTPUT_TOKENS) / (
+            k * (timing.prompt_time_s(AVG_PROMPT_TOKENS) + AVG_OUTPUT_TOKENS * timing.decode_time_s(1)))
     if q >= 1:
         return (prompt_tokens + decode_seqs) / (
             k * (timing.prompt_time_s(prompt_tokens) + timing.decode_time_s(decode_seqs))

@@ -8,6 +8,7 @@ from helix.perf.base import CapacityModel
 from helix.perf.helix_profile import profile_capacity_model
 from helix.perf.roofline import RooflineCapacityModel
 from helix.specs.cluster import ClusterSpec
+from helix.specs.gpu import default_catalog
 from helix.specs.model import ModelSpec
 
 CAPACITY_KINDS = ("auto", "profile", "roofline")
@@ -27,8 +28,9 @@ def capacity_model_for(
     ``roofline`` uses GPU specs only; ``auto`` takes profiles when a directory is known.
     """
     directory = profiles_dir or cluster.profiles_dir
+    catalog = default_catalog().with_types(list({n.gpu.name: n.gpu for n in cluster.nodes}.values()))
     if kind == "roofline" or (kind == "auto" and directory is None):
-        return RooflineCapacityModel(model, cluster.composition())
+        return RooflineCapacityModel(model, cluster.composition(), catalog=catalog)
     if directory is None:
         from helix.errors import HelixInputError
 
@@ -37,4 +39,5 @@ def capacity_model_for(
             field="--profiles",
             fix="pass --profiles DIR (written by `helix profile`) or --capacity roofline",
         )
-    return profile_capacity_model(directory, model, cluster.composition(), extrapolate=extrapolate)
+    return profile_capacity_model(directory, model, cluster.composition(), extrapolate=extrapolate,
+                                  catalog=catalog)

@@ -35,3 +35,25 @@ def test_kv_capacity_shrinks_with_layers():
     roof = RooflineCapacityModel(builtin_model("llama-3-8b"), {"L4": 1})
     assert roof.kv_capacity_tokens("L4", 4) > roof.kv_capacity_tokens("L4", 8) > 0
     assert roof.kv_capacity_tokens("L4", 4) % 16 == 0
+
+
+def test_tiny_memory_gpu_type_has_finite_throughput():
+    from helix.specs.gpu import GPUCatalog, GPUSpec, default_catalog
+
+    tiny = GPUSpec("Tiny", vram_bytes=8e9, peak_tflops=10, hbm_gbytes_per_s=100, nic_gbps=10)
+    catalog = default_catalog().with_types([tiny])
+    roof = RooflineCapacityModel(builtin_model("llama-3-8b"), {"Tiny": 2}, catalog=catalog)
+    assert isinstance(catalog, GPUCatalog)
+    assert all(0 < tp < float("inf") for tp in roof.throughput_table("Tiny"))
+
+
+def test_capacity_factory_knows_the_clusters_own_gpu_types():
+    from helix.perf.factory import capacity_model_for
+    from helix.specs.cluster_yaml import cluster_from_dict
+
+    cluster = cluster_from_dict({
+        "gpu_types": {"MyGPU": {"vram_gb": 48, "peak_tflops": 200, "hbm_gbytes_per_s": 1000}},
+        "nodes": [{"name": "g", "gpu": "MyGPU", "count": 2}],
+    })
+    capacity = capacity_model_for(cluster, builtin_model("llama-3-8b"))
+    assert capacity.max_layers("MyGPU") > 0 and capacity.throughput_tokens_per_s("MyGPU", 1) > 0

@@ -28,7 +28,7 @@ simulation (`helix.sim.select`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import combinations_with_replacement
 
 import highspy
@@ -178,6 +178,32 @@ def _solve_depth(problem: Problem, stages: list[Stage], max_stages: int) -> list
     return sorted(chosen, key=lambda st: (-st[0], st[1]))
 
 
+def _best_pipeline(
+    problem: Problem, kv: list[tuple[float, ...]], gamma: float, depth: int, flow_hint: float, steps: int, max_size: int
+) -> tuple[float, list[Stage]] | None:
+    """Bisect on F for a pipeline of ≤ `depth` stages meeting capacity F and KV F·depth/γ per stage."""
+    tables = [StageTable.build(problem, kv, zone, max_size) for zone in range(problem.zones)]
+    lo, hi, best = 0.0, flow_hint, None
+    for _ in range(steps):
+        target = (lo + hi) / 2
+        stages = None
+        for table in tables:  # a pipeline inside one zone
+            stages = _solve_depth(problem, table.reaching(target, target * depth / gamma), depth)
+            if stages is not None:
+                break
+        if stages is None:
+            hi = target
+        else:
+            lo, best = target, stages
+    return None if best is None else (lo, best)
+
+
+def _residual(problem: Problem, placement: Placement) -> Problem:
+    """`problem` without the nodes `placement` uses."""
+    classes = tuple(replace(c, nodes=tuple(n for n in c.nodes if n not in placement)) for c in problem.classes)
+    return replace(problem, classes=tuple(c for c in classes if c.count > 0))
+
+
 def throughput_candidates(
     problem: Problem,
     capacity: CapacityModel,
@@ -185,32 +211,35 @@ def throughput_candidates(
     flow_hint: float,
     *,
     max_size: int = 4,
-    bisection_steps: int = 12,
+    bisection_steps: int = 10,
+    max_pipelines: int = 3,
 ) -> list[tuple[int, float, Placement]]:
-    """For each depth H, the stage pipeline with the largest F meeting the KV bound at depth H.
+    """For each depth H, up to `max_pipelines` side-by-side stage pipelines, each the one with the largest
+    F meeting the KV bound at depth H on the nodes the previous ones left.
 
-    Returns (H, F reached in the stage model, placement) per depth that has any; `flow_hint` (the best
-    max flow known) bounds the bisection from above. Deterministic: a fixed number of tiny IPs.
+    Returns (H, F of the first pipeline in the stage model, placement) per depth that has any;
+    `flow_hint` (the best max flow known) bounds the bisection from above. Deterministic: a fixed number
+    of tiny integer programs.
     """
-    kv = class_kv_tables(problem, capacity)
-    tables = [StageTable.build(problem, kv, zone, max_size) for zone in range(problem.zones)]
     gamma = model.rate_per_kv_token
     nodes = sum(c.count for c in problem.classes)
     shallowest = -(-problem.num_layers // max(c.max_layers for c in problem.classes))
     out = []
     for depth in range(shallowest, min(nodes, problem.num_layers) + 1):
-        lo, hi, best = 0.0, flow_hint, None
-        for _ in range(bisection_steps):
-            target = (lo + hi) / 2
-            stages = None
-            for table in tables:  # a pipeline inside one zone
-                stages = _solve_depth(problem, table.reaching(target, target * depth / gamma), depth)
-                if stages is not None:
-                    break
-            if stages is None:
-                hi = target
-            else:
-                lo, best = target, stages
-        if best is not None:
-            out.append((depth, lo, stages_to_placement(problem, best)))
+        ranges: dict = {}
+        first = None
+        rest = problem
+        for _ in range(max_pipelines):
+            if sum(c.count * c.max_layers for c in rest.classes) < problem.num_layers:
+                break
+            kv = class_kv_tables(rest, capacity)
+            found = _best_pipeline(rest, kv, gamma, depth, flow_hint, bisection_steps, max_size)
+            if found is None:
+                break
+            pipeline = stages_to_placement(rest, found[1])
+            ranges.update(pipeline.ranges)
+            first = found[0] if first is None else first
+            rest = _residual(rest, pipeline)
+        if ranges:
+            out.append((depth, first, Placement(ranges)))
     return out
