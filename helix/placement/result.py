@@ -23,6 +23,10 @@ class PlannerOptions:
         partial_overlap: allow links where the next node skips layers it already holds (s_j ≤ e_i < e_j).
         solver: MILP backend (``highs`` default; ``cpsat`` where supported).
         progress: called with a dict (incumbent, bound, gap, elapsed_s) as search improves.
+        objective: ``max-flow`` (default): the placement with the largest max flow. ``throughput``
+            (milp only): among the max-flow optimum and KV-aware stage pipelines, the placement with the
+            best estimated serving throughput (max flow under a KV-cache / pipeline-depth bound,
+            docs/planner.md); the result still reports its max flow and the proven max-flow bound.
     """
 
     method: str = "milp"
@@ -33,6 +37,7 @@ class PlannerOptions:
     partial_overlap: bool = False
     solver: str = "highs"
     progress: Callable[[dict[str, Any]], None] | None = None
+    objective: str = "max-flow"
 
 
 @dataclass(frozen=True)

@@ -6,16 +6,21 @@
 4. Boundary MILP (boundary_milp.py): bisect on F. An infeasible ``relax`` model at F proves that no
    placement reaches F (the bound drops to F); feasible models give placements, realised on concrete
    nodes and scored by the evaluator. When the model is exact one solve serves both purposes.
-5. Local search (search.py) on the incumbent with the time that is left.
+5. Local search (search.py) on the incumbent, until it stagnates.
+6. With ``options.objective == "throughput"``: KV-aware stage pipelines (throughput.py) and the max-flow
+   placement are scored by the KV / pipeline-depth estimate and the best is returned.
 
 Every reported flow is the evaluator's; the bound is proven (the saturation bound or an infeasible
-relaxation at F). Search stops when (bound − flow)/bound ≤ ``options.mip_gap``.
+relaxation at F). Search stops when (bound − flow)/bound ≤ ``options.mip_gap`` or when the work budget
+(`WorkBudget`: bisection probes, HiGHS branch-and-bound nodes, local-search evaluations) is spent, so a
+run is deterministic for a seed. ``options.time_limit_s`` is only a safety cap; when it cuts a run the
+result says so (``details["stopped_by"]``) and may then differ between runs.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from helix.errors import HelixInputError
 from helix.flow.graph import FlowOptions
@@ -24,6 +29,7 @@ from helix.placement.milp.boundary_milp import FEASIBLE, INFEASIBLE, Column, sol
 from helix.placement.milp.bounds import saturation_bound, static_upper_bound
 from helix.placement.milp.incumbent import Clock, Incumbent
 from helix.placement.milp.problem import Problem, build_problem, check_feasible
+from helix.placement.milp.objective import choose_for_throughput
 from helix.placement.milp.search import local_search
 from helix.placement.milp.stages import solve_stages, stages_to_placement
 from helix.placement.milp.zones import solve_zone_chain
@@ -33,6 +39,19 @@ from helix.specs.model import ModelSpec
 from helix.specs.placement import LayerRange, Placement
 
 RELAX_BOUND = "boundary-graph MILP relaxation infeasible above this flow (HiGHS)"
+
+
+@dataclass(frozen=True)
+class WorkBudget:
+    """Deterministic work limits of one planning run (the wall clock is only a safety cap)."""
+
+    milp_probes: int = 24  # boundary-MILP solves
+    milp_nodes: int = 3000  # HiGHS branch-and-bound nodes per boundary-MILP solve
+    local_search_evals: int = 30_000  # exact max-flow evaluations
+    local_search_patience: int = 3_000  # stop after this many evaluations without improvement
+
+
+WORK = WorkBudget()
 
 
 def counts_to_placement(problem: Problem, counts: dict[Column, int]) -> Placement:
@@ -60,16 +79,15 @@ def _warm_start(
             continue  # a baseline that does not apply to this cluster
 
 
-def _done(incumbent: Incumbent, options: PlannerOptions, until_s: float | None = None) -> bool:
-    stop = options.time_limit_s if until_s is None else until_s
-    return incumbent.gap() <= options.mip_gap or incumbent.clock.elapsed() >= stop
+def _done(incumbent: Incumbent, options: PlannerOptions) -> bool:
+    return incumbent.gap() <= options.mip_gap or incumbent.clock.elapsed() >= options.time_limit_s
 
 
 def _stage_phase(problem: Problem, incumbent: Incumbent, options: PlannerOptions) -> None:
     lo, hi = incumbent.value, incumbent.bound
     while hi - lo > options.mip_gap * hi and not _done(incumbent, options):
         target = (lo + hi) / 2
-        limit_s = min(2.0, incumbent.clock.left())
+        limit_s = incumbent.clock.left()
         stages = solve_stages(problem, target, time_limit_s=limit_s, seed=options.seed)
         if stages is None and problem.zones > 1:
             stages = solve_zone_chain(problem, target, time_limit_s=limit_s, seed=options.seed)
@@ -103,7 +121,7 @@ def _parallel_zones_phase(problem: Problem, incumbent: Incumbent, options: Plann
         while hi - lo > options.mip_gap * hi and not _done(incumbent, options):
             target = (lo + hi) / 2
             stages = solve_stages(
-                sub, target, time_limit_s=min(2.0, incumbent.clock.left()), seed=options.seed
+                sub, target, time_limit_s=incumbent.clock.left(), seed=options.seed
             )
             if stages is None:
                 hi = target
@@ -116,20 +134,25 @@ def _parallel_zones_phase(problem: Problem, incumbent: Incumbent, options: Plann
 
 
 def _solve(problem: Problem, incumbent: Incumbent, options: PlannerOptions, target: float, mode: str):
-    cap_s = min(incumbent.clock.left() - 0.2, max(2.0, options.time_limit_s / 6))
-    return solve_at(problem, target, mode, time_limit_s=cap_s, threads=options.threads, seed=options.seed)
+    return solve_at(
+        problem,
+        target,
+        mode,
+        time_limit_s=incumbent.clock.left(),
+        threads=options.threads,
+        seed=options.seed,
+        max_nodes=WORK.milp_nodes,
+    )
 
 
-def _boundary_phase(
-    problem: Problem, incumbent: Incumbent, options: PlannerOptions, until_s: float
-) -> dict[str, int]:
+def _boundary_phase(problem: Problem, incumbent: Incumbent, options: PlannerOptions) -> dict[str, int]:
     """Bisect on F with the boundary MILP: primal probes (restrict) and bound probes (relax)."""
     bound_ok = not options.partial_overlap  # the strict model bounds only strict chaining
     stats = {"milp_solves": 0}
     ceiling = incumbent.bound  # primal probes above this failed
     relax_floor = incumbent.value  # the relaxation is feasible up to here
     first = True
-    while not _done(incumbent, options, until_s):
+    while not _done(incumbent, options) and stats["milp_solves"] < WORK.milp_probes:
         progressed = False
         if ceiling - incumbent.value > options.mip_gap * ceiling:
             # the first probe asks "is the incumbent optimal?"; later ones bisect
@@ -152,7 +175,8 @@ def _boundary_phase(
             bound_ok
             and not problem.exact
             and incumbent.bound - relax_floor > options.mip_gap * incumbent.bound
-            and not _done(incumbent, options, until_s)
+            and not _done(incumbent, options)
+            and stats["milp_solves"] < WORK.milp_probes
         ):
             target = (max(relax_floor, incumbent.value) + incumbent.bound) / 2
             out = _solve(problem, incumbent, options, target, "relax")
@@ -184,19 +208,28 @@ def milp_plan(
     _stage_phase(problem, incumbent, options)
     if problem.zones > 1:
         _parallel_zones_phase(problem, incumbent, options)
-    # an inexact model (slow links) leaves half the time to local search on concrete placements
-    until_s = options.time_limit_s * (1.0 if problem.exact else 0.5)
-    stats = _boundary_phase(problem, incumbent, options, until_s)
+    stats = _boundary_phase(problem, incumbent, options)
     evals = 0
     if not _done(incumbent, options) and incumbent.placement is not None:
         evals = local_search(
             problem,
             incumbent,
             rng=random.Random(options.seed),
-            max_evals=200_000,
+            max_evals=WORK.local_search_evals,
+            patience=WORK.local_search_patience,
             deadline_s=options.time_limit_s,
         )
-    return _result(problem, incumbent, options, baseline_value, {**stats, "local_search_evals": evals})
+    stats = {**stats, "local_search_evals": evals}
+    if incumbent.gap() <= options.mip_gap:
+        stopped_by = "gap reached (proven optimal within mip_gap)"
+    elif incumbent.clock.elapsed() >= options.time_limit_s:
+        stopped_by = "time limit (safety cap: the run may differ between runs)"
+    else:
+        stopped_by = "work budget spent or search stagnated (deterministic)"
+    result = _result(problem, incumbent, options, baseline_value, stats, stopped_by)
+    if options.objective == "throughput":
+        return choose_for_throughput(problem, result, incumbent, capacity)
+    return result
 
 
 def _result(
@@ -205,6 +238,7 @@ def _result(
     options: PlannerOptions,
     baseline_value: float,
     stats: dict[str, int],
+    stopped_by: str,
 ) -> PlanResult:
     if incumbent.placement is None or incumbent.flow is None:
         raise HelixInputError(
@@ -228,6 +262,8 @@ def _result(
         "classes": len(problem.classes),
         "zones": problem.zones,
         "exact_model": problem.exact,
+        "stopped_by": stopped_by,
+        "objective": options.objective,
         "history": incumbent.history,
         **stats,
     }

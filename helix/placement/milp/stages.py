@@ -23,6 +23,7 @@ from helix.placement.milp.problem import Problem
 from helix.specs.placement import LayerRange, Placement
 
 Stage = tuple[int, tuple[int, ...]]  # (layers, class indices with repetition)
+STAGE_IP_MAX_NODES = 2000  # branch-and-bound nodes per stage IP: the work budget (deterministic)
 
 
 def minimal_stages(problem: Problem, target: float, zone: int, max_size: int) -> list[Stage]:
@@ -58,7 +59,8 @@ def _solve(problem: Problem, stages: list[Stage], *, time_limit_s: float, seed: 
     n = len(stages)
     h = highspy.Highs()
     h.setOptionValue("output_flag", False)
-    h.setOptionValue("time_limit", max(0.01, time_limit_s))
+    h.setOptionValue("time_limit", max(0.01, time_limit_s))  # a safety cap; the node limit is the budget
+    h.setOptionValue("mip_max_nodes", STAGE_IP_MAX_NODES)
     h.setOptionValue("random_seed", seed)
     h.addVars(n, np.zeros(n), np.full(n, float(problem.num_layers)))
     h.changeColsIntegrality(n, np.arange(n, dtype=np.int32), np.array([highspy.HighsVarType.kInteger] * n))

@@ -20,7 +20,7 @@ import highspy
 import numpy as np
 
 from helix.placement.milp.problem import Problem
-from helix.placement.milp.stages import Stage, minimal_stages
+from helix.placement.milp.stages import STAGE_IP_MAX_NODES, Stage, minimal_stages
 
 MAX_WIDE = 4
 MAX_ORDERS = 24
@@ -92,7 +92,8 @@ def _solve(
     n = len(flat)
     h = highspy.Highs()
     h.setOptionValue("output_flag", False)
-    h.setOptionValue("time_limit", max(0.01, time_limit_s))
+    h.setOptionValue("time_limit", max(0.01, time_limit_s))  # a safety cap; the node limit is the budget
+    h.setOptionValue("mip_max_nodes", STAGE_IP_MAX_NODES)
     h.setOptionValue("random_seed", seed)
     h.addVars(n, np.zeros(n), np.full(n, float(problem.num_layers)))
     idx = np.arange(n, dtype=np.int32)
