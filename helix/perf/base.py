@@ -81,6 +81,22 @@ class CapacityModel(ABC):
         return max((k * tp for k, tp in enumerate(self.throughput_table(gpu), start=1)), default=0.0)
 
 
+class TypicalCapacityModel(CapacityModel):
+    """A capacity model whose throughput is the typical-batch model of `TypicalThroughput`, cached."""
+
+    def _init_typical(self, typical: TypicalThroughput) -> None:
+        self._typical = typical
+        self._cache: dict[tuple[str, int], float] = {}
+
+    def throughput_tokens_per_s(self, gpu: str, num_layers: int) -> float:
+        key = (gpu, num_layers)
+        if key not in self._cache:
+            if not 1 <= num_layers <= self.max_layers(gpu):
+                raise ValueError(f"{gpu} holds 1..{self.max_layers(gpu)} layers, not {num_layers}")
+            self._cache[key] = self._typical.throughput(gpu, num_layers)
+        return self._cache[key]
+
+
 @dataclass(frozen=True)
 class TypeTiming:
     """What the typical-throughput model needs to know about one GPU type."""
@@ -110,7 +126,8 @@ def typical_batch_throughput(timing: TypeTiming, num_layers: int, rho: float) ->
     if prompt_tokens + decode_seqs == 0:
         # Less than one typical request fits: serve one average request at a time.
         return (AVG_PROMPT_TOKENS + AVG_OUTPUT_TOKENS) / (
-            k * (timing.prompt_time_s(AVG_PROMPT_TOKENS) + AVG_OUTPUT_TOKENS * timing.decode_time_s(1)))
+            k * (timing.prompt_time_s(AVG_PROMPT_TOKENS) + AVG_OUTPUT_TOKENS * timing.decode_time_s(1))
+        )
     if q >= 1:
         return (prompt_tokens + decode_seqs) / (
             k * (timing.prompt_time_s(prompt_tokens) + timing.decode_time_s(decode_seqs))

@@ -39,5 +39,6 @@ def capacity_model_for(
             field="--profiles",
             fix="pass --profiles DIR (written by `helix profile`) or --capacity roofline",
         )
-    return profile_capacity_model(directory, model, cluster.composition(), extrapolate=extrapolate,
-                                  catalog=catalog)
+    return profile_capacity_model(
+        directory, model, cluster.composition(), extrapolate=extrapolate, catalog=catalog
+    )

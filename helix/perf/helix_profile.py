@@ -16,8 +16,8 @@ from helix.perf.base import (
     AVG_OUTPUT_TOKENS,
     AVG_PROMPT_TOKENS,
     KV_BLOCK_TOKENS,
-    CapacityModel,
     TypeTiming,
+    TypicalCapacityModel,
     TypicalThroughput,
 )
 from helix.perf.profiles import GPUProfile, load_profiles
@@ -67,7 +67,7 @@ def _timing(model_key: str, profile: GPUProfile) -> TypeTiming:
     )
 
 
-class ProfileCapacityModel(CapacityModel):
+class ProfileCapacityModel(TypicalCapacityModel):
     """Capacities from measured profile tables, for one model and one cluster composition.
 
     Args:
@@ -105,8 +105,7 @@ class ProfileCapacityModel(CapacityModel):
                 "or use --capacity roofline",
             )
         timings = {name: _timing(model.profile_key, p) for name, p in self._profiles.items()}
-        self._typical = TypicalThroughput(timings, composition, model.num_layers)
-        self._cache: dict[tuple[str, int], float] = {}
+        self._init_typical(TypicalThroughput(timings, composition, model.num_layers))
 
     @property
     def description(self) -> str:
@@ -137,14 +136,6 @@ class ProfileCapacityModel(CapacityModel):
 
     def decode_layer_time_s(self, gpu: str, num_seqs: int) -> float:
         return self.profile(gpu).decode_time_s(num_seqs)
-
-    def throughput_tokens_per_s(self, gpu: str, num_layers: int) -> float:
-        key = (gpu, num_layers)
-        if key not in self._cache:
-            if not 1 <= num_layers <= self.max_layers(gpu):
-                raise ValueError(f"{gpu} holds 1..{self.max_layers(gpu)} layers, not {num_layers}")
-            self._cache[key] = self._typical.throughput(gpu, num_layers)
-        return self._cache[key]
 
 
 def profile_capacity_model(

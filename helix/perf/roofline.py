@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from helix.perf.base import (
     AVG_PROMPT_TOKENS,
     KV_BLOCK_TOKENS,
-    CapacityModel,
     TypeTiming,
+    TypicalCapacityModel,
     TypicalThroughput,
 )
 from helix.specs.gpu import GPUCatalog, GPUSpec, default_catalog
@@ -46,7 +46,7 @@ class RooflineParams:
     memory_utilization: float = 0.9
 
 
-class RooflineCapacityModel(CapacityModel):
+class RooflineCapacityModel(TypicalCapacityModel):
     """Capacities of any GPU type for `model`, from specs, for one cluster composition."""
 
     def __init__(
@@ -61,8 +61,7 @@ class RooflineCapacityModel(CapacityModel):
         self._params = params
         self._gpus = {name: self._catalog.get(name) for name in composition}
         timings = {name: self._timing(name) for name in self._gpus}
-        self._typical = TypicalThroughput(timings, composition, model.num_layers)
-        self._cache: dict[tuple[str, int], float] = {}
+        self._init_typical(TypicalThroughput(timings, composition, model.num_layers))
 
     @property
     def description(self) -> str:
@@ -135,11 +134,3 @@ class RooflineCapacityModel(CapacityModel):
             max(2 * m.layer_params * num_seqs / flops_per_s, read / bytes_per_s)
             + self._params.layer_overhead_s
         )
-
-    def throughput_tokens_per_s(self, gpu: str, num_layers: int) -> float:
-        key = (gpu, num_layers)
-        if key not in self._cache:
-            if not 1 <= num_layers <= self.max_layers(gpu):
-                raise ValueError(f"{gpu} holds 1..{self.max_layers(gpu)} layers, not {num_layers}")
-            self._cache[key] = self._typical.throughput(gpu, num_layers)
-        return self._cache[key]
