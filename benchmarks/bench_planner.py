@@ -68,6 +68,11 @@ def run_instance(name: str, cluster, model, capacity, time_limit_s: float, mip_g
         "elapsed_s": round(wall_s, 3),
         "time_limit_s": time_limit_s,
         "found_by": result.details["found_by"],
+        "stopped_by": result.details["stopped_by"],
+        "work": {
+            "milp_solves": result.details.get("milp_solves", 0),
+            "local_search_evals": result.details.get("local_search_evals", 0),
+        },
         "baseline_tokens_per_s": round(result.details["baseline_tokens_per_s"], 4),
         "unused_nodes": len(result.details["unused_nodes"]),
         "warnings": list(result.warnings),

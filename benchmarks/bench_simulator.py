@@ -1,7 +1,7 @@
 """Simulator benchmark: fidelity against Helix's simulator, speed, efficiency, and the paper comparison.
 
 Writes benchmarks/results/simulation.json. Needs the Helix reference data (helix.reference.reference_dir()).
-Run: python benchmarks/bench_simulator.py [--quick] [--milp-time-limit 30]
+Run: python benchmarks/bench_simulator.py [--quick] [--milp-time-limit 60]
 """
 
 from __future__ import annotations
@@ -15,16 +15,20 @@ from pathlib import Path
 
 from helix.perf.helix_profile import profile_capacity_model
 from helix.placement.baselines import separate_pipelines_placement
+from helix.placement.planner import plan
+from helix.placement.result import PlannerOptions
 from helix.reference import reference_dir
 from helix.scheduling.kv import KVParameters
+from helix.sim.clamped import ClampedCapacityModel
 from helix.sim.config import KV_PARAMS, SimConfig
 from helix.sim.run import simulate
+from helix.sim.select import plan_candidates, rank_by_simulation
 from helix.sim.workload import load_lengths
 from helix.specs.cluster import COORDINATOR, ClusterSpec
 from helix.specs.helix_ini import load_helix_placement
 from helix.specs.loading import load_cluster
 from helix.specs.model import builtin_model
-from helix.specs.placement import Placement
+from helix.specs.placement import LayerRange, Placement
 
 HELIX_REFERENCE = {
     "decode_tokens_per_s": 248.3,
@@ -41,11 +45,15 @@ PAPER = {
 MODEL = builtin_model("llama-2-70b")
 
 
+def _capacity(cluster, composition=None):
+    return profile_capacity_model(
+        reference_dir() / "profiles", MODEL, composition or cluster.composition(), extrapolate=True
+    )
+
+
 def _inputs(name: str):
-    ref = reference_dir()
-    cluster = load_cluster(ref / "clusters" / f"{name}.ini")
-    capacity = profile_capacity_model(ref / "profiles", MODEL, cluster.composition(), extrapolate=True)
-    return cluster, capacity
+    cluster = load_cluster(reference_dir() / "clusters" / f"{name}.ini")
+    return cluster, _capacity(cluster)
 
 
 def _run(cluster, capacity, placement, fidelity: str, scheduler: str, initial: int, kv=None, **changes):
@@ -96,62 +104,124 @@ def sub_cluster(cluster: ClusterSpec, names: set[str]) -> ClusterSpec:
     )
 
 
-def separate_pipelines(cluster, capacity, fidelity: str, per_group: int = 30) -> dict:
-    """Each GPU type's complete pipelines as its own sub-cluster (random scheduling), leftovers as one mixed
-    sub-cluster; decode throughputs summed (serving.md §1.7, placement.md §6.4)."""
-    placement = separate_pipelines_placement(cluster, MODEL, capacity)
-    groups: dict[str, set[str]] = {}
-    for name, _ in placement.items():
-        groups.setdefault(cluster.node(name).gpu.name, set()).add(name)
-    parts, mixed = {}, set()
-    for gpu, names in groups.items():
-        sub = Placement({n: placement[n] for n in names})
-        if sub.uncovered_layers(MODEL.num_layers) or not any(placement[n].start == 0 for n in names):
-            mixed |= names
-            continue
-        parts[gpu] = names
-    if mixed:
-        parts["mixed"] = mixed
+def _sub_runs(cluster, capacity_for, groups: dict[str, Placement], fidelity: str, population) -> dict:
+    """Simulate each group as its own sub-cluster with random scheduling; decode throughputs summed."""
     out, total = {}, 0.0
-    for label, names in parts.items():
-        sub = sub_cluster(cluster, names)
-        sub_capacity = profile_capacity_model(
-            reference_dir() / "profiles", MODEL, cluster.composition(), extrapolate=True
-        )
-        res = _run(
-            sub, sub_capacity, Placement({n: placement[n] for n in names}), fidelity, "random", per_group
-        )
+    for label, placement in groups.items():
+        sub = sub_cluster(cluster, {n for n, _ in placement.items()})
+        res = _run(sub, capacity_for(sub), placement, fidelity, "random", population(label))
         out[label] = res
         total += res["decode_tokens_per_s"]
     return {"decode_tokens_per_s": round(total, 2), "sub_clusters": out}
 
 
-def best_plan(cluster, capacity, published: Placement, time_limit_s: float) -> tuple[Placement, str]:
-    from helix.flow import evaluate_placement
+def separate_pipelines(cluster, capacity, fidelity: str, per_group: int = 30) -> dict:
+    """Our memory-respecting SP: each GPU type's complete pipelines as its own sub-cluster, leftovers as
+    one mixed sub-cluster (random scheduling), decode throughputs summed."""
+    placement = separate_pipelines_placement(cluster, MODEL, capacity)
+    groups: dict[str, set[str]] = {}
+    for name, _ in placement.items():
+        groups.setdefault(cluster.node(name).gpu.name, set()).add(name)
+    parts: dict[str, Placement] = {}
+    mixed: set[str] = set()
+    for gpu, names in groups.items():
+        sub = Placement({n: placement[n] for n in names})
+        if sub.uncovered_layers(MODEL.num_layers) or not any(placement[n].start == 0 for n in names):
+            mixed |= names
+            continue
+        parts[gpu] = sub
+    if mixed:
+        parts["mixed"] = Placement({n: placement[n] for n in mixed})
+    return _sub_runs(cluster, lambda sub: capacity, parts, fidelity, lambda label: per_group)
 
-    published_flow = evaluate_placement(cluster, MODEL, published, capacity).value_tokens_per_s
-    try:
-        from helix.placement.planner import plan
-        from helix.placement.result import PlannerOptions
 
-        result = plan(cluster, MODEL, PlannerOptions(method="milp", time_limit_s=time_limit_s), capacity)
-        if result.flow_tokens_per_s > published_flow:
-            return (
-                result.placement,
-                f"our milp ({result.flow_tokens_per_s:.1f} > published {published_flow:.1f})",
-            )
-        return published, (
-            f"published Helix MILP ({published_flow:.1f} >= our milp "
-            f"{result.flow_tokens_per_s:.1f} in {time_limit_s:.0f} s)"
-        )
-    except Exception as exc:  # planner missing or failed: say so in the record
-        return published, f"published Helix MILP (our planner unavailable: {exc})"
+# Helix's SP (placement.md §6.4): which types form pipelines, and its offline populations (§6.5: 18 / 40 / 3
+# for the A100 / L4 / T4 sub-clusters; serving.md §1.5: 25-30 per SP sub-cluster otherwise).
+SP_TYPES = {
+    "single24": ("A100-40GB", "L4", "T4"),
+    "3cluster24": ("A100-40GB", "L4", "T4"),
+    "cluster42": ("A100-40GB", "L4", "L4x2", "T4x4"),
+}
+SP_POPULATION = {"A100-40GB": 18, "L4": 40, "T4": 3}
+SP_OTHER_POPULATION = 25
+SP_PLUS_MIXED = (("V100-16GB", 6), ("T4", 10))  # cluster42 SP+: one pipeline, 5 layers per node
+
+
+def separate_pipelines_paper(name: str, cluster, fidelity: str, plus: bool = False) -> dict:
+    """Helix's SP / SP+ setup: L spread evenly over ALL nodes of a type even past their memory limit,
+    simulated with settings clamped at the max layer count (`ClampedCapacityModel`), each type's
+    sub-cluster on its own with random scheduling; the 24-node runs use single-type compositions, the
+    cluster42 runs the full 42-node one (placement.md §6.4)."""
+    unclamped = separate_pipelines_placement(cluster, MODEL, _capacity(cluster), respect_memory=False)
+    by_type: dict[str, dict] = {}
+    for node, r in unclamped.items():
+        by_type.setdefault(cluster.node(node).gpu.name, {})[node] = r
+    groups = {gpu: Placement(by_type[gpu]) for gpu in SP_TYPES[name]}
+    if plus:
+        nodes = [
+            name
+            for gpu, count in SP_PLUS_MIXED
+            for name in [n.name for n in cluster.nodes if n.gpu.name == gpu][:count]
+        ]
+        groups["V100+T4"] = Placement({n: LayerRange(5 * i, 5 * i + 5) for i, n in enumerate(nodes)})
+    full = cluster.composition()
+
+    def capacity_for(sub):
+        composition = full if name == "cluster42" else sub.composition()
+        return ClampedCapacityModel(_capacity(cluster, composition), MODEL.num_layers)
+
+    return _sub_runs(
+        cluster,
+        capacity_for,
+        groups,
+        fidelity,
+        lambda label: SP_POPULATION.get(label, SP_OTHER_POPULATION),
+    )
+
+
+def best_plan(cluster, capacity, time_limit_s: float) -> tuple[Placement, dict]:
+    """Our planner (objective ``throughput``), its candidates re-ranked by short simulations."""
+    result = plan(
+        cluster,
+        MODEL,
+        PlannerOptions(method="milp", time_limit_s=time_limit_s, objective="throughput"),
+        capacity,
+    )
+    candidates = plan_candidates(result)
+    ranking = rank_by_simulation(
+        cluster,
+        MODEL,
+        capacity,
+        candidates,
+        load_lengths("azure_conversation"),
+        SimConfig.preset("improved", initial_requests=20),
+        kv_params=KVParameters(*KV_PARAMS["improved"]),
+        partial_overlap=False,
+    )
+    source, placement = candidates[ranking[0]["index"]]
+    flows = {row["source"]: row["max_flow_tokens_per_s"] for row in result.details.get("candidates", [])}
+    return placement, {
+        "chosen": source,
+        "max_flow_tokens_per_s": round(flows.get(source, result.flow_tokens_per_s), 2),
+        "max_flow_optimum_tokens_per_s": round(
+            result.details.get("max_flow_optimum_tokens_per_s", result.flow_tokens_per_s), 2
+        ),
+        "planner_s": round(result.elapsed_s, 2),
+        "selection": [
+            {
+                **row,
+                "decode_tokens_per_s": round(row["decode_tokens_per_s"], 2),
+                "max_flow": flows.get(row["source"]),
+            }
+            for row in ranking
+        ],
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="reference scenario only")
-    parser.add_argument("--milp-time-limit", type=float, default=30.0)
+    parser.add_argument("--milp-time-limit", type=float, default=60.0)
     parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "simulation.json"))
     args = parser.parse_args()
     ref = reference_dir()
@@ -173,14 +243,25 @@ def main() -> None:
             helix_placement = load_helix_placement(ref / "placements" / f"{name}_llama70b_helix_milp.ini")
             swarm = load_helix_placement(ref / "placements" / f"{name}_llama70b_swarm.ini")
             population = round(240 * nodes / 24)
-            ours_placement, ours_source = best_plan(cluster, capacity, helix_placement, args.milp_time_limit)
+            ours_placement, ours_plan = best_plan(cluster, capacity, args.milp_time_limit)
             row = {
                 "paper": PAPER[name],
                 "helix": _run(cluster, capacity, helix_placement, "helix", "maxflow", 20),
+                "helix_improved": _run(cluster, capacity, helix_placement, "improved", "maxflow", 20),
                 "swarm": _run(cluster, capacity, swarm, "helix", "swarm", population),
                 "separate_random": separate_pipelines(cluster, capacity, "helix"),
+                "separate_random_helix_setup": separate_pipelines_paper(name, cluster, "helix"),
                 "ours": _run(cluster, capacity, ours_placement, "improved", "maxflow", 20),
-                "ours_plan": ours_source,
+                "ours_helix_preset": _run(cluster, capacity, ours_placement, "helix", "maxflow", 20),
+                "ours_plan": ours_plan,
+            }
+            if name == "cluster42":
+                row["separate_plus_helix_setup"] = separate_pipelines_paper(name, cluster, "helix", plus=True)
+            row["ours_beats_helix"] = {
+                "improved": row["ours"]["decode_tokens_per_s"]
+                >= row["helix_improved"]["decode_tokens_per_s"],
+                "helix": row["ours_helix_preset"]["decode_tokens_per_s"]
+                >= row["helix"]["decode_tokens_per_s"],
             }
             record["paper_comparison"][name] = row
             print(

@@ -14,6 +14,10 @@ def bench(
     model: str = typer.Option(..., help="model name as the server reports it (/v1/models)"),
     rate: float = typer.Option(1.0, help="requests per second (open loop)"),
     duration: float = typer.Option(30.0, help="seconds of arrivals"),
+    warmup: float = typer.Option(0.0, help="seconds of arrivals before the measurement window"),
+    drain_timeout: float = typer.Option(
+        None, help="after the last arrival, wait at most this long, then cancel (default: until done)"
+    ),
     prompt_tokens: int = typer.Option(64, help="prompt length (words, about one token each)"),
     output_tokens: int = typer.Option(32, help="tokens generated per request (ignore_eos)"),
     cv: float = typer.Option(1.0, help="arrival burstiness: 1 = Poisson, >1 = gamma bursts"),
@@ -21,10 +25,25 @@ def bench(
     api_key: str = typer.Option(None, envvar="HELIX_API_KEY"),
     output: Path = typer.Option(None, "-o", help="write the JSON result here"),
 ) -> None:
-    """Measure throughput and TTFT/TPOT percentiles at a given request rate."""
+    """Measure throughput and TTFT/TPOT percentiles at a given request rate.
+
+    Decode throughput counts the tokens received in [warmup, duration]; latencies are over the requests
+    sent in that window."""
     from helix.runtime.loadgen import LoadSpec, run_load
 
-    spec = LoadSpec(url, model, rate, duration, prompt_tokens, output_tokens, cv, seed, api_key)
+    spec = LoadSpec(
+        url,
+        model,
+        rate,
+        duration,
+        prompt_tokens,
+        output_tokens,
+        cv,
+        seed,
+        api_key,
+        warmup_s=warmup,
+        drain_timeout_s=drain_timeout,
+    )
     result = asyncio.run(run_load(spec))
     text = json.dumps(result, indent=2)
     if output is not None:

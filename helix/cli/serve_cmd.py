@@ -34,7 +34,10 @@ def serve(
     host: str = typer.Option("127.0.0.1"),
     port: int = typer.Option(8000),
     api_key: str = typer.Option(None, envvar="HELIX_API_KEY", help="require Bearer KEY on /v1"),
-    emulate: bool = typer.Option(True, help="pad each worker's steps to its GPU type's relative speed"),
+    emulate: bool = typer.Option(True, help="pad each worker's steps to its GPU type's speed"),
+    emulation: str = typer.Option(
+        "relative", help="relative (speed ratios) | profile (step times of the cluster's profile tables)"
+    ),
     scheduler: str = typer.Option("maxflow", help="maxflow | random | shortest-queue | swarm"),
     method: str = typer.Option("milp", help="placement method when planning on start"),
     device: list[str] = typer.Option([], help="NODE=DEVICE, e.g. n0=cuda:0 (default cpu)"),
@@ -64,6 +67,7 @@ def serve(
         placement=placement,
         ray_address=ray_address,
         emulate=emulate,
+        emulation=emulation,
         scheduler=scheduler,
         plan_method=method,
         devices=devices,

@@ -12,6 +12,7 @@ import time
 from dataclasses import asdict
 from typing import Any
 
+from helix.runtime.emulation import StepTimer
 from helix.runtime.stage_backend import StageConfig, load_backend
 from helix.runtime.worker import Worker
 from helix.runtime.worker_loop import WorkerLoop
@@ -21,7 +22,12 @@ class WorkerActor:
     """Wrapped with `ray.remote` by `helix.runtime.deploy`; plain class otherwise."""
 
     def __init__(
-        self, name: str, stage: StageConfig, slowdown: float = 1.0, advertise_host: str = ""
+        self,
+        name: str,
+        stage: StageConfig,
+        slowdown: float = 1.0,
+        advertise_host: str = "",
+        step_timer: StepTimer | None = None,
     ) -> None:
         os.environ.setdefault("OMP_NUM_THREADS", str(stage.threads))
         started = time.perf_counter()
@@ -29,7 +35,9 @@ class WorkerActor:
         self.load_s = time.perf_counter() - started
         host = advertise_host or _node_ip()
         bind_host = "127.0.0.1" if host == "127.0.0.1" else "0.0.0.0"
-        self.loop = WorkerLoop(Worker(name, backend, slowdown=slowdown), host, bind_host=bind_host)
+        self.loop = WorkerLoop(
+            Worker(name, backend, slowdown=slowdown, step_timer=step_timer), host, bind_host=bind_host
+        )
         self.stage = stage
 
     def address(self) -> str:

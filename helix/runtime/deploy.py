@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from helix.runtime.actor import WorkerActor
+from helix.runtime.emulation import StepTimer
 from helix.runtime.stage_backend import StageConfig
 
 NODE_RESOURCE_PREFIX = "helix_node_"
@@ -29,12 +30,14 @@ NODE_RESOURCE_PREFIX = "helix_node_"
 
 @dataclass(frozen=True, slots=True)
 class WorkerSpec:
-    """One worker to start: plan node `name`, its stage, emulated slowdown, and Ray placement."""
+    """One worker to start: plan node `name`, its stage, its emulation (relative slowdown or profile step
+    timer, see `helix.runtime.emulation`), and Ray placement."""
 
     name: str
     stage: StageConfig
     slowdown: float = 1.0
     require_node_resource: bool = False
+    step_timer: StepTimer | None = None
 
 
 def start_ray(address: str | None, *, num_cpus: int = 2) -> None:
@@ -71,7 +74,11 @@ class Deployment:
             if spec.stage.device == "cuda":
                 options["num_gpus"] = 1
             self.actors[spec.name] = remote_cls.options(**options).remote(
-                spec.name, spec.stage, spec.slowdown, "" if spec.require_node_resource else "127.0.0.1"
+                spec.name,
+                spec.stage,
+                spec.slowdown,
+                "" if spec.require_node_resource else "127.0.0.1",
+                spec.step_timer,
             )
         self.unresponsive: dict[str, int] = {}  # consecutive health checks without an answer
         self.info = dict(
@@ -149,12 +156,17 @@ class _PinnedWorkerActor(WorkerActor):
     """A worker actor that pins itself to ``cuda:<i>`` through CUDA_VISIBLE_DEVICES before loading."""
 
     def __init__(
-        self, name: str, stage: StageConfig, slowdown: float = 1.0, advertise_host: str = ""
+        self,
+        name: str,
+        stage: StageConfig,
+        slowdown: float = 1.0,
+        advertise_host: str = "",
+        step_timer: StepTimer | None = None,
     ) -> None:
         if stage.device.startswith("cuda:"):
             os.environ["CUDA_VISIBLE_DEVICES"] = stage.device.split(":", 1)[1]
             stage = replace(stage, device="cuda:0")
-        super().__init__(name, stage, slowdown, advertise_host)
+        super().__init__(name, stage, slowdown, advertise_host, step_timer)
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float, poll_s: float = 0.05) -> bool:

@@ -1,20 +1,27 @@
 """An open-loop load generator for any OpenAI-compatible endpoint.
 
 Arrivals come from the simulator's workload models (`helix.sim.workload`: Poisson or gamma renewal at a
-rate), each request asks for a completion of `prompt_tokens` synthetic tokens and exactly
-`output_tokens` new ones (``ignore_eos``), streamed, so TTFT and TPOT are measured per request.
-Requests are sent at their arrival times whatever happens to earlier ones (open loop).
+rate) over `duration_s`; each request asks for a completion of `prompt_tokens` synthetic tokens and
+exactly `output_tokens` new ones (``ignore_eos``), streamed, so TTFT, TPOT and the time of every token
+are measured. Requests are sent at their arrival times whatever happens to earlier ones (open loop).
 
-Result (JSON-able): offered rate, completed/failed counts, decode throughput (output tokens finished in
-the window ÷ window), TTFT / TPOT / end-to-end percentiles.
+Measurement window: [`warmup_s`, `duration_s`]. Decode throughput = output tokens received inside the
+window ÷ its length (a capacity measure that holds under sustained overload, when the backlog would
+never drain). Latencies follow the simulator's window rule: TTFT of the requests whose first token
+arrives inside the window, TPOT = the gaps between consecutive tokens of a request that end inside it,
+end-to-end latency of the requests that finish inside it. After the last arrival
+the generator waits for outstanding requests up to `drain_timeout_s` (None: until all finish), then
+cancels the rest (counted as `unfinished`). With everything drained it also reports
+`drained_decode_tokens_per_s` = all output tokens ÷ the time until the last one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 import numpy as np
@@ -36,6 +43,12 @@ class LoadSpec:
     seed: int = 0
     api_key: str | None = None
     timeout_s: float = 300.0
+    warmup_s: float = 0.0
+    drain_timeout_s: float | None = None
+
+    def arrivals_s(self) -> np.ndarray:
+        """The arrival times this spec sends at (also given to the simulator for comparisons)."""
+        return gamma_arrivals(self.rate_per_s, self.cv, self.duration_s, np.random.default_rng(self.seed))
 
 
 @dataclass(slots=True)
@@ -44,6 +57,7 @@ class Sample:
     ttft_s: float | None = None
     e2e_s: float | None = None
     tokens: int = 0
+    token_times_s: list[float] = field(default_factory=list)  # since the run started
     error: str | None = None
 
 
@@ -57,6 +71,11 @@ def percentiles(values: list[float]) -> dict[str, float | None]:
         "p95": float(np.percentile(arr, 95)),
         "p99": float(np.percentile(arr, 99)),
     }
+
+
+def prompt_text(index: int, num_words: int) -> str:
+    """The synthetic prompt of request `index` (common words, about one token each)."""
+    return " ".join(WORDS[(index + j) % len(WORDS)] for j in range(num_words))
 
 
 async def _one(client: httpx.AsyncClient, spec: LoadSpec, prompt: str, start: float, sample: Sample) -> None:
@@ -84,8 +103,11 @@ async def _one(client: httpx.AsyncClient, spec: LoadSpec, prompt: str, start: fl
                     return
                 if data.get("usage"):
                     sample.tokens = data["usage"]["completion_tokens"]
-                elif sample.ttft_s is None:
-                    sample.ttft_s = time.perf_counter() - start - sample.sent_s
+                    continue
+                now_s = time.perf_counter() - start
+                sample.token_times_s.append(now_s)
+                if sample.ttft_s is None:
+                    sample.ttft_s = now_s - sample.sent_s
         sample.e2e_s = time.perf_counter() - start - sample.sent_s
     except httpx.HTTPError as exc:
         sample.error = f"{type(exc).__name__}: {exc}"
@@ -93,8 +115,7 @@ async def _one(client: httpx.AsyncClient, spec: LoadSpec, prompt: str, start: fl
 
 async def run_load(spec: LoadSpec) -> dict:
     """Send the workload and summarise it (see the module docstring)."""
-    rng = np.random.default_rng(spec.seed)
-    arrivals = gamma_arrivals(spec.rate_per_s, spec.cv, spec.duration_s, rng)
+    arrivals = spec.arrivals_s()
     headers = {"Authorization": f"Bearer {spec.api_key}"} if spec.api_key else {}
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
     samples: list[Sample] = []
@@ -109,29 +130,48 @@ async def run_load(spec: LoadSpec) -> dict:
                 await asyncio.sleep(delay)
             sample = Sample(sent_s=time.perf_counter() - start)
             samples.append(sample)
-            words = [WORDS[(i + j) % len(WORDS)] for j in range(spec.prompt_tokens)]
-            tasks.append(asyncio.create_task(_one(client, spec, " ".join(words), start, sample)))
-        await asyncio.gather(*tasks)
+            prompt = prompt_text(i, spec.prompt_tokens)
+            tasks.append(asyncio.create_task(_one(client, spec, prompt, start, sample)))
+        _, pending = await asyncio.wait(tasks, timeout=spec.drain_timeout_s) if tasks else (set(), set())
+        for task in pending:
+            task.cancel()  # closes the stream: the server cancels the request and frees its KV
+        if pending:
+            await asyncio.wait(pending)
         wall_s = time.perf_counter() - start
     return summarise(spec, samples, wall_s)
 
 
 def summarise(spec: LoadSpec, samples: list[Sample], wall_s: float) -> dict:
+    """Counts, window throughput and token-level latencies (the simulator's window rule)."""
+    lo, hi = spec.warmup_s, spec.duration_s
     ok = [s for s in samples if s.error is None and s.e2e_s is not None]
-    tpot = [(s.e2e_s - s.ttft_s) / (s.tokens - 1) for s in ok if s.ttft_s is not None and s.tokens > 1]
-    tokens = sum(s.tokens for s in ok)
+    unfinished = [s for s in samples if s.error is None and s.e2e_s is None]
+    last_token_s = max((s.token_times_s[-1] for s in ok if s.token_times_s), default=0.0)
+
+    def inside(t: float) -> bool:
+        return lo <= t <= hi
+
+    first = [s for s in samples if s.token_times_s and inside(s.token_times_s[0])]
+    gaps = [b - a for s in samples for a, b in itertools.pairwise(s.token_times_s) if inside(b)]
     return {
         "offered_rate_per_s": spec.rate_per_s,
         "duration_s": spec.duration_s,
+        "warmup_s": spec.warmup_s,
         "wall_s": wall_s,
         "prompt_tokens": spec.prompt_tokens,
         "output_tokens": spec.output_tokens,
         "sent": len(samples),
         "completed": len(ok),
-        "failed": len(samples) - len(ok),
+        "failed": len(samples) - len(ok) - len(unfinished),
+        "unfinished": len(unfinished),
         "errors": sorted({s.error for s in samples if s.error})[:5],
-        "decode_tokens_per_s": tokens / wall_s if wall_s > 0 else 0.0,
-        "ttft_s": percentiles([s.ttft_s for s in ok if s.ttft_s is not None]),
-        "tpot_s": percentiles(tpot),
-        "e2e_s": percentiles([s.e2e_s for s in ok]),
+        "decode_tokens_per_s": sum(1 for s in samples for t in s.token_times_s if inside(t)) / (hi - lo)
+        if hi > lo
+        else 0.0,
+        "drained_decode_tokens_per_s": (
+            sum(s.tokens for s in ok) / last_token_s if not unfinished and last_token_s > 0 else None
+        ),
+        "ttft_s": percentiles([s.ttft_s for s in first if s.ttft_s is not None]),
+        "tpot_s": percentiles(gaps),
+        "e2e_s": percentiles([s.e2e_s for s in ok if inside(s.sent_s + s.e2e_s)]),
     }

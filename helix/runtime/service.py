@@ -22,7 +22,7 @@ from helix.perf.base import CapacityModel
 from helix.placement.plan_io import Plan, check_plan_matches, load_plan
 from helix.runtime.coordinator import Coordinator, CoordinatorConfig
 from helix.runtime.deploy import Deployment, HealthMonitor, WorkerSpec, start_ray
-from helix.runtime.emulation import capacity_model, slowdowns
+from helix.runtime.emulation import EMULATION_MODES, StepTimer, capacity_model, slowdowns, step_timers
 from helix.runtime.stage_backend import StageConfig
 from helix.scheduling import KVParameters, Topology, create_scheduler
 from helix.specs.cluster import ClusterSpec
@@ -33,7 +33,10 @@ from helix.specs.placement import Placement
 
 @dataclass(frozen=True)
 class ServeOptions:
-    """Everything `helix serve` needs. `devices`: node → torch device (default ``cpu``)."""
+    """Everything `helix serve` needs. `devices`: node → torch device (default ``cpu``).
+
+    `emulation` (when `emulate`): ``relative`` or ``profile`` (see `helix.runtime.emulation`).
+    """
 
     model: str
     cluster: str
@@ -41,6 +44,7 @@ class ServeOptions:
     placement: Placement | None = None  # an explicit placement (the demo's) instead of a plan file
     ray_address: str | None = None
     emulate: bool = True
+    emulation: str = "relative"
     scheduler: str = "maxflow"
     plan_method: str = "milp"
     plan_time_limit_s: float = 20.0
@@ -88,7 +92,7 @@ class ServingRuntime:
         cluster = load_cluster(options.cluster)
         capacity = capacity_model(cluster, spec)
         plan = _plan(options, cluster, spec, capacity)
-        factors = slowdowns(cluster, capacity, plan.placement) if options.emulate else {}
+        factors, timers = _emulation(options, cluster, capacity, plan)
         start_ray(options.ray_address)
         specs = [
             WorkerSpec(
@@ -105,6 +109,7 @@ class ServingRuntime:
                 ),
                 factors.get(name, 1.0),
                 require_node_resource=options.ray_address is not None,
+                step_timer=timers.get(name),
             )
             for name, r in plan.placement.items()
         ]
@@ -141,10 +146,28 @@ class ServingRuntime:
             "cluster": self.plan.cluster_name,
             "method": self.plan.method,
             "placement": self.plan.placement.as_pairs(),
+            "emulation": self.options.emulation if self.options.emulate else "off",
             "slowdown": self.slowdown,
             "max_flow_tokens_per_s": self.topology.max_flow_tokens_per_s,
             "scheduler": self.options.scheduler,
         }
+
+
+def _emulation(
+    options: ServeOptions, cluster: ClusterSpec, capacity: CapacityModel, plan: Plan
+) -> tuple[dict[str, float], dict[str, StepTimer]]:
+    """Relative slowdowns (relative mode) or step timers (profile mode) per node; none when off."""
+    if not options.emulate:
+        return {}, {}
+    if options.emulation not in EMULATION_MODES:
+        raise HelixInputError(
+            f"unknown emulation {options.emulation!r}",
+            field="--emulation",
+            fix=f"use one of {EMULATION_MODES}",
+        )
+    if options.emulation == "profile":
+        return {}, step_timers(cluster, capacity, plan.placement)
+    return slowdowns(cluster, capacity, plan.placement), {}
 
 
 def _model_spec(model: str, hf_config: dict[str, Any]) -> ModelSpec:

@@ -113,6 +113,11 @@ class StageBackend:
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def kv_blocks(model_config, num_layers: int, kv_cache_bytes: int, dtype: torch.dtype) -> int:
+    """KV blocks (16 tokens) a stage of `num_layers` layers gets from a `kv_cache_bytes` budget."""
+    return max(1, kv_cache_bytes // kv_block_bytes(model_config, num_layers, 16, dtype))
+
+
 def load_backend(config: StageConfig) -> StageBackend:
     """Load layers [start, end) of `config.model` on `config.device` and size its KV cache."""
     if config.device == "cpu":
@@ -125,7 +130,6 @@ def load_backend(config: StageConfig) -> StageBackend:
     )
     num_blocks = None
     if config.kv_cache_bytes is not None:
-        block_bytes = kv_block_bytes(resolved.config, layer_range.num_layers, 16, dtype)
-        num_blocks = max(1, config.kv_cache_bytes // block_bytes)
+        num_blocks = kv_blocks(resolved.config, layer_range.num_layers, config.kv_cache_bytes, dtype)
     engine_config = EngineConfig(num_kv_blocks=num_blocks, max_model_len=config.max_model_len)
     return StageBackend(ModelRunner(model, engine_config))

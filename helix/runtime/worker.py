@@ -8,8 +8,10 @@ stage (prompt chunks and decode tokens together), and returns the outgoing batch
 Each request's route is learnt from its prompt iteration; decode iterations follow it (the request's KV
 lives on these workers). A request whose KV cannot be allocated gets an error result instead of stalling.
 
-Emulation: with `slowdown > 1` every step is padded by sleeping to `slowdown ×` its measured compute
-time, so a CPU worker behaves like a GPU type that is `slowdown` times slower than the fastest one.
+Emulation (`helix.runtime.emulation`): with a `step_timer` every step is padded by sleeping to the time
+the node's profile tables give for its batch (prompt tokens, decode sequences); otherwise, with
+`slowdown > 1`, to `slowdown ×` its measured compute time, so a CPU worker behaves like a GPU type that
+is `slowdown` times slower than the fastest one.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from helix.runtime.emulation import StepTimer
 from helix.runtime.messages import COORDINATOR_HOP, HopBatch, StageItem, TokenResult
 from helix.runtime.stage_backend import StageBackend
 
@@ -32,6 +35,9 @@ class WorkerStats:
     tokens: int = 0
     busy_s: float = 0.0
     padded_s: float = 0.0
+    compute_s: float = 0.0  # measured time of the steps themselves (before padding)
+    overrun_steps: int = 0  # profile emulation: steps whose compute exceeded their target
+    overrun_s: float = 0.0
     kv_used_blocks: int = 0
     kv_total_blocks: int = 0
     active_seqs: int = 0
@@ -50,10 +56,19 @@ class StepOutput:
 class Worker:
     """One pipeline stage of the serving runtime (see the module docstring)."""
 
-    def __init__(self, name: str, backend: StageBackend, *, slowdown: float = 1.0, sleep=time.sleep) -> None:
+    def __init__(
+        self,
+        name: str,
+        backend: StageBackend,
+        *,
+        slowdown: float = 1.0,
+        step_timer: StepTimer | None = None,
+        sleep=time.sleep,
+    ) -> None:
         self.name = name
         self.backend = backend
         self.slowdown = max(1.0, float(slowdown))
+        self.step_timer = step_timer
         self._sleep = sleep
         self._next_hop: dict[int, str] = {}
         self.stats = WorkerStats(kv_total_blocks=backend.num_kv_blocks)
@@ -150,14 +165,27 @@ class Worker:
         ]
 
     def _account(self, items: list[StageItem], compute_s: float) -> None:
-        if self.slowdown > 1.0:
-            pad_s = compute_s * (self.slowdown - 1.0)
+        pad_s = self._pad_s(items, compute_s)
+        if pad_s > 0:
             self._sleep(pad_s)
             self.stats.padded_s += pad_s
         self.stats.steps += 1
         self.stats.tokens += sum(i.num_new_tokens for i in items)
-        self.stats.busy_s += compute_s * self.slowdown
+        self.stats.compute_s += compute_s
+        self.stats.busy_s += compute_s + pad_s
         self._refresh_kv_stats()
+
+    def _pad_s(self, items: list[StageItem], compute_s: float) -> float:
+        """How long to sleep after a step that computed for `compute_s` (see the module docstring)."""
+        if self.step_timer is None:
+            return compute_s * (self.slowdown - 1.0)
+        decodes = sum(1 for i in items if i.num_cached_tokens > 0 and i.num_new_tokens == 1)
+        prompt_tokens = sum(i.num_new_tokens for i in items) - decodes
+        target_s = self.step_timer.step_s(prompt_tokens, decodes)
+        if compute_s > target_s:
+            self.stats.overrun_steps += 1
+            self.stats.overrun_s += compute_s - target_s
+        return max(0.0, target_s - compute_s)
 
     def _refresh_kv_stats(self) -> None:
         self.stats.kv_used_blocks = self.backend.num_used_kv_blocks

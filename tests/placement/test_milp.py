@@ -147,3 +147,47 @@ def test_geo_cluster_beats_helix_quickly(helix_setup):
     result = milp_plan(cluster, model, capacity, PlannerOptions(time_limit_s=2))
     assert result.flow_tokens_per_s >= 1212.2
     check_reported_flow(cluster, model, capacity, result)
+
+
+def small_geo_cluster() -> ClusterSpec:
+    """Two regions joined by slow links: the aggregated model is inexact (geo path of the planner)."""
+    return cluster_from_dict(
+        {
+            "name": "geo-small",
+            "coordinator": {"region": "r0"},
+            "regions": {"r0": {"bandwidth_gbps": 10, "latency_ms": 1}, "r1": {"bandwidth_gbps": 10}},
+            "inter_region": {"bandwidth_gbps": 0.01, "latency_ms": 50},
+            "nodes": [
+                {"name": "a", "gpu": "A100-40GB", "region": "r0"},
+                {"name": "t", "gpu": "T4", "region": "r0", "count": 2},
+                {"name": "u", "gpu": "T4", "region": "r1", "count": 3},
+            ],
+        }
+    )
+
+
+def test_geo_runs_are_deterministic_and_stop_on_their_work_budget():
+    cluster = small_geo_cluster()
+    assert build_problem(cluster, TINY_MODEL, TINY).zones == 2
+    runs = [
+        milp_plan(cluster, TINY_MODEL, TINY, PlannerOptions(time_limit_s=60, seed=5, mip_gap=0.0))
+        for _ in range(2)
+    ]
+    assert runs[0].placement == runs[1].placement
+    assert runs[0].details["history"][-1]["event"] == runs[1].details["history"][-1]["event"]
+    for key in ("milp_solves", "local_search_evals", "stopped_by"):
+        assert runs[0].details[key] == runs[1].details[key]
+    assert "time limit" not in runs[0].details["stopped_by"]
+    assert runs[0].elapsed_s < 30  # stopped by the work budget, far from the safety cap
+    check_reported_flow(cluster, TINY_MODEL, TINY, runs[0])
+
+
+def test_proven_optimum_stops_at_once():
+    result = milp_plan(tiny_cluster(), TINY_MODEL, TINY, PlannerOptions(time_limit_s=60))
+    assert result.details["stopped_by"].startswith("gap reached")
+    assert result.elapsed_s < 10
+
+
+def test_unknown_objective_is_an_input_error():
+    with pytest.raises(HelixInputError, match="objective"):
+        milp_plan(tiny_cluster(), TINY_MODEL, TINY, PlannerOptions(objective="latency"))

@@ -28,8 +28,8 @@ from helix.perf.base import CapacityModel
 from helix.placement.milp.boundary_milp import FEASIBLE, INFEASIBLE, Column, solve_at
 from helix.placement.milp.bounds import saturation_bound, static_upper_bound
 from helix.placement.milp.incumbent import Clock, Incumbent
+from helix.placement.milp.objective import OBJECTIVES, choose_for_throughput
 from helix.placement.milp.problem import Problem, build_problem, check_feasible
-from helix.placement.milp.objective import choose_for_throughput
 from helix.placement.milp.search import local_search
 from helix.placement.milp.stages import solve_stages, stages_to_placement
 from helix.placement.milp.zones import solve_zone_chain
@@ -45,10 +45,16 @@ RELAX_BOUND = "boundary-graph MILP relaxation infeasible above this flow (HiGHS)
 class WorkBudget:
     """Deterministic work limits of one planning run (the wall clock is only a safety cap)."""
 
-    milp_probes: int = 24  # boundary-MILP solves
-    milp_nodes: int = 3000  # HiGHS branch-and-bound nodes per boundary-MILP solve
-    local_search_evals: int = 30_000  # exact max-flow evaluations
-    local_search_patience: int = 3_000  # stop after this many evaluations without improvement
+    bisection_steps: int = 30  # stage-IP bisection steps on F (2^-30 relative resolution)
+    milp_probes: int = 24  # boundary-MILP solves (exact model)
+    inexact_probes: int = 4  # bound-only probes when links bind (geo clusters)
+    milp_nodes: int = 2000  # HiGHS branch-and-bound nodes per boundary-MILP solve
+    large_above_classes: int = 4  # with more node classes than this, each node costs far more
+    large_milp_nodes: int = 10
+    max_columns: int = 10_000  # skip the boundary MILP on larger aggregated models
+    local_search_work: int = 40_000  # patience = this / nodes evaluations (an evaluation costs ~ nodes)
+    local_search_patience: int = 3_000  # at most this many evaluations without improvement, then stop
+    local_search_rounds: int = 10  # evaluation budget = rounds · patience
 
 
 WORK = WorkBudget()
@@ -85,7 +91,9 @@ def _done(incumbent: Incumbent, options: PlannerOptions) -> bool:
 
 def _stage_phase(problem: Problem, incumbent: Incumbent, options: PlannerOptions) -> None:
     lo, hi = incumbent.value, incumbent.bound
-    while hi - lo > options.mip_gap * hi and not _done(incumbent, options):
+    for _ in range(WORK.bisection_steps):
+        if hi - lo <= options.mip_gap * hi or _done(incumbent, options):
+            break
         target = (lo + hi) / 2
         limit_s = incumbent.clock.left()
         stages = solve_stages(problem, target, time_limit_s=limit_s, seed=options.seed)
@@ -118,11 +126,11 @@ def _parallel_zones_phase(problem: Problem, incumbent: Incumbent, options: Plann
         if sum(c.count * c.max_layers for c in sub.classes) < problem.num_layers:
             continue
         lo, hi, best = 0.0, saturation_bound(sub), None
-        while hi - lo > options.mip_gap * hi and not _done(incumbent, options):
+        for _ in range(WORK.bisection_steps):
+            if hi - lo <= options.mip_gap * hi or _done(incumbent, options):
+                break
             target = (lo + hi) / 2
-            stages = solve_stages(
-                sub, target, time_limit_s=incumbent.clock.left(), seed=options.seed
-            )
+            stages = solve_stages(sub, target, time_limit_s=incumbent.clock.left(), seed=options.seed)
             if stages is None:
                 hi = target
             else:
@@ -133,6 +141,11 @@ def _parallel_zones_phase(problem: Problem, incumbent: Incumbent, options: Plann
         incumbent.offer(Placement(combined), "stage IP, one pipeline set per zone")
 
 
+def _patience(problem: Problem) -> int:
+    nodes = sum(c.count for c in problem.classes)
+    return max(50, min(WORK.local_search_patience, WORK.local_search_work // nodes))
+
+
 def _solve(problem: Problem, incumbent: Incumbent, options: PlannerOptions, target: float, mode: str):
     return solve_at(
         problem,
@@ -141,54 +154,50 @@ def _solve(problem: Problem, incumbent: Incumbent, options: PlannerOptions, targ
         time_limit_s=incumbent.clock.left(),
         threads=options.threads,
         seed=options.seed,
-        max_nodes=WORK.milp_nodes,
+        max_nodes=WORK.milp_nodes
+        if len(problem.classes) <= WORK.large_above_classes
+        else WORK.large_milp_nodes,
     )
 
 
 def _boundary_phase(problem: Problem, incumbent: Incumbent, options: PlannerOptions) -> dict[str, int]:
-    """Bisect on F with the boundary MILP: primal probes (restrict) and bound probes (relax)."""
+    """Bisect on F with the boundary MILP (work-limited, see `WorkBudget`).
+
+    Exact model: each probe is primal and dual at once. Inexact model (slow links): only bound probes
+    (``relax``), at most `WorkBudget.inexact_probes` — the ``restrict`` model's root alone costs tens of
+    seconds there and has not beaten the stage heuristics. A probe that ends undecided (node budget
+    spent) stops the phase: the next, harder ones would not decide either.
+    """
     bound_ok = not options.partial_overlap  # the strict model bounds only strict chaining
-    stats = {"milp_solves": 0}
-    ceiling = incumbent.bound  # primal probes above this failed
-    relax_floor = incumbent.value  # the relaxation is feasible up to here
+    stats = {"milp_solves": 0, "milp_undecided": 0}
+    budget = WORK.milp_probes if problem.exact else WORK.inexact_probes
+    if not bound_ok and not problem.exact or problem.num_columns() > WORK.max_columns:
+        return stats
+    ceiling = incumbent.bound  # probes above this failed
+    floor = incumbent.value  # the relaxation is feasible up to here
     first = True
-    while not _done(incumbent, options) and stats["milp_solves"] < WORK.milp_probes:
-        progressed = False
-        if ceiling - incumbent.value > options.mip_gap * ceiling:
-            # the first probe asks "is the incumbent optimal?"; later ones bisect
-            target = incumbent.value * (1 + options.mip_gap) if first else (incumbent.value + ceiling) / 2
-            first = False
-            mode = "relax" if problem.exact else "restrict"
-            out = _solve(problem, incumbent, options, target, mode)
-            stats["milp_solves"] += 1
-            value = (
-                incumbent.offer(counts_to_placement(problem, out.counts), "boundary MILP")
-                if out.status == FEASIBLE
-                else 0.0
-            )
-            if out.status == INFEASIBLE and problem.exact and bound_ok:
-                incumbent.tighten(target, RELAX_BOUND)
-            if value < target:
-                ceiling = target
-            progressed = True
-        if (
-            bound_ok
-            and not problem.exact
-            and incumbent.bound - relax_floor > options.mip_gap * incumbent.bound
-            and not _done(incumbent, options)
-            and stats["milp_solves"] < WORK.milp_probes
-        ):
-            target = (max(relax_floor, incumbent.value) + incumbent.bound) / 2
-            out = _solve(problem, incumbent, options, target, "relax")
-            stats["milp_solves"] += 1
-            if out.status == INFEASIBLE:
-                incumbent.tighten(target, RELAX_BOUND)
-            else:
-                relax_floor = target
-            progressed = True
-        if not progressed:
+    while not _done(incumbent, options) and stats["milp_solves"] < budget:
+        low = max(floor, incumbent.value)
+        if ceiling - low <= options.mip_gap * ceiling:
             break
-        ceiling = min(ceiling, incumbent.bound)
+        # the first probe asks "is the incumbent optimal?"; later ones bisect
+        target = incumbent.value * (1 + options.mip_gap) if first and problem.exact else (low + ceiling) / 2
+        first = False
+        out = _solve(problem, incumbent, options, target, "relax")
+        stats["milp_solves"] += 1
+        if out.status == FEASIBLE and problem.exact:
+            incumbent.offer(counts_to_placement(problem, out.counts), "boundary MILP")
+        if out.status == INFEASIBLE:
+            if bound_ok:
+                incumbent.tighten(target, RELAX_BOUND)
+            ceiling = min(target, incumbent.bound)
+        elif out.status == FEASIBLE:
+            floor = target if not problem.exact else floor
+            if problem.exact and incumbent.value < target:
+                ceiling = target  # realised below the target: treat as a failed primal probe
+        else:
+            stats["milp_undecided"] += 1
+            break
     return stats
 
 
@@ -196,6 +205,12 @@ def milp_plan(
     cluster: ClusterSpec, model: ModelSpec, capacity: CapacityModel, options: PlannerOptions
 ) -> PlanResult:
     """Plan a placement (module docstring); returns the best evaluated placement and a proven bound."""
+    if options.objective not in OBJECTIVES:
+        raise HelixInputError(
+            f"unknown planner objective {options.objective!r}",
+            field="objective",
+            fix=f"use one of {OBJECTIVES}",
+        )
     clock = Clock(options.time_limit_s)
     problem = build_problem(cluster, model, capacity)
     check_feasible(problem, cluster, model)
@@ -215,8 +230,8 @@ def milp_plan(
             problem,
             incumbent,
             rng=random.Random(options.seed),
-            max_evals=WORK.local_search_evals,
-            patience=WORK.local_search_patience,
+            max_evals=WORK.local_search_rounds * _patience(problem),
+            patience=_patience(problem),
             deadline_s=options.time_limit_s,
         )
     stats = {**stats, "local_search_evals": evals}

@@ -65,6 +65,11 @@ class Problem:
     big_tokens_per_s: float
     exact: bool
 
+    def num_columns(self) -> int:
+        """Integer columns of the boundary MILP: (class, start, layers) triples."""
+        L = self.num_layers
+        return sum(sum(min(c.max_layers, L - s) for s in range(L)) for c in self.classes)
+
 
 def _link_cap(cluster: ClusterSpec, src: str, dst: str, per_token_bytes: float, big: float) -> float:
     link = cluster.link(src, dst)

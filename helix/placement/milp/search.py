@@ -3,8 +3,9 @@
 Moves (one node at a time, or a pair): shift a node's range by ±d, grow or shrink either end by one,
 drop a node, give an unused node a copy of a used node's range, swap the ranges of two nodes of
 different classes. Moves that keep the value are accepted (plateau walk); the best placement is
-kept in the `Incumbent`. The budget is a number of evaluations (deterministic for a seed) capped by
-the wall clock.
+kept in the `Incumbent`. The budget is a number of evaluations, and the walk stops early after
+`patience` evaluations without a strict improvement (both deterministic for a seed); the wall clock
+is only a safety cap.
 """
 
 from __future__ import annotations
@@ -67,7 +68,13 @@ def _neighbour(
 
 
 def local_search(
-    problem: Problem, incumbent: Incumbent, *, rng: random.Random, max_evals: int, deadline_s: float
+    problem: Problem,
+    incumbent: Incumbent,
+    *,
+    rng: random.Random,
+    max_evals: int,
+    deadline_s: float,
+    patience: int | None = None,
 ) -> int:
     """Improve `incumbent` in place; returns the number of evaluations made."""
     if incumbent.placement is None:
@@ -76,8 +83,9 @@ def local_search(
     names = sorted(max_layers)
     ranges = dict(incumbent.placement.ranges)
     value = incumbent.value
-    evals = 0
-    while evals < max_evals and incumbent.clock.elapsed() < deadline_s:
+    evals = last_gain = 0
+    patience = max_evals if patience is None else patience
+    while evals < max_evals and evals - last_gain < patience and incumbent.clock.elapsed() < deadline_s:
         cand = _neighbour(problem, ranges, rng, max_layers, names)
         if cand is None:
             continue
@@ -85,6 +93,8 @@ def local_search(
         placement = Placement(cand)
         flow = incumbent.evaluate(placement)
         if flow.value_tokens_per_s >= value - 1e-9:
+            if flow.value_tokens_per_s > value + 1e-9:
+                last_gain = evals
             ranges, value = cand, flow.value_tokens_per_s
             incumbent.offer(placement, "local search", flow)
     return evals

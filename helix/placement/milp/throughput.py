@@ -179,7 +179,13 @@ def _solve_depth(problem: Problem, stages: list[Stage], max_stages: int) -> list
 
 
 def _best_pipeline(
-    problem: Problem, kv: list[tuple[float, ...]], gamma: float, depth: int, flow_hint: float, steps: int, max_size: int
+    problem: Problem,
+    kv: list[tuple[float, ...]],
+    gamma: float,
+    depth: int,
+    flow_hint: float,
+    steps: int,
+    max_size: int,
 ) -> tuple[float, list[Stage]] | None:
     """Bisect on F for a pipeline of ≤ `depth` stages meeting capacity F and KV F·depth/γ per stage."""
     tables = [StageTable.build(problem, kv, zone, max_size) for zone in range(problem.zones)]
@@ -200,8 +206,31 @@ def _best_pipeline(
 
 def _residual(problem: Problem, placement: Placement) -> Problem:
     """`problem` without the nodes `placement` uses."""
-    classes = tuple(replace(c, nodes=tuple(n for n in c.nodes if n not in placement)) for c in problem.classes)
+    classes = tuple(
+        replace(c, nodes=tuple(n for n in c.nodes if n not in placement)) for c in problem.classes
+    )
     return replace(problem, classes=tuple(c for c in classes if c.count > 0))
+
+
+def _best_residual_pipeline(
+    rest: Problem,
+    capacity: CapacityModel,
+    gamma: float,
+    depth: int,
+    flow_hint: float,
+    steps: int,
+    max_size: int,
+) -> Placement | None:
+    """The pipeline with the largest F over depths depth, depth + 4, …, 3·depth on `rest`'s nodes."""
+    if not rest.classes or sum(c.count * c.max_layers for c in rest.classes) < rest.num_layers:
+        return None
+    kv = class_kv_tables(rest, capacity)
+    best = None
+    for d in range(depth, 3 * depth + 1, 4):
+        found = _best_pipeline(rest, kv, gamma, d, flow_hint, steps, max_size)
+        if found is not None and (best is None or found[0] > best[0]):
+            best = found
+    return None if best is None else stages_to_placement(rest, best[1])
 
 
 def throughput_candidates(
@@ -214,8 +243,8 @@ def throughput_candidates(
     bisection_steps: int = 10,
     max_pipelines: int = 3,
 ) -> list[tuple[int, float, Placement]]:
-    """For each depth H, up to `max_pipelines` side-by-side stage pipelines, each the one with the largest
-    F meeting the KV bound at depth H on the nodes the previous ones left.
+    """For each depth H, the stage pipeline with the largest F meeting the KV bound at depth H, plus up to
+    `max_pipelines` − 1 more side by side on the nodes left (each at its own best depth ≥ H).
 
     Returns (H, F of the first pipeline in the stage model, placement) per depth that has any;
     `flow_hint` (the best max flow known) bounds the bisection from above. Deterministic: a fixed number
@@ -226,20 +255,21 @@ def throughput_candidates(
     shallowest = -(-problem.num_layers // max(c.max_layers for c in problem.classes))
     out = []
     for depth in range(shallowest, min(nodes, problem.num_layers) + 1):
-        ranges: dict = {}
-        first = None
-        rest = problem
-        for _ in range(max_pipelines):
-            if sum(c.count * c.max_layers for c in rest.classes) < problem.num_layers:
+        first = _best_pipeline(
+            problem, class_kv_tables(problem, capacity), gamma, depth, flow_hint, bisection_steps, max_size
+        )
+        if first is None:
+            continue
+        pipeline = stages_to_placement(problem, first[1])
+        ranges = dict(pipeline.ranges)
+        rest = _residual(problem, pipeline)
+        for _ in range(max_pipelines - 1):  # more pipelines on the nodes left, each at its best depth
+            extra = _best_residual_pipeline(
+                rest, capacity, gamma, depth, flow_hint, bisection_steps, max_size
+            )
+            if extra is None:
                 break
-            kv = class_kv_tables(rest, capacity)
-            found = _best_pipeline(rest, kv, gamma, depth, flow_hint, bisection_steps, max_size)
-            if found is None:
-                break
-            pipeline = stages_to_placement(rest, found[1])
-            ranges.update(pipeline.ranges)
-            first = found[0] if first is None else first
-            rest = _residual(rest, pipeline)
-        if ranges:
-            out.append((depth, first, Placement(ranges)))
+            ranges.update(extra.ranges)
+            rest = _residual(rest, extra)
+        out.append((depth, first[0], Placement(ranges)))
     return out

@@ -1,0 +1,226 @@
+"""Workers as plain OS processes (no Ray): one process per plan node, wired by the runtime's ZeroMQ path.
+
+`ProcessDeployment` starts each worker in a fresh (spawned) process that pins its device the way the
+Ray actor does (``cuda:<i>`` → ``CUDA_VISIBLE_DEVICES=<i>``, then ``cuda:0``), loads its stage, binds
+its `WorkerLoop` inbox and reports the address over a pipe. `start_coordinator` builds the scheduler's
+`Topology` from the plan with each node's real KV capacity, starts the `Coordinator`, and hands every
+worker its peers. The hot path is exactly the Ray runtime's — `Worker.step`, `WorkerLoop`, `HopBatch`
+over PUSH/PULL sockets, `Coordinator` — only lifecycle and address exchange go through pipes instead of
+Ray (so it runs where Ray is not installed, and in tests).
+
+Weights: from a model directory through `load_backend`, or (``random_hf_config``) random weights that
+do not depend on the split: every parameter is drawn from a generator seeded by the Hugging Face names
+of the tensors it is made of, so a 12 + 20 layer split holds exactly the weights of one 32-layer stage.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import random
+import time
+import zlib
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import torch
+
+from helix.engine.config import EngineConfig, LayerRange, ModelConfig
+from helix.engine.kv_cache import kv_block_bytes
+from helix.engine.loader import build_stage
+from helix.engine.model.llama import LlamaStage
+from helix.engine.model_runner import ModelRunner
+from helix.runtime.coordinator import Coordinator, CoordinatorConfig
+from helix.runtime.stage_backend import _DTYPES, StageBackend, StageConfig, load_backend
+from helix.runtime.worker import Worker
+from helix.runtime.worker_loop import WorkerLoop
+from helix.scheduling import KVParameters, Topology, create_scheduler
+from helix.specs.cluster import ClusterSpec
+from helix.specs.model import ModelSpec
+from helix.specs.placement import Placement
+
+START_TIMEOUT_S = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessWorkerSpec:
+    """One worker process: plan node `name`, its stage, and optionally random split-invariant weights."""
+
+    name: str
+    stage: StageConfig
+    random_hf_config: dict[str, Any] | None = None
+    seed: int = 0
+    slowdown: float = 1.0
+
+
+@torch.no_grad()
+def init_split_invariant_weights(model: LlamaStage, seed: int, std: float = 0.02) -> None:
+    """N(0, std) projections and embeddings, unit norms; each tensor seeded by its global HF names."""
+    device = next(model.parameters()).device
+    params = dict(model.named_parameters())
+    for name, parts in model.hf_weight_names().items():
+        param = params[name]
+        if name.endswith("layernorm.weight") or name == "norm.weight":
+            param.fill_(1.0)
+            continue
+        generator = torch.Generator(device=device)
+        generator.manual_seed(seed * 1_000_003 + zlib.crc32("|".join(parts).encode()))
+        param.normal_(0.0, std, generator=generator)
+
+
+def build_backend(spec: ProcessWorkerSpec) -> StageBackend:
+    """The worker's stage: `load_backend` for a model path, or random split-invariant weights."""
+    if spec.random_hf_config is None:
+        return load_backend(spec.stage)
+    stage = spec.stage
+    config = ModelConfig.from_hf_dict(spec.random_hf_config, where="random model config")
+    layer_range = LayerRange(stage.start, stage.end).validate(config.num_layers)
+    dtype = _DTYPES[stage.dtype]
+    model = build_stage(
+        config, layer_range, device=stage.device, dtype=dtype, max_positions=stage.max_model_len
+    )
+    init_split_invariant_weights(model, spec.seed)
+    num_blocks = None
+    if stage.kv_cache_bytes is not None:
+        num_blocks = max(1, stage.kv_cache_bytes // kv_block_bytes(config, layer_range.num_layers, 16, dtype))
+    return StageBackend(
+        ModelRunner(model, EngineConfig(num_kv_blocks=num_blocks, max_model_len=stage.max_model_len))
+    )
+
+
+def _pin(stage: StageConfig) -> StageConfig:
+    """Like the Ray actor: ``cuda:<i>`` becomes ``CUDA_VISIBLE_DEVICES=<i>`` and ``cuda:0``."""
+    if stage.device.startswith("cuda:"):
+        os.environ["CUDA_VISIBLE_DEVICES"] = stage.device.split(":", 1)[1]
+        return replace(stage, device="cuda:0")
+    return stage
+
+
+def _worker_main(spec: ProcessWorkerSpec, conn) -> None:
+    """Child process: load, report the inbox address, then serve start/stats/stop commands."""
+    try:
+        os.environ.setdefault("OMP_NUM_THREADS", str(spec.stage.threads))
+        stage = _pin(spec.stage)
+        started = time.perf_counter()
+        backend = build_backend(replace(spec, stage=stage))
+        loop = WorkerLoop(Worker(spec.name, backend, slowdown=spec.slowdown), "127.0.0.1")
+        device = backend.runner.device
+        conn.send(
+            {
+                "name": spec.name,
+                "address": loop.address,
+                "load_s": time.perf_counter() - started,
+                "kv_blocks": backend.num_kv_blocks,
+                "max_model_len": backend.max_model_len,
+                "pid": os.getpid(),
+                "device": str(spec.stage.device),
+                "visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            }
+        )
+    except BaseException as exc:  # report the failure instead of leaving the parent waiting
+        conn.send({"error": f"{type(exc).__name__}: {exc}"})
+        return
+    while True:
+        command, arg = conn.recv()
+        if command == "start":
+            loop.start(arg)
+            conn.send(True)
+        elif command == "stats":
+            conn.send(asdict(loop.worker.stats) | {"alive": loop.is_alive()})
+        else:
+            loop.stop()
+            conn.send(True)
+            return
+
+
+class ProcessDeployment:
+    """One spawned process per `ProcessWorkerSpec`; `info`, `addresses`, `start`, `stats`, `shutdown`."""
+
+    def __init__(self, specs: list[ProcessWorkerSpec], timeout_s: float = START_TIMEOUT_S) -> None:
+        context = mp.get_context("spawn")
+        self.specs = {s.name: s for s in specs}
+        self._conns: dict[str, Any] = {}
+        self._procs: dict[str, Any] = {}
+        for spec in specs:
+            parent, child = context.Pipe()
+            proc = context.Process(target=_worker_main, args=(spec, child), name=f"helix-{spec.name}")
+            proc.start()
+            self._conns[spec.name], self._procs[spec.name] = parent, proc
+        self.info: dict[str, dict[str, Any]] = {}
+        try:
+            for name, conn in self._conns.items():
+                if not conn.poll(timeout_s):
+                    raise RuntimeError(f"worker {name} did not start within {timeout_s:.0f} s")
+                info = conn.recv()
+                if "error" in info:
+                    raise RuntimeError(f"worker {name} failed to start: {info['error']}")
+                self.info[name] = info
+        except BaseException:
+            self.shutdown()
+            raise
+        self.addresses = {name: info["address"] for name, info in self.info.items()}
+
+    def _call(self, name: str, command: str, arg: Any = None, timeout_s: float = 30.0) -> Any:
+        conn = self._conns[name]
+        conn.send((command, arg))
+        if not conn.poll(timeout_s):
+            raise RuntimeError(f"worker {name} did not answer {command!r}")
+        return conn.recv()
+
+    def start(self, coordinator_address: str) -> None:
+        peers = {**self.addresses, "coordinator": coordinator_address}
+        for name in self._conns:
+            self._call(name, "start", peers)
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        return {name: self._call(name, "stats") for name in self._conns}
+
+    def shutdown(self) -> None:
+        for name, proc in self._procs.items():
+            if proc.is_alive():
+                try:
+                    self._call(name, "stop", timeout_s=10.0)
+                except (RuntimeError, OSError, EOFError):
+                    pass
+                proc.join(timeout=10)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(timeout=5)
+        self._procs.clear()
+
+
+def start_coordinator(
+    deployment: ProcessDeployment,
+    cluster: ClusterSpec,
+    model: ModelSpec,
+    placement: Placement,
+    capacity,
+    *,
+    max_model_len: int,
+    eos_token_ids: tuple[int, ...] = (),
+    scheduler: str = "maxflow",
+    max_waiting: int = 1 << 20,
+    seed: int = 0,
+) -> Coordinator:
+    """Scheduler over the plan (real KV per node), a started `Coordinator`, and started workers."""
+    topology = Topology.build(cluster, model, placement, capacity, partial_overlap=False)
+    limits = {
+        name: replace(
+            limit,
+            kv_capacity_token_layers=deployment.info[name]["kv_blocks"]
+            * 16
+            * topology.ranges[name].num_layers,
+        )
+        for name, limit in topology.limits.items()
+    }
+    topology = replace(topology, limits=limits)
+    kv = KVParameters(expected_kv_hwm=0.9, expected_output_length_ratio=0.6)
+    coordinator = Coordinator(
+        create_scheduler(scheduler, topology, kv, random.Random(seed)),
+        deployment.addresses,
+        CoordinatorConfig(max_model_len, eos_token_ids, max_waiting),
+    )
+    coordinator.start()
+    deployment.start(coordinator.address)
+    return coordinator
