@@ -402,8 +402,10 @@ def main() -> None:
     for label, cfg in result["configs"].items():
         for row in cfg["load"]:
             print(
-                f"{label:12s} rate {row['offered_rate_per_s']:5.1f}  {row['decode_tokens_per_s']:8.1f} tok/s  "
-                f"TTFT p50 {1000 * (row['ttft_s']['p50'] or 0):7.1f} ms  TPOT p50 {1000 * (row['tpot_s']['p50'] or 0):6.1f} ms"
+                f"{label:12s} rate {row['offered_rate_per_s']:5.1f}  "
+                f"{row['decode_tokens_per_s']:8.1f} tok/s  "
+                f"TTFT p50 {1000 * (row['ttft_s']['p50'] or 0):7.1f} ms  "
+                f"TPOT p50 {1000 * (row['tpot_s']['p50'] or 0):6.1f} ms"
             )
         print(
             f"{label:12s} lone TPOT {cfg['lone_request']['tpot_ms_median']:.2f} ms, greedy identical: "

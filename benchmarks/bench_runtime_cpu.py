@@ -42,7 +42,7 @@ from helix.engine.loader import resolve_model
 from helix.runtime.deploy import start_ray, wait_until
 from helix.runtime.emulated_profiles import fit_host_profile, write_emulated_profiles
 from helix.runtime.emulation import capacity_model, slowdowns
-from helix.runtime.loadgen import LoadSpec, prompt_text, run_load
+from helix.runtime.loadgen import LoadSpec, probe, prompt_text, run_load
 from helix.runtime.messages import HopBatch, StageItem
 from helix.runtime.service import ServeOptions, ServingRuntime
 from helix.runtime.stage_backend import kv_blocks
@@ -186,7 +186,10 @@ def run_scheduler(scheduler: str, cluster_file: str, args) -> dict:
     thread.start()
     wait_until(lambda: server.started, 30)
     try:
-        result = asyncio.run(run_load(load_spec(port, runtime.model_name, args)))
+        spec = load_spec(port, runtime.model_name, args)
+        alone = asyncio.run(probe(spec)) if args.probe else None
+        result = asyncio.run(run_load(spec))
+        result["alone"] = alone
         runtime.deployment.check()
         stats = runtime.deployment.last_stats
         result["workers"] = {
@@ -206,7 +209,9 @@ def prompt_token_count(words: int) -> int:
     return len(tokenizer(prompt_text(0, words))["input_ids"])
 
 
-def simulate_scheduler(scheduler: str, cluster_file: str, prompt_tokens: int, args) -> dict:
+def simulate_scheduler(
+    scheduler: str, cluster_file: str, prompt_tokens: int, args, arrivals: np.ndarray | None = None
+) -> dict:
     """The simulator on the same plan, tables, arrivals and lengths (improved fidelity, no loading)."""
     cluster = load_cluster(cluster_file)
     spec = load_model_spec(MODEL)
@@ -219,7 +224,7 @@ def simulate_scheduler(scheduler: str, cluster_file: str, prompt_tokens: int, ar
         model_loading=False,
         feed="population",  # online: no feeding (`auto` would feed KV-admitting schedulers after prompts)
     )
-    arrivals = load_spec(0, "", args).arrivals_s()
+    arrivals = load_spec(0, "", args).arrivals_s() if arrivals is None else arrivals
     result = simulate(
         cluster,
         spec,
@@ -265,6 +270,21 @@ def _brief(measured: dict, predicted: dict) -> dict:
     }
 
 
+def _overhead(alone: dict, scheduler: str, cluster_file: str, prompt_tokens: int, args) -> dict:
+    """A lone request, measured vs simulated: what the simulator does not model (HTTP, tokenizing,
+    Python and ZeroMQ per hop, the coordinator), per prompt and per decode iteration."""
+    sim_args = argparse.Namespace(**{**vars(args), "warmup": 0.0, "window": 120.0})
+    lone = simulate_scheduler(scheduler, cluster_file, prompt_tokens, sim_args, np.array([0.0]))
+    return {
+        "measured_ttft_s": alone["ttft_s"],
+        "sim_ttft_s": lone["ttft_s"]["mean"],
+        "measured_tpot_s": alone["tpot_s"],
+        "sim_tpot_s": lone["tpot_s"]["mean"],
+        "per_prompt_ms": (alone["ttft_s"] - lone["ttft_s"]["mean"]) * 1e3,
+        "per_decode_iteration_ms": (alone["tpot_s"] - lone["tpot_s"]["mean"]) * 1e3,
+    }
+
+
 def main(args) -> None:
     started = time.perf_counter()
     results: dict = {"config": vars(args), "hop_overhead": measure_hop_overhead()}
@@ -277,6 +297,10 @@ def main(args) -> None:
         for name in args.schedulers.split(","):
             measured = run_scheduler(name, emulated["cluster_file"], args)
             predicted = simulate_scheduler(name, emulated["cluster_file"], prompt_tokens, args)
+            if measured["alone"] is not None:
+                results.setdefault("overhead", {})[name] = _overhead(
+                    measured["alone"], name, emulated["cluster_file"], prompt_tokens, args
+                )
             results["schedulers"][name] = {"measured": measured, "simulated": predicted}
             results["summary"][name] = brief = _brief(measured, predicted)
             print(name, json.dumps(brief), flush=True)
@@ -297,16 +321,17 @@ def main(args) -> None:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rate", type=float, default=1.25, help="offered requests per second")
+    parser.add_argument("--rate", type=float, default=1.0, help="offered requests per second")
     parser.add_argument("--warmup", type=float, default=45.0, help="seconds before the window")
     parser.add_argument("--window", type=float, default=60.0, help="measured seconds")
-    parser.add_argument("--drain", type=float, default=20.0, help="seconds to wait after the last arrival")
-    parser.add_argument("--scale", type=float, default=4.0, help="emulated H100 = host CPU time × scale")
+    parser.add_argument("--drain", type=float, default=0.0, help="seconds to wait after the last arrival")
+    parser.add_argument("--scale", type=float, default=3.0, help="emulated H100 = host CPU time × scale")
     parser.add_argument("--kv-cache-mib", type=int, default=128, help="KV cache per worker")
     parser.add_argument("--prompt-words", type=int, default=64)
     parser.add_argument("--output-tokens", type=int, default=32)
     parser.add_argument("--decode-context", type=int, default=96, help="context of profiled decodes")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-probe", dest="probe", action="store_false", help="skip the lone request")
     parser.add_argument("--schedulers", default="maxflow,random,swarm")
     return parser.parse_args(argv)
 

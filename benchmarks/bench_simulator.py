@@ -70,7 +70,10 @@ def _run(cluster, capacity, placement, fidelity: str, scheduler: str, initial: i
         kv_params=kv,
         partial_overlap=False,
     )
-    s = result["summary"]
+    return _record(result["summary"], result["wall_s"], fidelity, scheduler, initial, kv, changes)
+
+
+def _record(s: dict, wall_s: float, fidelity: str, scheduler: str, initial: int, kv, changes) -> dict:
     return {
         "decode_tokens_per_s": round(s["decode_tokens_per_s"], 2),
         "total_tokens_per_s": round(s["total_tokens_per_s"], 2),
@@ -80,15 +83,16 @@ def _run(cluster, capacity, placement, fidelity: str, scheduler: str, initial: i
         "decode_latency_s": s["decode_latency_s"],
         "in_flight_mean": round(s["in_flight_mean"], 1),
         "kv_occupancy_max": round(max(n["kv_occupancy_max"] for n in s["nodes"].values()), 3),
+        "utilization_mean": round(sum(n["utilization"] for n in s["nodes"].values()) / len(s["nodes"]), 3),
+        "kv_bottleneck_mean": round(s["kv_bottleneck_mean"], 3),
         "counters": s["counters"],
-        "wall_s": round(result["wall_s"], 2),
+        "wall_s": round(wall_s, 2),
         "config": {
             "fidelity": fidelity,
             "scheduler": scheduler,
             "initial_requests": initial,
-            "kv_params": list(kv.__dict__.values())
-            if hasattr(kv, "__dict__")
-            else [kv.expected_kv_hwm, kv.expected_output_length_ratio],
+            "kv_params": [kv.expected_kv_hwm, kv.expected_output_length_ratio],
+            **changes,
         },
     }
 
@@ -125,13 +129,13 @@ def separate_pipelines(cluster, capacity, fidelity: str, per_group: int = 30) ->
     parts: dict[str, Placement] = {}
     mixed: set[str] = set()
     for gpu, names in groups.items():
-        sub = Placement({n: placement[n] for n in names})
+        sub = Placement({n: placement[n] for n in sorted(names)})
         if sub.uncovered_layers(MODEL.num_layers) or not any(placement[n].start == 0 for n in names):
             mixed |= names
             continue
         parts[gpu] = sub
     if mixed:
-        parts["mixed"] = Placement({n: placement[n] for n in mixed})
+        parts["mixed"] = Placement({n: placement[n] for n in sorted(mixed)})
     return _sub_runs(cluster, lambda sub: capacity, parts, fidelity, lambda label: per_group)
 
 
@@ -179,15 +183,24 @@ def separate_pipelines_paper(name: str, cluster, fidelity: str, plus: bool = Fal
     )
 
 
-def best_plan(cluster, capacity, time_limit_s: float) -> tuple[Placement, dict]:
-    """Our planner (objective ``throughput``), its candidates re-ranked by short simulations."""
+# "Our best scheduler settings": the improved preset, with the offline feed high-water mark chosen per plan.
+FEED_HIGH_WATER = (0.85, 0.95)
+CANDIDATES = 4
+
+
+def best_plan(cluster, capacity, time_limit_s: float) -> tuple[Placement, dict, dict]:
+    """Our planner (objective ``throughput``); its best candidates and feed settings re-ranked by full
+    simulations (improved preset). Returns (placement, plan info, the winning run's record)."""
     result = plan(
         cluster,
         MODEL,
         PlannerOptions(method="milp", time_limit_s=time_limit_s, objective="throughput"),
         capacity,
     )
-    candidates = plan_candidates(result)
+    candidates = plan_candidates(result)[:CANDIDATES]
+    if not any(source == "max-flow optimum" for source, _ in candidates):
+        candidates += [c for c in plan_candidates(result) if c[0] == "max-flow optimum"]
+    kv = KVParameters(*KV_PARAMS["improved"])
     ranking = rank_by_simulation(
         cluster,
         MODEL,
@@ -195,27 +208,36 @@ def best_plan(cluster, capacity, time_limit_s: float) -> tuple[Placement, dict]:
         candidates,
         load_lengths("azure_conversation"),
         SimConfig.preset("improved", initial_requests=20),
-        kv_params=KVParameters(*KV_PARAMS["improved"]),
-        partial_overlap=False,
+        settings=[{"feed_high_water": hw} for hw in FEED_HIGH_WATER],
+        kv_params=kv,
     )
-    source, placement = candidates[ranking[0]["index"]]
+    best = ranking[0]
+    source, placement = candidates[best["index"]]
     flows = {row["source"]: row["max_flow_tokens_per_s"] for row in result.details.get("candidates", [])}
-    return placement, {
+    info = {
         "chosen": source,
+        "settings": best["settings"],
         "max_flow_tokens_per_s": round(flows.get(source, result.flow_tokens_per_s), 2),
         "max_flow_optimum_tokens_per_s": round(
             result.details.get("max_flow_optimum_tokens_per_s", result.flow_tokens_per_s), 2
         ),
+        "throughput_estimate_tokens_per_s": round(
+            result.details.get("throughput_estimate_tokens_per_s", 0.0), 2
+        ),
         "planner_s": round(result.elapsed_s, 2),
+        "planner_stopped_by": result.details["stopped_by"],
         "selection": [
             {
-                **row,
+                "source": row["source"],
+                **row["settings"],
                 "decode_tokens_per_s": round(row["decode_tokens_per_s"], 2),
-                "max_flow": flows.get(row["source"]),
+                "max_flow_tokens_per_s": flows.get(row["source"]),
             }
             for row in ranking
         ],
     }
+    record = _record(best["summary"], best["wall_s"], "improved", "maxflow", 20, kv, best["settings"])
+    return placement, info, record
 
 
 def main() -> None:
@@ -243,7 +265,8 @@ def main() -> None:
             helix_placement = load_helix_placement(ref / "placements" / f"{name}_llama70b_helix_milp.ini")
             swarm = load_helix_placement(ref / "placements" / f"{name}_llama70b_swarm.ini")
             population = round(240 * nodes / 24)
-            ours_placement, ours_plan = best_plan(cluster, capacity, args.milp_time_limit)
+            ours_placement, ours_plan, ours = best_plan(cluster, capacity, args.milp_time_limit)
+            same = ours_plan["settings"]
             row = {
                 "paper": PAPER[name],
                 "helix": _run(cluster, capacity, helix_placement, "helix", "maxflow", 20),
@@ -251,7 +274,10 @@ def main() -> None:
                 "swarm": _run(cluster, capacity, swarm, "helix", "swarm", population),
                 "separate_random": separate_pipelines(cluster, capacity, "helix"),
                 "separate_random_helix_setup": separate_pipelines_paper(name, cluster, "helix"),
-                "ours": _run(cluster, capacity, ours_placement, "improved", "maxflow", 20),
+                "helix_improved_ours_settings": _run(
+                    cluster, capacity, helix_placement, "improved", "maxflow", 20, **same
+                ),
+                "ours": ours,
                 "ours_helix_preset": _run(cluster, capacity, ours_placement, "helix", "maxflow", 20),
                 "ours_plan": ours_plan,
             }
@@ -269,6 +295,7 @@ def main() -> None:
                 {
                     k: (v["decode_tokens_per_s"] if isinstance(v, dict) and "decode_tokens_per_s" in v else v)
                     for k, v in row.items()
+                    if k not in ("ours_plan", "paper")
                 },
                 flush=True,
             )

@@ -5,8 +5,10 @@ this host's measured per-layer times smoothed and scaled by a factor F_g:
 
     P_g(t) = F_g · (p0 + p1 · t)        D_g(b) = F_g · (d0 + d1 · b)
 
-where (p0, p1) and (d0, d1) are least-squares lines through the host's measured prompt (tokens, ms) and
-decode (batch, ms) rows (CPU timings are near-linear and noisy; the line removes the noise), and
+where (d0, d1) is the least-squares line through the host's measured decode (batch, ms) rows and p1 the
+least-squares slope through its prompt (tokens, ms) rows with p0 = d0, the fixed cost of a step
+(`helix profile` times prompts from 250 tokens on, too far out to pin an intercept; CPU timings are
+near-linear and noisy, and the lines remove the noise), and
 F_g = scale × slowdown_g, with slowdown_g the type's relative slowdown and `scale` ≥ 1 making even the
 fastest type slower than the host, so that contention between the emulated workers on a few cores
 rarely pushes a step past its target. The tables are written on grids covering what a worker steps
@@ -39,12 +41,15 @@ class Line:
         return self.intercept_ms + self.slope_ms * x
 
 
-def fit_line(points: Sequence[tuple[float, float]]) -> Line:
-    """Least-squares line through the points with x > 0; intercept and slope clamped to ≥ 0."""
+def fit_line(points: Sequence[tuple[float, float]], intercept_ms: float | None = None) -> Line:
+    """Least-squares line through the points with x > 0 (with the intercept given, only the slope is
+    fitted); intercept and slope clamped to ≥ 0."""
     xs = np.array([x for x, _ in points if x > 0], dtype=float)
     ys = np.array([y for x, y in points if x > 0], dtype=float)
-    if len(xs) < 2:
-        raise ValueError("at least two profiled points with x > 0 are needed")
+    if len(xs) < (1 if intercept_ms is not None else 2):
+        raise ValueError("too few profiled points with x > 0")
+    if intercept_ms is not None:
+        return Line(intercept_ms, max(0.0, float(xs @ (ys - intercept_ms) / (xs @ xs))))
     slope, intercept = np.polyfit(xs, ys, 1)
     if intercept < 0:  # through the origin instead
         slope, intercept = float((xs @ ys) / (xs @ xs)), 0.0
@@ -67,7 +72,8 @@ def fit_host_profile(profile_dir: str | Path, model_key: str, gpu_key: str = "cp
     ms = 1e3
     prompt = [(x, y * ms) for x, y in zip(profile.prompt_time_s.xs, profile.prompt_time_s.ys, strict=True)]
     decode = [(x, y * ms) for x, y in zip(profile.decode_time_s.xs, profile.decode_time_s.ys, strict=True)]
-    return HostFit(fit_line(prompt), fit_line(decode))
+    decode_line = fit_line(decode)
+    return HostFit(fit_line(prompt, decode_line.intercept_ms), decode_line)
 
 
 def _grid(limit: int) -> tuple[int, ...]:

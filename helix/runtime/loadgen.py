@@ -141,6 +141,18 @@ async def run_load(spec: LoadSpec) -> dict:
     return summarise(spec, samples, wall_s)
 
 
+async def probe(spec: LoadSpec) -> dict:
+    """One request alone (the first of the workload's prompts): its TTFT and mean TPOT in seconds."""
+    headers = {"Authorization": f"Bearer {spec.api_key}"} if spec.api_key else {}
+    async with httpx.AsyncClient(base_url=spec.base_url, headers=headers, timeout=spec.timeout_s) as client:
+        sample = Sample(sent_s=0.0)
+        await _one(client, spec, prompt_text(0, spec.prompt_tokens), time.perf_counter(), sample)
+    if sample.error is not None or sample.ttft_s is None or sample.e2e_s is None:
+        raise RuntimeError(f"probe request failed: {sample.error}")
+    gaps = np.diff(sample.token_times_s)
+    return {"ttft_s": sample.ttft_s, "tpot_s": float(gaps.mean()) if len(gaps) else None}
+
+
 def summarise(spec: LoadSpec, samples: list[Sample], wall_s: float) -> dict:
     """Counts, window throughput and token-level latencies (the simulator's window rule)."""
     lo, hi = spec.warmup_s, spec.duration_s

@@ -6,7 +6,8 @@ its `WorkerLoop` inbox and reports the address over a pipe. `start_coordinator` 
 `Topology` from the plan with each node's real KV capacity, starts the `Coordinator`, and hands every
 worker its peers. The hot path is exactly the Ray runtime's — `Worker.step`, `WorkerLoop`, `HopBatch`
 over PUSH/PULL sockets, `Coordinator` — only lifecycle and address exchange go through pipes instead of
-Ray (so it runs where Ray is not installed, and in tests).
+Ray (so it runs where Ray is not installed, and in tests). Processes are spawned, so a script that
+starts a deployment needs the usual ``if __name__ == "__main__":`` guard.
 
 Weights: from a model directory through `load_backend`, or (``random_hf_config``) random weights that
 do not depend on the split: every parameter is drawn from a generator seeded by the Hugging Face names

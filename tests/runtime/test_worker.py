@@ -8,6 +8,8 @@ import torch
 from helix.engine.llm_engine import LLMEngine
 from helix.engine.loader import resolve_model
 from helix.engine.sampling_params import SamplingParams
+from helix.perf.base import Curve
+from helix.runtime.emulation import StepTimer
 from helix.runtime.messages import HopBatch, StageItem, decode, encode
 from helix.runtime.stage_backend import StageConfig, load_backend
 from helix.runtime.worker import Worker
@@ -87,3 +89,29 @@ def test_wire_format_round_trip_keeps_hidden_states():
     back = decode(encode(batch))
     assert back.items == batch.items
     assert torch.equal(back.hidden, hidden)
+
+
+def test_profile_emulation_pads_each_step_to_its_target(workers):
+    # targets far above the real compute time; the recorded sleeps are not slept
+    prompt = Curve([(0, 0.0), (1000, 1000.0)], what="prompt")  # 1 s per prompt token per layer
+    decode = Curve([(0, 0.0), (1000, 500.0)], what="decode")  # 0.5 s per decode per layer
+    naps: list[float] = []
+    worker = Worker("a", workers["a"].backend, step_timer=StepTimer(10, prompt, decode), sleep=naps.append)
+    items = [StageItem(90, 0, 5, (1, 2, 3, 4, 5), ("a",), None), StageItem(91, 0, 3, (6, 7, 8), ("a",), None)]
+    worker.step([HopBatch(items)])
+    first_compute_s = worker.stats.compute_s
+    assert naps[0] + first_compute_s == pytest.approx(10 * 8 * 1.0)
+    worker.step([HopBatch([StageItem(90, 5, 1, (9,)), StageItem(91, 3, 1, (9,))])])
+    assert naps[1] + worker.stats.compute_s - first_compute_s == pytest.approx(10 * 2 * 0.5)
+    assert worker.stats.busy_s == pytest.approx(80.0 + 10.0)
+    assert worker.stats.overrun_steps == 0
+    worker.free([90, 91])
+
+
+def test_profile_emulation_counts_steps_that_overrun(workers):
+    tiny = Curve([(0, 0.0), (1000, 1e-9)], what="tiny")
+    naps: list[float] = []
+    worker = Worker("a", workers["a"].backend, step_timer=StepTimer(10, tiny, tiny), sleep=naps.append)
+    worker.step([HopBatch([StageItem(92, 0, 4, (1, 2, 3, 4), ("a",), None)])])
+    assert naps == [] and worker.stats.overrun_steps == 1 and worker.stats.overrun_s > 0
+    worker.free([92])

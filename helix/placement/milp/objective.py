@@ -62,11 +62,13 @@ def choose_for_throughput(
         "throughput_estimate_tokens_per_s": best_estimate,
         "max_flow_optimum_tokens_per_s": result.flow_tokens_per_s,
         "found_by": source if placement is not result.placement else result.details["found_by"],
-        "candidates": [
-            _candidate(p, f.value_tokens_per_s, e, s) for e, s, _, p, f in scored[:KEEP_CANDIDATES]
-        ],
+        "candidates": [_candidate(p, f.value_tokens_per_s, e, s) for e, s, _, p, f in kept],
     }
-    return replace(result, placement=placement, flow=flow, details=details)
+    if placement is not result.placement:
+        details["max_flow_optimum_time_to_best_s"] = result.time_to_best_s
+    return replace(
+        result, placement=placement, flow=flow, details=details, elapsed_s=incumbent.clock.elapsed()
+    )
 
 
 def _candidate(placement: Placement, flow: float, estimate: float, source: str) -> dict:
