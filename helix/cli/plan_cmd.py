@@ -47,6 +47,9 @@ def plan_command(
     threads: int = typer.Option(2, "--threads", help="Solver threads."),
     seed: int = typer.Option(0, "--seed"),
     mip_gap: float = typer.Option(1e-4, "--mip-gap", help="Stop at this relative gap."),
+    objective: str = typer.Option(
+        "max-flow", "--objective", help="milp: max-flow, or throughput (accounts for KV cache and depth)."
+    ),
     helix_units: bool = HelixUnitsOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
@@ -63,6 +66,7 @@ def plan_command(
         threads=threads,
         seed=seed,
         mip_gap=mip_gap,
+        objective=objective,
         partial_overlap=partial_overlap,
         progress=None if quiet else _progress_printer(console),
     )

@@ -121,3 +121,17 @@ def test_unknown_method_and_bad_flags(tmp_path):
     assert out.returncode == 2 and "--method" in out.stderr
     out = helix("plan", "-c", "geo-mixed", "-m", "llama-3-70b", "--method", "swarm", "--capacity", "guess")
     assert out.returncode == 2 and "--capacity" in out.stderr
+
+
+def test_default_milp_and_throughput_objective(tmp_path):
+    out = helix("plan", "-c", "geo-mixed", "-m", "llama-3-70b", "-o", str(tmp_path / "p.json"), "-q")
+    assert out.returncode == 0, out.stderr
+    default = json.loads(out.stdout)
+    assert default["method"] == "milp" and default["gap"] is not None
+    assert default["max_flow_tokens_per_s"] <= default["upper_bound_tokens_per_s"] + 1e-6
+    out = helix("plan", "-c", "geo-mixed", "-m", "llama-3-70b", "--objective", "throughput", "-o",
+                str(tmp_path / "t.json"), "-q")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["max_flow_tokens_per_s"] <= default["max_flow_tokens_per_s"] + 1e-6
+    out = helix("plan", "-c", "geo-mixed", "-m", "llama-3-70b", "--objective", "nope")
+    assert out.returncode == 2 and "objective" in out.stderr
