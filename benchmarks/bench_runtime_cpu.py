@@ -321,11 +321,11 @@ def main(args) -> None:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rate", type=float, default=1.0, help="offered requests per second")
+    parser.add_argument("--rate", type=float, default=0.9, help="offered requests per second")
     parser.add_argument("--warmup", type=float, default=45.0, help="seconds before the window")
     parser.add_argument("--window", type=float, default=60.0, help="measured seconds")
     parser.add_argument("--drain", type=float, default=0.0, help="seconds to wait after the last arrival")
-    parser.add_argument("--scale", type=float, default=3.0, help="emulated H100 = host CPU time × scale")
+    parser.add_argument("--scale", type=float, default=4.0, help="emulated H100 = host CPU time × scale")
     parser.add_argument("--kv-cache-mib", type=int, default=128, help="KV cache per worker")
     parser.add_argument("--prompt-words", type=int, default=64)
     parser.add_argument("--output-tokens", type=int, default=32)

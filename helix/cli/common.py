@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import typer
@@ -51,3 +55,18 @@ def load_inputs(
         cluster, model, profiles_dir=profiles, kind=capacity_kind, extrapolate=extrapolate
     )
     return cluster, model, capacity
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Send file descriptor 1 to stderr for a while, so that solver libraries printing banners from C code
+    cannot mix with a command's JSON output on stdout."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)

@@ -10,7 +10,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from helix.cli.common import CapacityOpt, ClusterOpt, HelixUnitsOpt, ModelOpt, ProfilesOpt, load_inputs
+from helix.cli.common import (
+    CapacityOpt,
+    ClusterOpt,
+    HelixUnitsOpt,
+    ModelOpt,
+    ProfilesOpt,
+    load_inputs,
+    stdout_to_stderr,
+)
 from helix.errors import HelixInputError
 from helix.flow.graph import FlowOptions
 from helix.flow.maxflow import compute_upper_bound, evaluate_placement
@@ -70,7 +78,8 @@ def plan_command(
         partial_overlap=partial_overlap,
         progress=None if quiet else _progress_printer(console),
     )
-    result = plan(cluster_spec, model_spec, options, capacity_model)
+    with stdout_to_stderr():
+        result = plan(cluster_spec, model_spec, options, capacity_model)
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
     record = plan_from_result(

@@ -129,8 +129,18 @@ def test_default_milp_and_throughput_objective(tmp_path):
     default = json.loads(out.stdout)
     assert default["method"] == "milp" and default["gap"] is not None
     assert default["max_flow_tokens_per_s"] <= default["upper_bound_tokens_per_s"] + 1e-6
-    out = helix("plan", "-c", "geo-mixed", "-m", "llama-3-70b", "--objective", "throughput", "-o",
-                str(tmp_path / "t.json"), "-q")
+    out = helix(
+        "plan",
+        "-c",
+        "geo-mixed",
+        "-m",
+        "llama-3-70b",
+        "--objective",
+        "throughput",
+        "-o",
+        str(tmp_path / "t.json"),
+        "-q",
+    )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["max_flow_tokens_per_s"] <= default["max_flow_tokens_per_s"] + 1e-6
     out = helix("plan", "-c", "geo-mixed", "-m", "llama-3-70b", "--objective", "nope")
