@@ -124,7 +124,9 @@ def test_unknown_method_and_bad_flags(tmp_path):
 
 
 def test_default_milp_and_throughput_objective(tmp_path):
-    out = helix("plan", "-c", "geo-mixed", "-m", "llama-3-70b", "-o", str(tmp_path / "p.json"), "-q")
+    out = helix(
+        "plan", "-c", "demo", "-m", "smollm2-135m", "--mip-gap", "0.01", "-o", str(tmp_path / "p.json"), "-q"
+    )
     assert out.returncode == 0, out.stderr
     default = json.loads(out.stdout)
     assert default["method"] == "milp" and default["gap"] is not None
@@ -132,16 +134,18 @@ def test_default_milp_and_throughput_objective(tmp_path):
     out = helix(
         "plan",
         "-c",
-        "geo-mixed",
+        "demo",
         "-m",
-        "llama-3-70b",
+        "smollm2-135m",
         "--objective",
         "throughput",
+        "--mip-gap",
+        "0.01",
         "-o",
         str(tmp_path / "t.json"),
         "-q",
     )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["max_flow_tokens_per_s"] <= default["max_flow_tokens_per_s"] + 1e-6
-    out = helix("plan", "-c", "geo-mixed", "-m", "llama-3-70b", "--objective", "nope")
+    out = helix("plan", "-c", "demo", "-m", "smollm2-135m", "--objective", "nope")
     assert out.returncode == 2 and "objective" in out.stderr

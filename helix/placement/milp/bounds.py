@@ -16,35 +16,55 @@ same for the links back.
 
 from __future__ import annotations
 
-from helix.placement.milp.problem import Problem
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from helix.placement.milp.problem import Problem
+
+# (capacity table cap(1..K), number of nodes with that table)
+Tables = Sequence[tuple[Sequence[float], int]]
+
+
+def _tables(problem: Problem) -> Tables:
+    return [(c.caps_tokens_per_s, c.count) for c in problem.classes]
+
+
+def tables_layer_work(tables: Tables, flow: float) -> float:
+    """h(F) = Σ_i max_k k·min(cap_i(k), F) over (table, count) pairs."""
+    total = 0.0
+    for caps, count in tables:
+        if caps:
+            total += count * max(k * min(cap, flow) for k, cap in enumerate(caps, start=1))
+    return total
 
 
 def layer_work(problem: Problem, flow: float) -> float:
     """h(F) = Σ_i max_k k·min(cap_i(k), F)."""
-    total = 0.0
-    for cls in problem.classes:
-        best = max(k * min(cap, flow) for k, cap in enumerate(cls.caps_tokens_per_s, start=1))
-        total += cls.count * best
-    return total
+    return tables_layer_work(_tables(problem), flow)
 
 
-def saturation_bound(problem: Problem, rel_tol: float = 1e-9) -> float:
-    """The largest F with h(F) ≥ L·F (see the module docstring)."""
+def tables_saturation_bound(tables: Tables, num_layers: int, rel_tol: float = 1e-9) -> float:
+    """The largest F with h(F) ≥ L·F over (table, count) pairs (see the module docstring)."""
+    tables = [(caps, count) for caps, count in tables if caps]
+    if not tables:
+        return 0.0
     lo = 0.0
-    hi = (
-        max(max(c.caps_tokens_per_s) for c in problem.classes)
-        * len(problem.classes)
-        * max(c.count for c in problem.classes)
-    )
-    if layer_work(problem, hi) >= problem.num_layers * hi:
+    hi = max(max(caps) for caps, _ in tables) * len(tables) * max(count for _, count in tables)
+    if tables_layer_work(tables, hi) >= num_layers * hi:
         return hi
     while hi - lo > rel_tol * hi:
         mid = (lo + hi) / 2
-        if layer_work(problem, mid) >= problem.num_layers * mid:
+        if tables_layer_work(tables, mid) >= num_layers * mid:
             lo = mid
         else:
             hi = mid
     return hi * (1 + 1e-7)  # margin for float rounding at the fixed point: the bound stays valid
+
+
+def saturation_bound(problem: Problem, rel_tol: float = 1e-9) -> float:
+    """The largest F with h(F) ≥ L·F (see the module docstring)."""
+    return tables_saturation_bound(_tables(problem), problem.num_layers, rel_tol)
 
 
 def coordinator_cut_bound(problem: Problem) -> float:

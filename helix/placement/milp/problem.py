@@ -2,11 +2,12 @@
 
 Two nodes are interchangeable when they have the same GPU type, the same capacity table cap(k) for
 k = 1..K (K = max layers from the capacity model's memory limit), lie in the same *zone*, and have the
-same coordinator links after clamping. Link capacities are clamped at ``big`` = the largest node capacity
-anywhere: a link at least that fast can never bind, since no single link carries more than the node
-capacity at either end. Zones are the connected components of "never-binding" links, so a single-region
+same coordinator links after clamping. Link capacities are clamped at ``big`` = the smaller of the largest
+node capacity anywhere and the saturation bound F* (bounds.py): a link at least that fast can never bind,
+since no single link carries more than the node capacity at either end, nor more than the whole flow,
+which never exceeds F*. Zones are the connected components of "never-binding" links, so a single-region
 cluster where every link is 1 Gbps (61,035 tok/s for 70B) is one zone, and a geo cluster with slow
-inter-region links splits into its regions.
+inter-region links (slower than F*) splits into its regions; a region link faster than F* does not split.
 
 The aggregated model is *exact* when there is one zone whose nodes are all pairwise linked by
 never-binding links and every coordinator link is never-binding: then the max flow of a placement equals
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from helix.errors import HelixInputError
 from helix.flow.graph import node_capacity_tokens_per_s
 from helix.perf.base import CapacityModel
+from helix.placement.milp.bounds import tables_saturation_bound
 from helix.specs.cluster import COORDINATOR, ClusterSpec
 from helix.specs.model import ModelSpec
 
@@ -110,7 +112,9 @@ def build_problem(cluster: ClusterSpec, model: ModelSpec, capacity: CapacityMode
         tables[node.name] = tuple(
             node_capacity_tokens_per_s(node, k, model, capacity) for k in range(1, k_max + 1)
         )
-    big = max((max(t) for t in tables.values() if t), default=1.0)
+    biggest = max((max(t) for t in tables.values() if t), default=1.0)
+    saturation = tables_saturation_bound([(t, 1) for t in tables.values()], model.num_layers)
+    big = min(biggest, saturation) if saturation > 0 else biggest
     zone_of = _zones(cluster, model, big)
     tok = model.token_bytes
     groups: dict[tuple, list[str]] = {}

@@ -14,7 +14,7 @@ with interior stages as in stages.py. A solution is laid out zone by zone and ch
 from __future__ import annotations
 
 import math
-from itertools import combinations_with_replacement, permutations
+from itertools import chain, combinations_with_replacement, islice, permutations
 
 import highspy
 import numpy as np
@@ -52,9 +52,10 @@ def solve_zone_chain(
     problem: Problem, target: float, *, time_limit_s: float, seed: int, max_size: int = 3
 ) -> list[Stage] | None:
     """Stages in pipeline order across several zones reaching `target`, or None."""
-    zones = [z for z in range(problem.zones)]
-    orders = [o for r in range(2, len(zones) + 1) for o in permutations(zones, r)][:MAX_ORDERS]
-    for order in orders:
+    # lazily: with z zones there are Σ_r z!/(z-r)! orders (10^8 for 11 zones), only MAX_ORDERS are tried
+    zones = range(problem.zones)
+    orders = chain.from_iterable(permutations(zones, r) for r in range(2, problem.zones + 1))
+    for order in islice(orders, MAX_ORDERS):
         groups = _groups(problem, target, order, max_size)
         if groups is not None:
             chosen = _solve(problem, groups, time_limit_s=time_limit_s, seed=seed)
