@@ -87,12 +87,11 @@ class Worker:
         if not items:
             return StepOutput({}, errors)
         hidden = self.backend.forward(items, inputs)
+        sampled = self.backend.sample(items, hidden) if self.backend.is_last else []
+        self._account(items, time.perf_counter() - started)  # pads first: stage-done stamps include it
         if self.backend.is_last:
-            out = StepOutput({}, errors + self._stamp(items, self.backend.sample(items, hidden)))
-        else:
-            out = StepOutput(self._split_by_next_hop(items, hidden), errors)
-        self._account(items, time.perf_counter() - started)
-        return out
+            return StepOutput({}, errors + self._stamp(items, sampled))
+        return StepOutput(self._split_by_next_hop(items, hidden), errors)
 
     def _admit(self, batches: list[HopBatch]) -> tuple[list[StageItem], torch.Tensor, list[TokenResult]]:
         """Items ordered prompts first, their packed inputs, and errors for requests that cannot run."""

@@ -7,6 +7,7 @@ import pytest
 from helix.errors import HelixInputError
 from helix.flow.maxflow import evaluate_placement
 from helix.perf.base import CapacityModel
+from helix.perf.factory import capacity_model_for
 from helix.placement.milp import milp_plan
 from helix.placement.milp.bounds import saturation_bound
 from helix.placement.milp.problem import build_problem
@@ -14,6 +15,7 @@ from helix.placement.result import PlannerOptions
 from helix.specs.cluster import COORDINATOR, ClusterSpec, LinkSpec, NodeSpec
 from helix.specs.cluster_yaml import cluster_from_dict
 from helix.specs.gpu import default_catalog
+from helix.specs.loading import load_cluster
 from helix.specs.model import builtin_model, with_overrides
 
 
@@ -191,3 +193,16 @@ def test_proven_optimum_stops_at_once():
 def test_unknown_objective_is_an_input_error():
     with pytest.raises(HelixInputError, match="objective"):
         milp_plan(tiny_cluster(), TINY_MODEL, TINY, PlannerOptions(objective="latency"))
+
+
+def test_bundled_geo_cluster_respects_a_short_limit_and_beats_the_baselines():
+    """geo-mixed: links faster than the saturation bound never bind, so the regions form one zone
+    (not one zone per node, whose zone orders once exhausted memory) and the stage IP beats the baselines."""
+    cluster, model = load_cluster("geo-mixed"), builtin_model("llama-3-70b")
+    capacity = capacity_model_for(cluster, model)
+    assert build_problem(cluster, model, capacity).zones == 1
+    result = milp_plan(cluster, model, capacity, PlannerOptions(time_limit_s=3.0))
+    assert result.elapsed_s <= 3.0 + 1.0
+    assert result.flow_tokens_per_s > 1.2 * result.details["baseline_tokens_per_s"]
+    assert not result.warnings
+    check_reported_flow(cluster, model, capacity, result)

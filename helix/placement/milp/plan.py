@@ -52,6 +52,7 @@ class WorkBudget:
     large_above_classes: int = 4  # with more node classes than this, each node costs far more
     large_milp_nodes: int = 10
     max_columns: int = 10_000  # skip the boundary MILP on larger aggregated models
+    max_inexact_columns: int = 5_000  # bound-only probes above this cost tens of seconds each at the root
     local_search_work: int = 40_000  # patience = this / nodes evaluations (an evaluation costs ~ nodes)
     local_search_patience: int = 3_000  # at most this many evaluations without improvement, then stop
     local_search_rounds: int = 10  # evaluation budget = rounds · patience
@@ -171,7 +172,8 @@ def _boundary_phase(problem: Problem, incumbent: Incumbent, options: PlannerOpti
     bound_ok = not options.partial_overlap  # the strict model bounds only strict chaining
     stats = {"milp_solves": 0, "milp_undecided": 0}
     budget = WORK.milp_probes if problem.exact else WORK.inexact_probes
-    if not bound_ok and not problem.exact or problem.num_columns() > WORK.max_columns:
+    max_columns = WORK.max_columns if problem.exact else WORK.max_inexact_columns
+    if not bound_ok and not problem.exact or problem.num_columns() > max_columns:
         return stats
     ceiling = incumbent.bound  # probes above this failed
     floor = incumbent.value  # the relaxation is feasible up to here
