@@ -47,13 +47,15 @@ def layer_work(problem: Problem, flow: float) -> float:
 def tables_saturation_bound(tables: Tables, num_layers: int, rel_tol: float = 1e-9) -> float:
     """The largest F with h(F) ≥ L·F over (table, count) pairs (see the module docstring)."""
     tables = [(caps, count) for caps, count in tables if caps]
-    if not tables:
-        return 0.0
+    if sum(len(caps) * count for caps, count in tables) < num_layers:
+        return 0.0  # the model does not fit: no placement carries any flow
     lo = 0.0
     hi = max(max(caps) for caps, _ in tables) * len(tables) * max(count for _, count in tables)
     if tables_layer_work(tables, hi) >= num_layers * hi:
         return hi
-    while hi - lo > rel_tol * hi:
+    for _ in range(200):  # ≥ 2^-200 relative resolution; F* > 0 whenever the model fits
+        if hi - lo <= rel_tol * hi:
+            break
         mid = (lo + hi) / 2
         if tables_layer_work(tables, mid) >= num_layers * mid:
             lo = mid
