@@ -205,7 +205,7 @@ class Simulator:
             rec.ttft_s.append(now_s - q.arrived_s)
             rec.prompt_tokens.append(q.prompt_tokens)
             q.first_token_s = now_s
-            if self._feed_kind == "kv":
+            if self.config.mode == "offline" and self._feed_kind == "kv":
                 self._maybe_feed(now_s)
         else:
             rec.decode_return_s.append(now_s)

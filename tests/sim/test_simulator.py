@@ -90,6 +90,24 @@ def test_online_overload_queues_instead_of_crashing(model):
     assert summary["nodes"]["a"]["kv_occupancy_max"] <= 1.0
 
 
+def test_online_launches_only_the_arrivals(model):
+    cluster, placement, capacity = _one_node(model, kv_tokens=200_000)
+    lengths = Lengths(np.array([200]), np.array([20]), "test")
+    arrivals = np.arange(0.0, 20.0, 0.5)  # 40 requests, well within capacity
+    result = simulate(
+        cluster,
+        model,
+        placement,
+        capacity,
+        lengths,
+        _config(mode="online", feed="auto"),
+        arrival_times_s=arrivals,
+    )
+    counters = result["summary"]["counters"]
+    assert counters.get("requests_launched", 0) == 0  # no closed-loop feeding in online mode
+    assert counters["requests_completed"] == len(arrivals)
+
+
 def test_bad_inputs(model):
     cluster, placement, capacity = _one_node(model, kv_tokens=1000)
     too_long = Lengths(np.array([900]), np.array([400]), "test")
