@@ -51,9 +51,11 @@ def test_capacity_factory_knows_the_clusters_own_gpu_types():
     from helix.perf.factory import capacity_model_for
     from helix.specs.cluster_yaml import cluster_from_dict
 
-    cluster = cluster_from_dict({
-        "gpu_types": {"MyGPU": {"vram_gb": 48, "peak_tflops": 200, "hbm_gbytes_per_s": 1000}},
-        "nodes": [{"name": "g", "gpu": "MyGPU", "count": 2}],
-    })
+    cluster = cluster_from_dict(
+        {
+            "gpu_types": {"MyGPU": {"vram_gb": 48, "peak_tflops": 200, "hbm_gbytes_per_s": 1000}},
+            "nodes": [{"name": "g", "gpu": "MyGPU", "count": 2}],
+        }
+    )
     capacity = capacity_model_for(cluster, builtin_model("llama-3-8b"))
     assert capacity.max_layers("MyGPU") > 0 and capacity.throughput_tokens_per_s("MyGPU", 1) > 0
