@@ -14,6 +14,7 @@ class plus one) and HiGHS answers in milliseconds, which lets the planner bisect
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from itertools import combinations_with_replacement
 
 import highspy
@@ -26,19 +27,25 @@ Stage = tuple[int, tuple[int, ...]]  # (layers, class indices with repetition)
 STAGE_IP_MAX_NODES = 2000  # branch-and-bound nodes per stage IP: the work budget (deterministic)
 
 
-def minimal_stages(problem: Problem, target: float, zone: int, max_size: int) -> list[Stage]:
-    """Every minimal multiset of ≤ max_size nodes of `zone` whose capacity at k layers reaches `target`."""
-    out: list[Stage] = []
+def candidate_stages(problem: Problem, zone: int, max_size: int) -> Iterator[Stage]:
+    """Every (k, multiset of ≤ max_size classes of `zone`) whose members can hold k layers and whose
+    class counts suffice, in order of k then size."""
     members = [ci for ci, c in enumerate(problem.classes) if c.zone == zone]
     for k in range(1, problem.num_layers + 1):
         able = [ci for ci in members if problem.classes[ci].max_layers >= k]
         for size in range(1, max_size + 1):
             for combo in combinations_with_replacement(able, size):
-                if any(combo.count(ci) > problem.classes[ci].count for ci in set(combo)):
-                    continue
-                caps = [problem.classes[ci].caps_tokens_per_s[k - 1] for ci in combo]
-                if sum(caps) >= target and sum(caps) - min(caps) < target:
-                    out.append((k, combo))
+                if all(combo.count(ci) <= problem.classes[ci].count for ci in set(combo)):
+                    yield k, combo
+
+
+def minimal_stages(problem: Problem, target: float, zone: int, max_size: int) -> list[Stage]:
+    """Every minimal multiset of ≤ max_size nodes of `zone` whose capacity at k layers reaches `target`."""
+    out: list[Stage] = []
+    for k, combo in candidate_stages(problem, zone, max_size):
+        caps = [problem.classes[ci].caps_tokens_per_s[k - 1] for ci in combo]
+        if sum(caps) >= target and sum(caps) - min(caps) < target:
+            out.append((k, combo))
     return out
 
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from itertools import combinations_with_replacement
 
 import highspy
 import numpy as np
@@ -37,7 +36,7 @@ import numpy as np
 from helix.flow.maxflow import FlowResult
 from helix.perf.base import AVG_OUTPUT_TOKENS, AVG_PROMPT_TOKENS, CapacityModel
 from helix.placement.milp.problem import Problem
-from helix.placement.milp.stages import Stage, stages_to_placement
+from helix.placement.milp.stages import Stage, candidate_stages, stages_to_placement
 from helix.specs.cluster import COORDINATOR
 from helix.specs.placement import Placement
 
@@ -129,18 +128,12 @@ class StageTable:
     @classmethod
     def build(cls, problem: Problem, kv: list[tuple[float, ...]], zone: int, max_size: int) -> StageTable:
         rows: list[tuple[Stage, float, float, float, float]] = []
-        members = [ci for ci, c in enumerate(problem.classes) if c.zone == zone]
-        for k in range(1, problem.num_layers + 1):
-            able = [ci for ci in members if problem.classes[ci].max_layers >= k]
-            for size in range(1, max_size + 1):
-                for combo in combinations_with_replacement(able, size):
-                    if any(combo.count(ci) > problem.classes[ci].count for ci in set(combo)):
-                        continue
-                    caps = [problem.classes[ci].caps_tokens_per_s[k - 1] for ci in combo]
-                    kvs = [kv[ci][k - 1] for ci in combo]
-                    weak = min(range(size), key=lambda j: (caps[j], kvs[j]))
-                    rest = (sum(caps) - caps[weak], sum(kvs) - kvs[weak]) if size > 1 else (-1.0, -1.0)
-                    rows.append(((k, combo), sum(caps), sum(kvs), *rest))
+        for k, combo in candidate_stages(problem, zone, max_size):
+            caps = [problem.classes[ci].caps_tokens_per_s[k - 1] for ci in combo]
+            kvs = [kv[ci][k - 1] for ci in combo]
+            weak = min(range(len(combo)), key=lambda j: (caps[j], kvs[j]))
+            rest = (sum(caps) - caps[weak], sum(kvs) - kvs[weak]) if len(combo) > 1 else (-1.0, -1.0)
+            rows.append(((k, combo), sum(caps), sum(kvs), *rest))
         cols = list(zip(*rows, strict=True)) if rows else [[], [], [], [], []]
         return cls(list(cols[0]), *(np.array(c, float) for c in cols[1:]))
 
