@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import zmq
 
-from helix.engine.config import EngineConfig, LayerRange, ModelConfig
+from helix.engine.config import LLAMA3_8B_HF_CONFIG, EngineConfig, LayerRange, ModelConfig
 from helix.engine.llm_engine import LLMEngine
 from helix.engine.loader import build_stage
 from helix.engine.model_runner import ModelRunner
@@ -53,18 +53,7 @@ from helix.specs.cluster_yaml import cluster_from_dict
 from helix.specs.model import model_from_hf_config
 from helix.specs.placement import Placement
 
-LLAMA3_8B = {
-    "architectures": ["LlamaForCausalLM"],
-    "vocab_size": 128256,
-    "hidden_size": 4096,
-    "intermediate_size": 14336,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 8,
-    "rms_norm_eps": 1e-5,
-    "max_position_embeddings": 8192,
-    "rope_parameters": {"rope_type": "default", "rope_theta": 500000.0},
-}
+LLAMA3_8B = LLAMA3_8B_HF_CONFIG
 TINY = LLAMA3_8B | {
     "vocab_size": 512,
     "hidden_size": 128,

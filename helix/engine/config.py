@@ -261,3 +261,18 @@ def _rope(hf: dict[str, Any], where: str) -> tuple[float, RopeScaling | None]:
         original_max_position_embeddings=int(params["original_max_position_embeddings"]),
     )
     return theta, scaling
+
+
+#: The Hugging Face config of a LLaMA-3-8B-shaped model, for benchmarks with random weights.
+LLAMA3_8B_HF_CONFIG: dict = {
+    "architectures": ["LlamaForCausalLM"],
+    "vocab_size": 128256,
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "rms_norm_eps": 1e-5,
+    "max_position_embeddings": 8192,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 500000.0},
+}
