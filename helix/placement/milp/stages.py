@@ -62,23 +62,38 @@ def solve_stages(
     return None
 
 
-def _solve(problem: Problem, stages: list[Stage], *, time_limit_s: float, seed: int) -> list[Stage] | None:
+def stage_ip(
+    problem: Problem, stages: list[Stage], *, time_limit_s: float, max_nodes: int, seed: int | None = None
+) -> tuple[highspy.Highs, np.ndarray]:
+    """The stage integer program's core: z_j ∈ ℤ≥0 copies of stage j, Σ_j k_j·z_j = L, minimising the
+    nodes used (fewer nodes are cheaper to run and leave spares). Returns the model and column indices;
+    callers add their own rows (e.g. `add_class_count_rows`) and run it."""
     n = len(stages)
     h = highspy.Highs()
     h.setOptionValue("output_flag", False)
     h.setOptionValue("time_limit", max(0.01, time_limit_s))  # a safety cap; the node limit is the budget
-    h.setOptionValue("mip_max_nodes", STAGE_IP_MAX_NODES)
-    h.setOptionValue("random_seed", seed)
-    h.addVars(n, np.zeros(n), np.full(n, float(problem.num_layers)))
-    h.changeColsIntegrality(n, np.arange(n, dtype=np.int32), np.array([highspy.HighsVarType.kInteger] * n))
-    # prefer fewer nodes: cheaper to run and leaves spares
-    h.changeColsCost(n, np.arange(n, dtype=np.int32), np.array([len(m) for _, m in stages], float))
+    h.setOptionValue("mip_max_nodes", max_nodes)
+    if seed is not None:
+        h.setOptionValue("random_seed", seed)
     idx = np.arange(n, dtype=np.int32)
+    h.addVars(n, np.zeros(n), np.full(n, float(problem.num_layers)))
+    h.changeColsIntegrality(n, idx, np.array([highspy.HighsVarType.kInteger] * n))
+    h.changeColsCost(n, idx, np.array([len(m) for _, m in stages], float))
     h.addRow(problem.num_layers, problem.num_layers, n, idx, np.array([k for k, _ in stages], float))
+    return h, idx
+
+
+def add_class_count_rows(h: highspy.Highs, problem: Problem, stages: list[Stage], idx: np.ndarray) -> None:
+    """Σ_j (members of class c in stage j)·z_j ≤ count(c) for every class."""
     for ci, cls in enumerate(problem.classes):
         use = np.array([m.count(ci) for _, m in stages], float)
         if use.any():
-            h.addRow(0, cls.count, n, idx, use)
+            h.addRow(0, cls.count, len(stages), idx, use)
+
+
+def _solve(problem: Problem, stages: list[Stage], *, time_limit_s: float, seed: int) -> list[Stage] | None:
+    h, idx = stage_ip(problem, stages, time_limit_s=time_limit_s, max_nodes=STAGE_IP_MAX_NODES, seed=seed)
+    add_class_count_rows(h, problem, stages, idx)
     h.run()
     if h.getInfo().primal_solution_status != 2:
         return None

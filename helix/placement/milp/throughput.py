@@ -36,7 +36,13 @@ import numpy as np
 from helix.flow.maxflow import FlowResult
 from helix.perf.base import AVG_OUTPUT_TOKENS, AVG_PROMPT_TOKENS, CapacityModel
 from helix.placement.milp.problem import Problem
-from helix.placement.milp.stages import Stage, candidate_stages, stages_to_placement
+from helix.placement.milp.stages import (
+    Stage,
+    add_class_count_rows,
+    candidate_stages,
+    stage_ip,
+    stages_to_placement,
+)
 from helix.specs.cluster import COORDINATOR
 from helix.specs.placement import Placement
 
@@ -149,20 +155,10 @@ def _solve_depth(problem: Problem, stages: list[Stage], max_stages: int) -> list
     n = len(stages)
     if n == 0:
         return None
-    h = highspy.Highs()
-    h.setOptionValue("output_flag", False)
-    h.setOptionValue("mip_max_nodes", 5000)
-    h.setOptionValue("time_limit", 10.0)  # safety cap; these models solve in milliseconds
-    h.addVars(n, np.zeros(n), np.full(n, float(problem.num_layers)))
-    idx = np.arange(n, dtype=np.int32)
-    h.changeColsIntegrality(n, idx, np.array([highspy.HighsVarType.kInteger] * n))
-    h.changeColsCost(n, idx, np.array([len(m) for _, m in stages], float))
-    h.addRow(problem.num_layers, problem.num_layers, n, idx, np.array([k for k, _ in stages], float))
+    # safety cap of 10 s: these models solve in milliseconds
+    h, idx = stage_ip(problem, stages, time_limit_s=10.0, max_nodes=5000)
     h.addRow(0, max_stages, n, idx, np.ones(n))
-    for ci, cls in enumerate(problem.classes):
-        use = np.array([m.count(ci) for _, m in stages], float)
-        if use.any():
-            h.addRow(0, cls.count, n, idx, use)
+    add_class_count_rows(h, problem, stages, idx)
     h.run()
     if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
         return None

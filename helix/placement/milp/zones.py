@@ -16,11 +16,16 @@ from __future__ import annotations
 import math
 from itertools import chain, combinations_with_replacement, islice, permutations
 
-import highspy
 import numpy as np
 
 from helix.placement.milp.problem import Problem
-from helix.placement.milp.stages import STAGE_IP_MAX_NODES, Stage, minimal_stages
+from helix.placement.milp.stages import (
+    STAGE_IP_MAX_NODES,
+    Stage,
+    add_class_count_rows,
+    minimal_stages,
+    stage_ip,
+)
 
 MAX_WIDE = 4
 MAX_ORDERS = 24
@@ -91,20 +96,11 @@ def _solve(
 ) -> list[Stage] | None:
     flat = [(g, st) for g, (_, stages) in enumerate(groups) for st in stages]
     n = len(flat)
-    h = highspy.Highs()
-    h.setOptionValue("output_flag", False)
-    h.setOptionValue("time_limit", max(0.01, time_limit_s))  # a safety cap; the node limit is the budget
-    h.setOptionValue("mip_max_nodes", STAGE_IP_MAX_NODES)
-    h.setOptionValue("random_seed", seed)
-    h.addVars(n, np.zeros(n), np.full(n, float(problem.num_layers)))
-    idx = np.arange(n, dtype=np.int32)
-    h.changeColsIntegrality(n, idx, np.array([highspy.HighsVarType.kInteger] * n))
-    h.changeColsCost(n, idx, np.array([len(m) for _, (_, m) in flat], float))
-    h.addRow(problem.num_layers, problem.num_layers, n, idx, np.array([k for _, (k, _) in flat], float))
-    for ci, cls in enumerate(problem.classes):
-        use = np.array([m.count(ci) for _, (_, m) in flat], float)
-        if use.any():
-            h.addRow(0, cls.count, n, idx, use)
+    flat_stages = [st for _, st in flat]
+    h, idx = stage_ip(
+        problem, flat_stages, time_limit_s=time_limit_s, max_nodes=STAGE_IP_MAX_NODES, seed=seed
+    )
+    add_class_count_rows(h, problem, flat_stages, idx)
     for g, (role, _) in enumerate(groups):
         if role == "one":
             h.addRow(1, 1, n, idx, np.array([1.0 if gg == g else 0.0 for gg, _ in flat]))
