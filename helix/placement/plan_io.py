@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from helix.errors import HelixInputError
+from helix.flow.graph import DEFAULT_PARTIAL_OVERLAP
 from helix.placement.result import PlanResult
 from helix.specs.cluster import ClusterSpec
 from helix.specs.model import ModelSpec
@@ -44,7 +45,7 @@ class Plan:
     cluster_name: str
     cluster_nodes: tuple[str, ...]
     method: str
-    partial_overlap: bool = False
+    partial_overlap: bool = DEFAULT_PARTIAL_OVERLAP
     max_flow_tokens_per_s: float | None = None
     upper_bound_tokens_per_s: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -127,7 +128,7 @@ def plan_from_dict(data: Any, where: str = "plan") -> Plan:
             cluster_name=str(cluster["name"]),
             cluster_nodes=tuple(cluster["nodes"]),
             method=str(data.get("method", "unknown")),
-            partial_overlap=bool(data.get("partial_overlap", False)),
+            partial_overlap=bool(data.get("partial_overlap", DEFAULT_PARTIAL_OVERLAP)),
             max_flow_tokens_per_s=data.get("max_flow_tokens_per_s"),
             upper_bound_tokens_per_s=data.get("upper_bound_tokens_per_s"),
             extra={k: v for k, v in data.items() if k not in known},

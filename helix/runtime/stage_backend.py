@@ -7,12 +7,13 @@ its own seeded generator. `load_backend` builds one from a model name/path and a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
 
 import torch
 
 from helix.engine.batch import SeqChunk, StepBatch
-from helix.engine.config import EngineConfig, LayerRange
+from helix.engine.config import DEFAULT_BLOCK_SIZE, EngineConfig, LayerRange
 from helix.engine.kv_cache import kv_block_bytes
 from helix.engine.loader import resolve_model
 from helix.engine.model_runner import ModelRunner
@@ -27,7 +28,8 @@ class StageConfig:
     """How to build one worker's stage.
 
     `kv_cache_bytes` bounds the KV cache (on CPU the engine's default is 1 GiB per stage, which adds up
-    with several workers on one machine); `threads` bounds torch's intra-op threads on CPU.
+    with several workers on one machine); `threads` bounds torch's intra-op threads on CPU;
+    `block_size` is the engine's KV block size (`EngineConfig.block_size`).
     """
 
     model: str
@@ -38,6 +40,17 @@ class StageConfig:
     kv_cache_bytes: int | None = 256 << 20
     max_model_len: int | None = 2048
     threads: int = 1
+    block_size: int = DEFAULT_BLOCK_SIZE
+
+
+def pin_device(stage: StageConfig) -> StageConfig:
+    """Pin this process to the stage's GPU before CUDA starts: ``cuda:<i>`` sets
+    ``CUDA_VISIBLE_DEVICES=<i>`` and becomes ``cuda:0`` (the one pinning rule of Ray actors and
+    worker processes)."""
+    if stage.device.startswith("cuda:"):
+        os.environ["CUDA_VISIBLE_DEVICES"] = stage.device.split(":", 1)[1]
+        return replace(stage, device="cuda:0")
+    return stage
 
 
 class StageBackend:
@@ -54,6 +67,10 @@ class StageBackend:
     @property
     def num_kv_blocks(self) -> int:
         return self.runner.block_manager.num_blocks
+
+    @property
+    def kv_block_size(self) -> int:
+        return self.runner.block_size
 
     @property
     def num_used_kv_blocks(self) -> int:
@@ -113,9 +130,15 @@ class StageBackend:
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def kv_blocks(model_config, num_layers: int, kv_cache_bytes: int, dtype: torch.dtype) -> int:
-    """KV blocks (16 tokens) a stage of `num_layers` layers gets from a `kv_cache_bytes` budget."""
-    return max(1, kv_cache_bytes // kv_block_bytes(model_config, num_layers, 16, dtype))
+def kv_blocks(
+    model_config,
+    num_layers: int,
+    kv_cache_bytes: int,
+    dtype: torch.dtype,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+) -> int:
+    """KV blocks (`block_size` tokens each) a stage of `num_layers` layers gets from `kv_cache_bytes`."""
+    return max(1, kv_cache_bytes // kv_block_bytes(model_config, num_layers, block_size, dtype))
 
 
 def load_backend(config: StageConfig) -> StageBackend:
@@ -130,6 +153,10 @@ def load_backend(config: StageConfig) -> StageBackend:
     )
     num_blocks = None
     if config.kv_cache_bytes is not None:
-        num_blocks = kv_blocks(resolved.config, layer_range.num_layers, config.kv_cache_bytes, dtype)
-    engine_config = EngineConfig(num_kv_blocks=num_blocks, max_model_len=config.max_model_len)
+        num_blocks = kv_blocks(
+            resolved.config, layer_range.num_layers, config.kv_cache_bytes, dtype, config.block_size
+        )
+    engine_config = EngineConfig(
+        block_size=config.block_size, num_kv_blocks=num_blocks, max_model_len=config.max_model_len
+    )
     return StageBackend(ModelRunner(model, engine_config))
