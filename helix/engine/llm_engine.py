@@ -95,10 +95,8 @@ class LLMEngine:
             raise KVCacheExhaustedError(needed, manager.num_blocks)
         seq_id = self._next_seq_id
         self._next_seq_id += 1
-        device = self.runners[-1].device
         seed = params.seed if params.seed is not None else self._seed_source.getrandbits(63)
-        generator = None if params.is_greedy else torch.Generator(device=device).manual_seed(seed)
-        seq = Sequence(seq_id, list(prompt_token_ids), params, generator)
+        seq = Sequence(seq_id, list(prompt_token_ids), params, seed)
         self._sequences[seq_id] = seq
         self.scheduler.add(seq)
         return seq_id
@@ -132,13 +130,25 @@ class LLMEngine:
         if not done:
             return []
         ready = [seqs[i] for i in done]
-        new_tokens, logprobs = self.sampler(x[done], [s.params for s in ready], [s.generator for s in ready])
-        return [self._append(s, t, lp) for s, t, lp in zip(ready, new_tokens, logprobs, strict=True)]
+        out = self.sampler(
+            x[done],
+            [s.params for s in ready],
+            [s.seed for s in ready],
+            [s.num_tokens for s in ready],
+            [s.prompt_token_ids for s in ready],
+            [s.output_token_ids for s in ready],
+        )
+        return [
+            self._append(s, t, lp, top)
+            for s, t, lp, top in zip(ready, out.tokens, out.logprobs, out.top_logprobs, strict=True)
+        ]
 
-    def _append(self, seq: Sequence, token: int, logprobs: dict[int, float] | None) -> RequestOutput:
+    def _append(
+        self, seq: Sequence, token: int, logprob: float | None, top: dict[int, float] | None
+    ) -> RequestOutput:
         seq.output_token_ids.append(token)
-        if logprobs is not None:
-            seq.output_logprobs.append(logprobs)
+        if logprob is not None:
+            seq.output_logprobs.append({**(top or {}), token: logprob})
         stops = seq.params.stop_token_ids + (() if seq.params.ignore_eos else self.eos_token_ids)
         if token in stops:
             seq.finish(FinishReason.STOP)

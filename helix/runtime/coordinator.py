@@ -205,9 +205,9 @@ class Coordinator:
                 ),
             )
             return
-        item = StageItem(
-            state.seq_id, 0, len(state.prompt_ids), tuple(state.prompt_ids), state.route, state.params
-        )
+        prompt = tuple(state.prompt_ids)
+        penalty_ids = prompt if state.params.repetition_penalty != 1.0 else None
+        item = StageItem(state.seq_id, 0, len(prompt), prompt, state.route, state.params, (), penalty_ids)
         self._send(state, item)
 
     def _send(self, state: RequestState, item: StageItem) -> None:

@@ -38,6 +38,7 @@ class StageItem:
     route: tuple[str, ...] | None = None
     sampling: SamplingParams | None = None
     stage_done_s: tuple[float, ...] = ()  # prompt only: wall time each earlier stage finished it
+    penalty_prompt_ids: tuple[int, ...] | None = None  # prompt only, with a repetition penalty
 
 
 @dataclass(slots=True)

@@ -17,7 +17,7 @@ from helix.engine.config import DEFAULT_BLOCK_SIZE, EngineConfig, LayerRange
 from helix.engine.kv_cache import kv_block_bytes
 from helix.engine.loader import resolve_model
 from helix.engine.model_runner import ModelRunner
-from helix.engine.sampler import Sampler
+from helix.engine.sampler import Sampler, to_signed_seed
 from helix.engine.sampling_params import SamplingParams
 from helix.errors import HelixInputError
 from helix.runtime.messages import StageItem, TokenResult
@@ -62,7 +62,9 @@ class StageBackend:
         self.is_last = runner.model.is_last
         self._sampler = Sampler()
         self._params: dict[int, SamplingParams] = {}
-        self._generators: dict[int, torch.Generator | None] = {}
+        self._seeds: dict[int, int] = {}
+        self._prompt_ids: dict[int, tuple[int, ...]] = {}  # only for requests with a repetition penalty
+        self._output_ids: dict[int, list[int]] = {}
 
     @property
     def num_kv_blocks(self) -> int:
@@ -97,14 +99,16 @@ class StageBackend:
             return exc.problem
         return None
 
-    def register_sampling(self, seq_id: int, params: SamplingParams | None) -> None:
+    def register_sampling(
+        self, seq_id: int, params: SamplingParams | None, prompt_ids: tuple[int, ...] | None = None
+    ) -> None:
+        """Remember a request's sampling settings (and its prompt when it has a repetition penalty)."""
         params = params or SamplingParams(temperature=0.0)
         self._params[seq_id] = params
-        generator = None
-        if not params.is_greedy:
-            generator = torch.Generator(device=self.runner.device)
-            generator.manual_seed(params.seed if params.seed is not None else seq_id)
-        self._generators[seq_id] = generator
+        self._seeds[seq_id] = to_signed_seed(params.seed if params.seed is not None else seq_id)
+        self._output_ids[seq_id] = []
+        if prompt_ids:
+            self._prompt_ids[seq_id] = prompt_ids
 
     def forward(self, items: list[StageItem], inputs: torch.Tensor) -> torch.Tensor:
         """Hidden states [T, H], or last-token logits [len(items), V] on the last stage."""
@@ -113,18 +117,25 @@ class StageBackend:
 
     def sample(self, items: list[StageItem], logits: torch.Tensor) -> list[TokenResult]:
         params = [self._params.get(i.seq_id) or SamplingParams(temperature=0.0) for i in items]
-        generators = [self._generators.get(i.seq_id) for i in items]
-        tokens, logprobs = self._sampler(logits, params, generators)
+        seeds = [self._seeds.get(i.seq_id, i.seq_id) for i in items]
+        positions = [i.num_cached_tokens + i.num_new_tokens for i in items]
+        outputs = [self._output_ids.setdefault(i.seq_id, []) for i in items]
+        prompts = [self._prompt_ids.get(i.seq_id, ()) for i in items]
+        out = self._sampler(logits, params, seeds, positions, prompts, outputs)
         results = []
-        for item, token, lp in zip(items, tokens, logprobs, strict=True):
-            chosen = None if lp is None else lp.get(token)
-            results.append(TokenResult(item.seq_id, token, chosen, lp))
+        for item, token, lp, top, history in zip(
+            items, out.tokens, out.logprobs, out.top_logprobs, outputs, strict=True
+        ):
+            history.append(token)
+            results.append(TokenResult(item.seq_id, token, lp, top))
         return results
 
     def free(self, seq_id: int) -> None:
         self.runner.free(seq_id)
         self._params.pop(seq_id, None)
-        self._generators.pop(seq_id, None)
+        self._seeds.pop(seq_id, None)
+        self._prompt_ids.pop(seq_id, None)
+        self._output_ids.pop(seq_id, None)
 
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

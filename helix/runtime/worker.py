@@ -132,7 +132,7 @@ class Worker:
         index = route.index(self.name)
         self._next_hop[item.seq_id] = route[index + 1] if index + 1 < len(route) else COORDINATOR_HOP
         if self.backend.is_last:
-            self.backend.register_sampling(item.seq_id, item.sampling)
+            self.backend.register_sampling(item.seq_id, item.sampling, item.penalty_prompt_ids)
 
     def _split_by_next_hop(self, items: list[StageItem], hidden: torch.Tensor) -> dict[str, HopBatch]:
         grouped_items: dict[str, list[StageItem]] = defaultdict(list)
@@ -149,6 +149,7 @@ class Worker:
                 item.route,
                 item.sampling,
                 done,
+                item.penalty_prompt_ids,
             )
             grouped_items[hop].append(forwarded)
             grouped_rows[hop].append(rows)
