@@ -13,13 +13,18 @@ import typer
 from helix.errors import HelixInputError
 from helix.perf.base import CapacityModel
 from helix.perf.factory import CAPACITY_KINDS, capacity_model_for
+from helix.reference import resolve_profiles_dir
 from helix.specs.cluster import ClusterSpec
 from helix.specs.loading import load_cluster
 from helix.specs.model import ModelSpec, load_model_spec
 
 ClusterOpt = typer.Option(..., "--cluster", "-c", help="Cluster file (.yaml, or Helix .ini) or bundled name.")
 ModelOpt = typer.Option(..., "--model", "-m", help="Built-in model name or a Hugging Face config.json / dir.")
-ProfilesOpt = typer.Option(None, "--profiles", help="Profile-table directory (Helix's or `helix profile`'s).")
+ProfilesOpt = typer.Option(
+    None,
+    "--profiles",
+    help="Profile-table directory (`helix profile` writes one), or `helix` for Helix's bundled tables.",
+)
 CapacityOpt = typer.Option("auto", "--capacity", help="Capacity model: auto | profile | roofline.")
 HelixUnitsOpt = typer.Option(
     True,
@@ -42,12 +47,13 @@ def load_inputs(
             field="--capacity",
             fix=f"use one of {', '.join(CAPACITY_KINDS)}",
         )
+    profiles = resolve_profiles_dir(profiles)
     if profiles is not None and not Path(profiles).is_dir():
         raise HelixInputError(
             "not a directory",
             where=str(profiles),
             field="--profiles",
-            fix="pass a directory written by `helix profile`",
+            fix="pass a directory written by `helix profile`, or `helix` for Helix's bundled tables",
         )
     cluster = load_cluster(cluster_path, helix_units=helix_units)
     model = load_model_spec(model_name)

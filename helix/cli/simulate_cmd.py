@@ -14,6 +14,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from helix.cli.common import CapacityOpt, ClusterOpt, HelixUnitsOpt, ModelOpt, ProfilesOpt, load_inputs
 from helix.errors import HelixInputError
 from helix.placement.plan_io import Plan, check_plan_matches, load_plan
+from helix.reference import reference_file
 from helix.scheduling.kv import KVParameters
 from helix.sim.config import KV_PARAMS, SimConfig
 from helix.sim.plots import write_plots
@@ -32,6 +33,9 @@ ARRIVALS = ("poisson", "gamma", "azure-buckets", "trace")
 
 
 def _load_plan_any(path: Path, cluster_nodes: tuple[str, ...], num_layers: int) -> Plan:
+    bundled = reference_file("placements", f"{path}.ini")
+    if not path.exists() and path.suffix == "" and bundled.exists():
+        path = bundled
     if path.suffix == ".ini":
         placement = load_helix_placement(path)
         return Plan(placement, "helix-ini", num_layers, "", cluster_nodes, "helix-ini")
@@ -73,7 +77,7 @@ def simulate_command(
     cluster: str = ClusterOpt,
     model: str = ModelOpt,
     plan: Path = typer.Option(
-        ..., "--plan", "-p", help="Plan JSON (`helix plan`) or a Helix placement .ini."
+        ..., "--plan", "-p", help="Plan JSON (`helix plan`), a Helix placement .ini, or a bundled one's name."
     ),
     scheduler: str = typer.Option(
         "maxflow", "--scheduler", "-s", help="maxflow | random | shortest-queue | swarm"

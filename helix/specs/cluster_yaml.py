@@ -17,7 +17,7 @@ Format (every bandwidth in Gbit/s, latency in ms)::
       - {name: t4-fast, gpu: T4, region: eu-west, nic_gbps: 25}
     links:                                                # optional overrides, symmetric by default
       - {src: a100-0, dst: l4-0, bandwidth_gbps: 2, latency_ms: 5, symmetric: false}
-    profiles: path/to/profiles                            # optional profile tables for these GPUs
+    profiles: path/to/profiles                            # optional profile tables (`helix`: Helix's)
 
 Links between every pair of nodes (and the coordinator) come from the region defaults; `links` overrides
 single pairs.
@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 
 from helix.errors import HelixInputError
+from helix.reference import BUNDLED_PROFILES_NAME
 from helix.specs.cluster import COORDINATOR, ClusterSpec, LinkSpec, NodeSpec, RegionSpec, validate_cluster
 from helix.specs.gpu import GPUCatalog, default_catalog, parse_gpu_types
 from helix.specs.units import MS, gbps_to_bytes_per_s
@@ -210,7 +211,10 @@ def cluster_from_dict(
     links = _links(reader, data, nodes, coord_region, _pair_defaults(reader, data, regions))
     profiles = data.get("profiles")
     if profiles is not None and base_dir is not None:
-        profiles = str((base_dir / str(profiles)).resolve())
+        local = base_dir / str(profiles)
+        profiles = (
+            str(local.resolve()) if local.is_dir() or str(profiles) != BUNDLED_PROFILES_NAME else profiles
+        )
     try:
         return ClusterSpec(
             name=str(data.get("name", Path(where).stem)),

@@ -3,13 +3,11 @@ import json
 import pytest
 
 from helix.cli.main import main
-from helix.reference import reference_available, reference_dir
-
-pytestmark = pytest.mark.skipif(not reference_available(), reason="Helix reference data not available")
+from helix.reference import BUNDLED_REFERENCE_DIR
 
 
 def _args(tmp_path, *extra):
-    ref = reference_dir()
+    ref = BUNDLED_REFERENCE_DIR
     return [
         "simulate",
         "--cluster",
