@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 from collections.abc import Iterator
@@ -76,3 +77,65 @@ def stdout_to_stderr() -> Iterator[None]:
         sys.stdout.flush()
         os.dup2(saved, 1)
         os.close(saved)
+
+
+def check_number(
+    flag: str,
+    value: float | int | None,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    fix: str = "",
+) -> None:
+    """Raise a `HelixInputError` naming `flag` unless `value` is finite and within the given interval."""
+    if value is None:
+        return
+    inside = math.isfinite(value)
+    if low is not None:
+        inside = inside and (value > low if low_open else value >= low)
+    if high is not None:
+        inside = inside and (value < high if high_open else value <= high)
+    if inside:
+        return
+    parts = []
+    if low is not None:
+        parts.append(f"{'>' if low_open else '>='} {low:g}")
+    if high is not None:
+        parts.append(f"{'<' if high_open else '<='} {high:g}")
+    expected = " and ".join(parts) or "finite"
+    raise HelixInputError(
+        f"must be {expected}, got {value:g}", field=flag, fix=fix or f"pass {flag} with a value {expected}"
+    )
+
+
+def check_choice(flag: str, value: str, choices: tuple[str, ...] | list[str]) -> None:
+    if value not in choices:
+        raise HelixInputError(f"unknown value {value!r}", field=flag, fix=f"use one of {', '.join(choices)}")
+
+
+def check_output_path(flag: str, path: Path | None, *, directory: bool = False) -> None:
+    """Fail before any work when an output path cannot be written: try it (creating missing parent
+    directories, which the command would create anyway) and leave no file behind."""
+    if path is None:
+        return
+    path = Path(path)
+    try:
+        if path.exists() and path.is_dir() != directory:
+            raise IsADirectoryError(21, "is a directory" if path.is_dir() else "is a file, not a directory")
+        folder = path if directory else path.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = path if not directory else folder / ".helix-write-check"
+        existed = probe.exists()
+        with open(probe, "a"):
+            pass
+        if not existed:
+            probe.unlink()
+    except OSError as exc:
+        raise HelixInputError(
+            f"cannot write here ({exc.strerror or exc})",
+            where=str(path),
+            field=flag,
+            fix="choose a path in a directory you can write to",
+        ) from None

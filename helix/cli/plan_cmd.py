@@ -16,16 +16,23 @@ from helix.cli.common import (
     HelixUnitsOpt,
     ModelOpt,
     ProfilesOpt,
+    check_choice,
+    check_number,
+    check_output_path,
     load_inputs,
     stdout_to_stderr,
 )
 from helix.errors import HelixInputError
 from helix.flow.graph import FlowOptions
 from helix.flow.maxflow import compute_upper_bound, evaluate_placement
+from helix.placement.milp.objective import OBJECTIVES
 from helix.placement.plan_io import check_plan_matches, load_plan, plan_from_result, plan_to_dict, save_plan
 from helix.placement.planner import available_methods, plan
 from helix.placement.plot import plot_placement
 from helix.placement.result import PlannerOptions
+
+MAX_TIME_LIMIT_S = 7 * 24 * 3600.0
+MAX_THREADS = 1024
 
 
 def _progress_printer(console: Console):
@@ -67,6 +74,14 @@ def plan_command(
         raise HelixInputError(
             f"unknown method {method!r}", field="--method", fix=f"use one of {', '.join(available_methods())}"
         )
+    check_choice("--objective", objective, OBJECTIVES)
+    check_number("--time-limit", time_limit, low=0, low_open=True, high=MAX_TIME_LIMIT_S)
+    check_number("--threads", threads, low=1, high=MAX_THREADS)
+    check_number(
+        "--mip-gap", mip_gap, low=0, high=1, high_open=True, fix="pass --mip-gap in [0, 1), e.g. 1e-4"
+    )
+    check_output_path("--output", output)
+    check_output_path("--plot", plot)
     cluster_spec, model_spec, capacity_model = load_inputs(cluster, model, profiles, capacity, helix_units)
     options = PlannerOptions(
         method=method,

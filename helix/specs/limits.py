@@ -146,8 +146,8 @@ def check_simulation_size(*, horizon_s: float, rate_per_s: float | None) -> None
         )
     if rate_per_s is not None and rate_per_s * horizon_s > MAX_SIMULATED_REQUESTS:
         raise HelixInputError(
-            f"--rate {rate_per_s:g} over {horizon_s:g} s means {rate_per_s * horizon_s:.3g} requests, more "
-            f"than the {MAX_SIMULATED_REQUESTS:,} limit",
+            f"{rate_per_s:g} requests/s over {horizon_s:g} s is {rate_per_s * horizon_s:.3g} requests, more "
+            f"than the {MAX_SIMULATED_REQUESTS:,} a simulation may hold",
             field="--rate",
             fix="lower --rate or --duration (the cluster's max flow bounds the useful rate)",
         )
