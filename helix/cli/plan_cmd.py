@@ -147,6 +147,15 @@ def evaluate_command(
     """Evaluate a plan: max flow, bottleneck, per-node layers and flow, and the compute upper bound."""
     record = load_plan(plan_path)
     sources = record.extra.get("sources", {})
+    if not isinstance(sources, dict) or not all(
+        isinstance(v, (str, bool, type(None))) for v in sources.values()
+    ):
+        raise HelixInputError(
+            "must map cluster, model, profiles and capacity to strings",
+            where=str(plan_path),
+            field="sources",
+            fix="re-create the plan with `helix plan`, or pass --cluster and --model",
+        )
     cluster = cluster or sources.get("cluster")
     if not cluster:
         raise HelixInputError(

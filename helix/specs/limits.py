@@ -151,3 +151,78 @@ def check_simulation_size(*, horizon_s: float, rate_per_s: float | None) -> None
             field="--rate",
             fix="lower --rate or --duration (the cluster's max flow bounds the useful rate)",
         )
+
+
+def load_yaml_text(text: str, *, where: str) -> Any:
+    """Parse YAML safely within the limits: no more than `MAX_YAML_NODES` values once aliases are expanded
+    (a few-line "billion laughs" file names one list a billion times), no deeper than `MAX_NESTING_DEPTH`."""
+    import yaml
+
+    loader = yaml.SafeLoader(text)
+    try:
+        try:
+            node = loader.get_single_node()
+        except RecursionError:
+            raise HelixInputError(
+                "nested too deeply to read",
+                where=where,
+                fix="flatten the file: no real config nests this deep",
+            ) from None
+        except yaml.YAMLError as exc:
+            problem = " ".join(str(exc).split())
+            raise HelixInputError(
+                f"invalid YAML ({problem[:300]})", where=where, fix="fix the YAML syntax"
+            ) from None
+        if node is None:
+            return None
+        _check_yaml_graph(node, where)
+        try:
+            return loader.construct_document(node)
+        except yaml.YAMLError as exc:
+            problem = " ".join(str(exc).split())
+            raise HelixInputError(f"invalid YAML value ({problem[:300]})", where=where) from None
+    finally:
+        loader.dispose()
+
+
+def _check_yaml_graph(root: Any, where: str) -> None:
+    """Expanded size and depth of a composed YAML node graph, each shared (aliased) node visited once."""
+    import yaml
+
+    size: dict[int, int] = {}
+    depth: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if isinstance(node, yaml.ScalarNode):
+            size[key], depth[key] = 1, 1
+            continue
+        children = (
+            [c for pair in node.value for c in pair] if isinstance(node, yaml.MappingNode) else node.value
+        )
+        if done:
+            on_path.discard(key)
+            size[key] = 1 + sum(size[id(c)] for c in children)
+            depth[key] = 1 + max((depth[id(c)] for c in children), default=0)
+            if size[key] > MAX_YAML_NODES:
+                raise HelixInputError(
+                    f"expands to more than {MAX_YAML_NODES:,} values (aliases repeated inside aliases)",
+                    where=where,
+                    fix="write the values out, or use fewer nested aliases",
+                )
+            if depth[key] > MAX_NESTING_DEPTH:
+                raise HelixInputError(
+                    f"nested more than {MAX_NESTING_DEPTH} levels deep",
+                    where=where,
+                    fix="flatten the file: no real config nests this deep",
+                )
+            continue
+        if key in size:
+            continue
+        if key in on_path:
+            raise HelixInputError("an alias refers to itself", where=where, fix="remove the recursive alias")
+        on_path.add(key)
+        stack.append((node, True))
+        stack.extend((c, False) for c in children if id(c) not in size)
