@@ -219,7 +219,8 @@ def _no_flow(record, cluster_spec, model_spec, capacity_model, where: str) -> No
         ).value_tokens_per_s
         if partial > 0:
             fix = (
-                f"the ranges overlap without chaining; with partial-overlap links (s_j <= e_i < e_j) they carry "
+                f"the ranges overlap without chaining; with partial-overlap links (s_j <= e_i < e_j) they "
+                f"carry "
                 f"{partial:.1f} tokens/s: plan with `helix plan --partial-overlap`"
             )
     raise HelixInputError(

@@ -158,7 +158,13 @@ def load_yaml_text(text: str, *, where: str) -> Any:
     (a few-line "billion laughs" file names one list a billion times), no deeper than `MAX_NESTING_DEPTH`."""
     import yaml
 
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.YAMLError as exc:
+        problem = " ".join(str(exc).split())
+        raise HelixInputError(
+            f"invalid YAML ({problem[:300]})", where=where, fix="fix the YAML text"
+        ) from None
     try:
         try:
             node = loader.get_single_node()
@@ -178,7 +184,7 @@ def load_yaml_text(text: str, *, where: str) -> Any:
         _check_yaml_graph(node, where)
         try:
             return loader.construct_document(node)
-        except yaml.YAMLError as exc:
+        except (yaml.YAMLError, RecursionError, ValueError, TypeError, OverflowError) as exc:
             problem = " ".join(str(exc).split())
             raise HelixInputError(f"invalid YAML value ({problem[:300]})", where=where) from None
     finally:
