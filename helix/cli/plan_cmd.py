@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from helix.cli.common import (
     CapacityOpt,
@@ -20,7 +24,7 @@ from helix.cli.common import (
     check_number,
     check_output_path,
     load_inputs,
-    stdout_to_stderr,
+    stdout_to_file,
 )
 from helix.errors import HelixInputError
 from helix.flow.graph import FlowOptions
@@ -35,18 +39,38 @@ MAX_TIME_LIMIT_S = 7 * 24 * 3600.0
 MAX_THREADS = 1024
 
 
-def _progress_printer(console: Console):
-    def show(info: dict[str, Any]) -> None:
-        gap = info.get("gap")
+class PlanProgress:
+    """The planner's incumbent / bound / gap on one live line of stderr, redrawn several times a second
+    (the elapsed time keeps moving while the solver works between two reports)."""
+
+    def __init__(self, console: Console, time_limit_s: float) -> None:
+        from rich.live import Live
+
+        self._info: dict[str, Any] = {}
+        self._started = time.perf_counter()
+        self._limit_s = time_limit_s
+        self._live = Live(console=console, refresh_per_second=4, get_renderable=self._render)
+
+    def update(self, info: dict[str, Any]) -> None:
+        self._info = dict(info)
+
+    def _render(self) -> Text:
+        info = self._info
+        gap, bound = info.get("gap"), info.get("bound")
         gap_text = f"{100 * gap:.2f}%" if gap is not None else "-"
-        bound = info.get("bound")
-        console.print(
-            f"[{info.get('elapsed_s', 0.0):6.1f}s] incumbent {info.get('incumbent', 0.0):10.3f}  "
-            f"bound {bound if bound is None else f'{bound:10.3f}'}  gap {gap_text}  {info.get('phase', '')}",
-            highlight=False,
+        bound_text = f"{bound:10.3f}" if bound is not None else "         -"
+        elapsed = time.perf_counter() - self._started
+        return Text(
+            f"[{elapsed:6.1f}s / {self._limit_s:g}s] incumbent {info.get('incumbent', 0.0):10.3f}  "
+            f"bound {bound_text}  gap {gap_text}  {info.get('phase', '')}"
         )
 
-    return show
+    def __enter__(self) -> PlanProgress:
+        self._live.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._live.stop()
 
 
 def plan_command(
@@ -91,9 +115,12 @@ def plan_command(
         mip_gap=mip_gap,
         objective=objective,
         partial_overlap=partial_overlap,
-        progress=None if quiet else _progress_printer(console),
     )
-    with stdout_to_stderr():
+    solver_log = output.with_name(output.name + ".solver.log")
+    display = PlanProgress(console, time_limit) if not quiet else contextlib.nullcontext()
+    if not quiet:
+        options = replace(options, progress=display.update)
+    with display, stdout_to_file(solver_log):
         result = plan(cluster_spec, model_spec, options, capacity_model)
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
@@ -129,8 +156,10 @@ def plan_command(
         "gap": result.gap,
         "nodes_used": len(result.placement),
         "nodes": len(cluster_spec.nodes),
+        "stopped_by": result.details.get("stopped_by"),
         "plan": str(output),
         "plot": str(plot) if plot else None,
+        "solver_log": str(solver_log),
     }
     typer.echo(json.dumps(summary))
 

@@ -188,22 +188,17 @@ def load_plan(path: str | Path) -> Plan:
     return plan_from_dict(parse_json_text(text, where=str(path)), where=str(path))
 
 
-def _no_constant(name: str) -> float:
-    raise ValueError(f"{name} is not a number JSON allows")
-
-
 def parse_json_text(text: str, *, where: str) -> Any:
-    """JSON within the limits: no NaN / Infinity, no nesting deeper than `MAX_NESTING_DEPTH`."""
+    """JSON within the limits (nesting no deeper than `MAX_NESTING_DEPTH`). NaN / Infinity are read (the
+    planner's own details may hold an infinite bound); the fields a plan is read from are checked finite."""
     try:
-        data = json.loads(text, parse_constant=_no_constant)
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise HelixInputError(
             f"invalid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})",
             where=where,
             fix="fix the JSON",
         ) from None
-    except ValueError as exc:
-        raise HelixInputError(f"invalid JSON ({exc})", where=where, fix="write finite numbers") from None
     except RecursionError:
         raise HelixInputError("nested too deeply to read", where=where, fix="flatten the file") from None
     check_nesting(data, where=where)

@@ -8,6 +8,7 @@ region defaults into a full mesh, then applies per-link overrides.
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -16,6 +17,11 @@ from helix.errors import HelixInputError
 from helix.specs.gpu import GPUSpec
 
 COORDINATOR = "coordinator"
+
+
+def natural_sort_key(name: str) -> tuple:
+    """Sort key putting ``n2`` before ``n10`` (digit runs compare as numbers)."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
 
 
 @dataclass(frozen=True, slots=True)
