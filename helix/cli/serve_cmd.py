@@ -144,6 +144,8 @@ class StartupDisplay:
 
     def __exit__(self, *exc: object) -> None:
         self._live.stop()
+        if not self._live.console.is_terminal:
+            self._live.console.print()
 
 
 def _devices(pairs: list[str]) -> dict[str, str]:

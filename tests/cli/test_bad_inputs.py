@@ -214,7 +214,7 @@ CASES = [
         "plan-nan",
         ["evaluate", "{tmp}/p.json"],
         {"p.json": _plan_json(max_flow_tokens_per_s=float("nan"))},
-        ["NaN"],
+        ["max_flow_tokens_per_s", "finite"],
     ),
     ("plan-deep", ["evaluate", "{tmp}/p.json"], {"p.json": "[" * 100000 + "]" * 100000}, ["nested"]),
     ("plan-not-a-plan", ["evaluate", "{tmp}/p.json"], {"p.json": "[1, 2]"}, ["not a helix plan"]),
