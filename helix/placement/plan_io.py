@@ -29,9 +29,9 @@ from helix.placement.result import PlanResult
 from helix.specs.cluster import ClusterSpec
 from helix.specs.limits import (
     MAX_CONFIG_FILE_BYTES,
-    check_nesting,
     check_node_count,
     finite_number,
+    parse_json_text,
     read_input_text,
     short_repr,
 )
@@ -186,23 +186,6 @@ def load_plan(path: str | Path) -> Plan:
         )
     text = read_input_text(path, what="plan", max_bytes=MAX_CONFIG_FILE_BYTES)
     return plan_from_dict(parse_json_text(text, where=str(path)), where=str(path))
-
-
-def parse_json_text(text: str, *, where: str) -> Any:
-    """JSON within the limits (nesting no deeper than `MAX_NESTING_DEPTH`). NaN / Infinity are read (the
-    planner's own details may hold an infinite bound); the fields a plan is read from are checked finite."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise HelixInputError(
-            f"invalid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})",
-            where=where,
-            fix="fix the JSON",
-        ) from None
-    except RecursionError:
-        raise HelixInputError("nested too deeply to read", where=where, fix="flatten the file") from None
-    check_nesting(data, where=where)
-    return data
 
 
 def check_plan_matches(plan: Plan, cluster: ClusterSpec, model: ModelSpec, where: str = "plan") -> None:

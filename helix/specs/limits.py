@@ -8,6 +8,7 @@ its longest traces a few MB.
 from __future__ import annotations
 
 import gzip
+import json
 import math
 import zlib
 from pathlib import Path
@@ -232,3 +233,20 @@ def _check_yaml_graph(root: Any, where: str) -> None:
         on_path.add(key)
         stack.append((node, True))
         stack.extend((c, False) for c in children if id(c) not in size)
+
+
+def parse_json_text(text: str, *, where: str) -> Any:
+    """JSON within the limits (nesting no deeper than `MAX_NESTING_DEPTH`). NaN / Infinity are read (the
+    planner's own details may hold an infinite bound); the fields a plan is read from are checked finite."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise HelixInputError(
+            f"invalid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})",
+            where=where,
+            fix="fix the JSON",
+        ) from None
+    except RecursionError:
+        raise HelixInputError("nested too deeply to read", where=where, fix="flatten the file") from None
+    check_nesting(data, where=where)
+    return data

@@ -269,6 +269,25 @@ CASES = [
         {"p.ini": "[Solution]\ncompute_node_2=os.system\n"},
         ["cannot read"],
     ),
+    # --- profile tables ---
+    (
+        "profiles-binary",
+        [*PLAN, "-c", "demo", "--profiles", "{tmp}/prof"],
+        {"prof/profile_tables.json": b"\x00\x01"},
+        ["binary file"],
+    ),
+    (
+        "profiles-incomplete",
+        [*PLAN, "-c", "demo", "--profiles", "{tmp}/prof"],
+        {"prof/profile_tables.json": '{"llama3_8b": {"t4": {"max_layers": 4}}}'},
+        ["llama3_8b.t4", "kv_blocks_by_layers"],
+    ),
+    (
+        "profiles-other-model",
+        [*PLAN, "-c", "demo", "--profiles", "helix"],
+        {},
+        ["no profiles for model", "llama2_70b"],
+    ),
     # --- traces ---
     ("workload-missing", [*SIM, "-w", "{tmp}/none.csv"], {}, ["--workload", "azure_conversation"]),
     ("workload-binary", [*SIM, "-w", "{tmp}/w.csv"], {"w.csv": b"\x00\x01\x02"}, ["binary file"]),
@@ -340,6 +359,7 @@ CASES = [
 def test_bad_input_is_one_clean_line_and_exit_2(tmp_path, capsys, argv, files, expected):
     for name, content in files.items():
         path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
         if isinstance(content, bytes):
             path.write_bytes(content)
         else:
