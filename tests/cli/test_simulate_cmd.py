@@ -28,7 +28,13 @@ def _args(tmp_path, *extra):
 def test_simulate_writes_json_and_plots(tmp_path):
     main(_args(tmp_path, "--duration", "20", "--warmup", "5"))
     result = json.loads((tmp_path / "out" / "result.json").read_text())
-    assert result["summary"]["decode_tokens_per_s"] > 0
+    summary = result["summary"]
+    assert summary["decode_tokens_per_s"] > 0
+    # the max flow counts tokens of the typical 750 + 240 request: it bounds decode tokens at 240 / 990 of it
+    assert summary["decode_bound_tokens_per_s"] == pytest.approx(summary["max_flow_tokens_per_s"] * 240 / 990)
+    assert summary["decode_efficiency"] == pytest.approx(
+        summary["decode_tokens_per_s"] / summary["decode_bound_tokens_per_s"]
+    )
     assert {p.name for p in (tmp_path / "out").glob("*.png")} == {
         "throughput.png",
         "latency_cdf.png",
