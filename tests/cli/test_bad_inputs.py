@@ -398,3 +398,18 @@ def test_version_and_bare_command(capsys):
     except SystemExit as exc:
         assert exc.code == 0
     assert "plan" in capsys.readouterr().out
+
+
+def test_bench_exits_1_when_every_request_failed(capsys):
+    import socket
+
+    with socket.socket() as s:  # a free port with nothing listening on it
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    argv = ["bench", "--url", f"http://127.0.0.1:{port}/v1", "--model", "m", "--rate", "4", "--duration", "1"]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 1
+    captured = capsys.readouterr()
+    assert '"completed": 0' in captured.out
+    assert "every request failed" in captured.err
