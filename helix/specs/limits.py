@@ -34,6 +34,13 @@ def read_input_bytes(path: str | Path, *, what: str, field: str = "", max_bytes:
             raise HelixInputError(
                 f"is a directory, not a {what}", where=where, field=field, fix="give a file"
             )
+        if path.exists() and not path.is_file():  # a device or pipe (/dev/zero, /dev/stdin) never ends
+            raise HelixInputError(
+                f"is not a regular file (a device or a pipe), not a {what}",
+                where=where,
+                field=field,
+                fix="give a file",
+            )
         size = path.stat().st_size
         if size > max_bytes:
             raise HelixInputError(
@@ -42,9 +49,8 @@ def read_input_bytes(path: str | Path, *, what: str, field: str = "", max_bytes:
                 field=field,
                 fix="give a smaller file",
             )
-        if path.suffix != ".gz":
-            return path.read_bytes()
-        with gzip.open(path, "rb") as handle:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as handle:
             data = handle.read(max_bytes + 1)
     except OSError as exc:  # includes gzip.BadGzipFile
         reason = exc.strerror or str(exc)

@@ -214,6 +214,8 @@ CASES = [
         ["Link-0-7", "not a node"],
     ),
     # --- plan JSON readers ---
+    ("plan-dev-zero", ["evaluate", "/dev/zero"], {}, ["not a regular file"]),
+    ("workload-dev-zero", [*SIM, "-w", "/dev/zero"], {}, ["not a regular file"]),
     ("plan-missing", ["evaluate", "{tmp}/none.json"], {}, ["cannot read the plan", "helix plan"]),
     ("plan-binary", ["evaluate", "{tmp}/p.json"], {"p.json": b"\x89PNG\r\n\x1a\n\x00\x00"}, ["binary file"]),
     ("plan-bad-json", ["evaluate", "{tmp}/p.json"], {"p.json": "{"}, ["invalid JSON", "line 1"]),
