@@ -1,15 +1,17 @@
-"""Shared fixtures: Helix's reference data (skipped when absent) and small clusters."""
+"""Shared fixtures: Helix's reference data (bundled in the package) and its clusters."""
 
 from __future__ import annotations
 
 import pytest
 
 from helix.perf.helix_profile import profile_capacity_model
-from helix.reference import reference_available, reference_dir
+from helix.reference import BUNDLED_REFERENCE_DIR
 from helix.specs.helix_ini import load_helix_ini
 from helix.specs.model import builtin_model
 
-needs_reference = pytest.mark.skipif(not reference_available(), reason="Helix reference data not found")
+# The reference data ships inside the package, so nothing is ever skipped for want of it; the marker stays
+# for tests that name their dependency on it.
+needs_reference = pytest.mark.usefixtures("ref")
 
 HELIX_CLUSTER_MODELS = {
     "single24": "llama-2-70b",
@@ -21,9 +23,8 @@ HELIX_CLUSTER_MODELS = {
 
 @pytest.fixture(scope="session")
 def ref():
-    if not reference_available():
-        pytest.skip("Helix reference data not found")
-    return reference_dir()
+    assert (BUNDLED_REFERENCE_DIR / "profiles" / "profile_tables.json").is_file()
+    return BUNDLED_REFERENCE_DIR
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import typer
 
+from helix.errors import HelixInputError
+
 
 def bench(
     url: str = typer.Option("http://127.0.0.1:8000/v1", help="the endpoint's /v1 base URL"),
@@ -29,8 +31,23 @@ def bench(
 
     Decode throughput counts the tokens received in [warmup, duration]; latencies are over the requests
     sent in that window."""
+    from helix.cli.common import check_number, check_output_path
     from helix.runtime.loadgen import LoadSpec, run_load
 
+    check_number("--rate", rate, low=0, low_open=True, high=10_000)
+    check_number("--duration", duration, low=0, low_open=True, high=7 * 24 * 3600)
+    check_number("--warmup", warmup, low=0, high=duration, fix="pass --warmup in [0, --duration]")
+    check_number("--drain-timeout", drain_timeout, low=0)
+    check_number("--prompt-tokens", prompt_tokens, low=1, high=1_000_000)
+    check_number("--output-tokens", output_tokens, low=1, high=1_000_000)
+    check_number("--cv", cv, low=0, low_open=True, high=100)
+    if rate * duration > 10_000_000:
+        raise HelixInputError(
+            f"{rate:g} requests/s for {duration:g} s is more than 10,000,000 requests",
+            field="--rate",
+            fix="lower --rate or --duration",
+        )
+    check_output_path("-o", output)
     spec = LoadSpec(
         url,
         model,
@@ -50,6 +67,10 @@ def bench(
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(text + "\n")
     typer.echo(text)
+    if result["sent"] > 0 and result["completed"] == 0:
+        errors = "; ".join(result["errors"]) or "no request completed"
+        typer.secho(f"error: every request failed ({errors})", err=True, fg=typer.colors.RED)
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:

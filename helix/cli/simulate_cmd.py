@@ -11,11 +11,23 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from helix.cli.common import CapacityOpt, ClusterOpt, HelixUnitsOpt, ModelOpt, ProfilesOpt, load_inputs
+from helix.cli.common import (
+    CapacityOpt,
+    ClusterOpt,
+    HelixUnitsOpt,
+    ModelOpt,
+    ProfilesOpt,
+    check_choice,
+    check_number,
+    check_output_path,
+    load_inputs,
+)
 from helix.errors import HelixInputError
 from helix.placement.plan_io import Plan, check_plan_matches, load_plan
+from helix.reference import reference_file
+from helix.scheduling.base import SCHEDULERS
 from helix.scheduling.kv import KVParameters
-from helix.sim.config import KV_PARAMS, SimConfig
+from helix.sim.config import KV_PARAMS, MODES, SimConfig
 from helix.sim.plots import write_plots
 from helix.sim.run import simulate
 from helix.sim.workload import (
@@ -27,11 +39,15 @@ from helix.sim.workload import (
     poisson_arrivals,
 )
 from helix.specs.helix_ini import load_helix_placement
+from helix.specs.limits import check_simulation_size
 
 ARRIVALS = ("poisson", "gamma", "azure-buckets", "trace")
 
 
 def _load_plan_any(path: Path, cluster_nodes: tuple[str, ...], num_layers: int) -> Plan:
+    bundled = reference_file("placements", f"{path}.ini")
+    if not path.exists() and path.suffix == "" and bundled.exists():
+        path = bundled
     if path.suffix == ".ini":
         placement = load_helix_placement(path)
         return Plan(placement, "helix-ini", num_layers, "", cluster_nodes, "helix-ini")
@@ -69,11 +85,36 @@ def _arrival_times(
     return bucket_arrivals(load_bucket_counts(buckets), rate, horizon_s, rng)
 
 
+MAX_INITIAL_REQUESTS = 1_000_000
+
+
+def _check_options(o: dict) -> None:
+    """Every flag's value, before anything is loaded or simulated."""
+    check_choice("--mode", o["mode"], MODES)
+    check_choice("--fidelity", o["fidelity"], tuple(KV_PARAMS))
+    check_choice("--scheduler", o["scheduler"], tuple(sorted(SCHEDULERS)))
+    if o["arrivals"] is not None:
+        check_choice("--arrivals", o["arrivals"], ARRIVALS)
+    check_number("--duration", o["duration"], low=0, low_open=True)
+    check_number("--warmup", o["warmup"], low=0)
+    check_number("--rate", o["rate"], low=0, low_open=True)
+    check_number("--cv", o["cv"], low=0, low_open=True, high=100)
+    check_number("--initial-requests", o["initial_requests"], low=1, high=MAX_INITIAL_REQUESTS)
+    check_number("--feed-hwm", o["feed_hwm"], low=0, low_open=True, high=1)
+    check_number(
+        "--kv-hwm", o["kv_hwm"], low=0, low_open=True, high=1, fix="pass --kv-hwm in (0, 1], e.g. 0.9"
+    )
+    check_number("--kv-ratio", o["kv_ratio"], low=0, low_open=True, high=10, fix="pass --kv-ratio in (0, 10]")
+    online = o["mode"] == "online"
+    check_simulation_size(horizon_s=o["warmup"] + o["duration"], rate_per_s=o["rate"] if online else None)
+    check_output_path("--output", o["output"], directory=True)
+
+
 def simulate_command(
     cluster: str = ClusterOpt,
     model: str = ModelOpt,
     plan: Path = typer.Option(
-        ..., "--plan", "-p", help="Plan JSON (`helix plan`) or a Helix placement .ini."
+        ..., "--plan", "-p", help="Plan JSON (`helix plan`), a Helix placement .ini, or a bundled one's name."
     ),
     scheduler: str = typer.Option(
         "maxflow", "--scheduler", "-s", help="maxflow | random | shortest-queue | swarm"
@@ -115,6 +156,7 @@ def simulate_command(
 ) -> None:
     """Simulate serving a plan: throughput, latency percentiles, utilisation, KV occupancy."""
     console = Console(stderr=True, quiet=quiet)
+    _check_options(locals())
     cluster_spec, model_spec, capacity_model = load_inputs(
         cluster, model, profiles, capacity, helix_units, extrapolate=True
     )
@@ -178,8 +220,9 @@ def simulate_command(
         write_plots(result, output)
     s = result["summary"]
     console.print(
-        f"decode {s['decode_tokens_per_s']:.1f} tok/s, total {s['total_tokens_per_s']:.1f} tok/s "
-        f"(efficiency {s['efficiency']:.3f} of max flow {s['max_flow_tokens_per_s']:.1f}); "
+        f"decode {s['decode_tokens_per_s']:.1f} tok/s ({s['decode_efficiency'] or 0:.2f} of the "
+        f"{s['decode_bound_tokens_per_s']:.1f} the max flow {s['max_flow_tokens_per_s']:.1f} allows), total "
+        f"{s['total_tokens_per_s']:.1f} tok/s; "
         f"prompt latency mean {s['prompt_latency_s']['mean'] or 0:.3f} s, decode latency mean "
         f"{s['decode_latency_s']['mean'] or 0:.3f} s; wall {result['wall_s']:.1f} s → {output}",
         highlight=False,

@@ -7,6 +7,7 @@ from pathlib import Path
 from helix.perf.base import CapacityModel
 from helix.perf.helix_profile import profile_capacity_model
 from helix.perf.roofline import RooflineCapacityModel
+from helix.reference import resolve_profiles_dir
 from helix.specs.cluster import ClusterSpec
 from helix.specs.gpu import default_catalog
 from helix.specs.model import ModelSpec
@@ -24,10 +25,11 @@ def capacity_model_for(
 ) -> CapacityModel:
     """The capacity model for `model` on `cluster` (typical throughput depends on its composition).
 
-    `kind`: ``profile`` needs profile tables (`profiles_dir`, or the cluster file's ``profiles:``);
+    `kind`: ``profile`` needs profile tables (`profiles_dir`, or the cluster file's ``profiles:``;
+    ``helix`` names Helix's bundled tables for LLaMA-2-70B / LLaMA-1-30B);
     ``roofline`` uses GPU specs only; ``auto`` takes profiles when a directory is known.
     """
-    directory = profiles_dir or cluster.profiles_dir
+    directory = resolve_profiles_dir(profiles_dir or cluster.profiles_dir)
     catalog = default_catalog().with_types(list({n.gpu.name: n.gpu for n in cluster.nodes}.values()))
     if kind == "roofline" or (kind == "auto" and directory is None):
         return RooflineCapacityModel(model, cluster.composition(), catalog=catalog)

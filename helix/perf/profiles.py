@@ -10,12 +10,14 @@ sequences). `helix profile` writes the same format.
 from __future__ import annotations
 
 import csv
-import json
+import io
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from helix.errors import HelixInputError
 from helix.perf.base import Curve
+from helix.specs.limits import MAX_CONFIG_FILE_BYTES, parse_json_text, read_input_text, whole_number
 
 
 @dataclass(frozen=True)
@@ -36,18 +38,22 @@ class GPUProfile:
 
 
 def _read_curve(path: Path, what: str, extrapolate: bool) -> Curve:
-    try:
-        with path.open() as handle:
-            rows = [row for row in csv.reader(handle) if row and not row[0].startswith("#")]
-        points = [(float(x), float(ms) / 1000.0) for x, ms in rows]
-    except OSError as exc:
+    if not path.is_file():
         raise HelixInputError(
-            f"cannot read ({exc.strerror})",
+            "cannot read (No such file or directory)",
             where=str(path),
             fix="run `helix profile` or point --profiles at a profile directory",
+        )
+    text = read_input_text(path, what="profile table", max_bytes=MAX_CONFIG_FILE_BYTES)
+    try:
+        rows = [row for row in csv.reader(io.StringIO(text)) if row and not row[0].startswith("#")]
+        points = [(float(x), float(ms) / 1000.0) for x, ms in rows]
+        if not points or not all(math.isfinite(x) and math.isfinite(t) and t >= 0 for x, t in points):
+            raise ValueError(path)
+    except (ValueError, csv.Error):
+        raise HelixInputError(
+            "rows must be `x,ms` finite numbers", where=str(path), fix="re-create it with `helix profile`"
         ) from None
-    except ValueError:
-        raise HelixInputError("rows must be `x,ms` numbers", where=str(path)) from None
     return Curve(points, what=what, extrapolate=extrapolate)
 
 
@@ -63,16 +69,18 @@ def load_profiles(
     """All GPU profiles of one model in a profile directory, keyed by GPU key (e.g. ``a100``)."""
     directory = Path(directory)
     tables_path = directory / "profile_tables.json"
-    try:
-        tables = json.loads(tables_path.read_text())
-    except OSError:
+    if not tables_path.is_file():
         raise HelixInputError(
             "profile_tables.json not found",
             where=str(directory),
-            fix="point at a directory written by `helix profile`",
-        ) from None
-    except json.JSONDecodeError as exc:
-        raise HelixInputError(f"invalid JSON ({exc})", where=str(tables_path)) from None
+            fix="point at a directory written by `helix profile`, or pass `--profiles helix`",
+        )
+    text = read_input_text(tables_path, what="profile-table file", max_bytes=MAX_CONFIG_FILE_BYTES)
+    tables = parse_json_text(text, where=str(tables_path))
+    if not isinstance(tables, dict) or not all(isinstance(v, dict) for v in tables.values()):
+        raise HelixInputError(
+            "must map model → GPU → table", where=str(tables_path), fix="re-create it with `helix profile`"
+        )
     if model_key not in tables:
         raise HelixInputError(
             f"no profiles for model {model_key!r}",
@@ -81,9 +89,25 @@ def load_profiles(
         )
     profiles = {}
     for gpu_key, table in tables[model_key].items():
-        base = directory / model_key / gpu_key
-        max_layers = int(table["max_layers"])
-        profiles[gpu_key] = GPUProfile(
+        profiles[gpu_key] = _profile(directory, model_key, gpu_key, table, tables_path, extrapolate)
+    return profiles
+
+
+def _profile(
+    directory: Path, model_key: str, gpu_key: str, table: object, tables_path: Path, extrapolate: bool
+) -> GPUProfile:
+    where, field = str(tables_path), f"{model_key}.{gpu_key}"
+    fix = "re-create the tables with `helix profile`"
+    if not isinstance(table, dict) or "max_layers" not in table or "kv_blocks_by_layers" not in table:
+        raise HelixInputError("needs max_layers and kv_blocks_by_layers", where=where, field=field, fix=fix)
+    base = directory / model_key / gpu_key
+    max_layers = whole_number(table["max_layers"], where=where, field=f"{field}.max_layers")
+    if not 0 < max_layers <= 100_000:
+        raise HelixInputError(
+            f"max_layers must be in [1, 100000], got {max_layers}", where=where, field=field
+        )
+    try:
+        return GPUProfile(
             gpu_key=gpu_key,
             machine_type=str(table.get("machine_type", gpu_key)),
             max_layers=max_layers,
@@ -93,4 +117,12 @@ def load_profiles(
             prompt_max_requests_by_layers=_by_layers(table.get("prompt_max_requests_by_layers"), max_layers),
             decode_max_tokens_by_layers=_by_layers(table.get("decode_max_tokens_by_layers"), max_layers),
         )
-    return profiles
+    except (KeyError, TypeError, ValueError, OverflowError, AttributeError) as exc:
+        if isinstance(exc, HelixInputError):
+            raise
+        raise HelixInputError(
+            f"a per-layer-count table is incomplete or not whole numbers ({type(exc).__name__}: {exc})",
+            where=where,
+            field=field,
+            fix=fix,
+        ) from None

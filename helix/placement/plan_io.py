@@ -28,11 +28,20 @@ from helix.errors import HelixInputError
 from helix.flow.graph import DEFAULT_PARTIAL_OVERLAP
 from helix.placement.result import PlanResult
 from helix.specs.cluster import ClusterSpec
+from helix.specs.limits import (
+    MAX_CONFIG_FILE_BYTES,
+    check_node_count,
+    finite_number,
+    parse_json_text,
+    read_input_text,
+    short_repr,
+)
 from helix.specs.model import ModelSpec
 from helix.specs.placement import LayerRange, Placement
 
 PLAN_FORMAT = "helix-plan"
 PLAN_VERSION = 1
+MAX_LAYERS = 100_000
 
 
 @dataclass(frozen=True)
@@ -78,18 +87,43 @@ def _placement_from(raw: Any, where: str) -> Placement:
         raise HelixInputError(
             "must be a mapping of node name to [start, end]", where=where, field="placement"
         )
+    check_node_count(len(raw), where=where, field="placement")
     ranges = {}
     for name, value in raw.items():
-        ok = isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) for v in value)
+        ok = isinstance(value, list) and len(value) == 2 and all(type(v) is int for v in value)
         if not ok or not 0 <= value[0] < value[1]:
             raise HelixInputError(
-                f"invalid layer range {value!r}",
+                f"invalid layer range {short_repr(value)}",
                 where=where,
                 field=f"placement.{name}",
                 fix="write [start, end] with 0 <= start < end",
             )
         ranges[str(name)] = LayerRange(value[0], value[1])
     return Placement(ranges)
+
+
+def _check_fields(data: dict[str, Any], model: Any, cluster: Any, where: str) -> None:
+    """Types of the fields a plan is read from (the planner's own extras are kept as they are)."""
+
+    def bad(field: str, problem: str) -> HelixInputError:
+        return HelixInputError(problem, where=where, field=field, fix="re-create the plan with `helix plan`")
+
+    if not isinstance(model, dict) or not isinstance(cluster, dict):
+        raise bad("model" if not isinstance(model, dict) else "cluster", "must be a mapping")
+    if not isinstance(model.get("name"), str):
+        raise bad("model.name", "must be a string")
+    if type(model.get("num_layers")) is not int or not 0 < model["num_layers"] <= MAX_LAYERS:
+        raise bad("model.num_layers", f"must be a whole number in [1, {MAX_LAYERS}]")
+    nodes = cluster.get("nodes")
+    if not isinstance(nodes, list) or not all(isinstance(n, str) for n in nodes):
+        raise bad("cluster.nodes", "must be a list of node names")
+    check_node_count(len(nodes), where=where, field="cluster.nodes")
+    if not isinstance(data.get("partial_overlap", False), bool):
+        raise bad("partial_overlap", "must be true or false")
+    for key in ("max_flow_tokens_per_s", "upper_bound_tokens_per_s"):
+        value = data.get(key)
+        if value is not None:
+            finite_number(value, where=where, field=key)
 
 
 def plan_from_dict(data: Any, where: str = "plan") -> Plan:
@@ -109,6 +143,7 @@ def plan_from_dict(data: Any, where: str = "plan") -> Plan:
         )
     try:
         model, cluster = data["model"], data["cluster"]
+        _check_fields(data, model, cluster, where)
         known = {
             "format",
             "version",
@@ -144,17 +179,14 @@ def plan_from_dict(data: Any, where: str = "plan") -> Plan:
 
 def load_plan(path: str | Path) -> Plan:
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except OSError as exc:
+    if not path.exists():
         raise HelixInputError(
-            f"cannot read the plan ({exc.strerror})",
+            "cannot read the plan (No such file or directory)",
             where=str(path),
             fix="check the path, or create one with `helix plan -o plan.json`",
-        ) from None
-    except json.JSONDecodeError as exc:
-        raise HelixInputError(f"invalid JSON ({exc.msg} at line {exc.lineno})", where=str(path)) from None
-    return plan_from_dict(data, where=str(path))
+        )
+    text = read_input_text(path, what="plan", max_bytes=MAX_CONFIG_FILE_BYTES)
+    return plan_from_dict(parse_json_text(text, where=str(path)), where=str(path))
 
 
 def check_plan_matches(plan: Plan, cluster: ClusterSpec, model: ModelSpec, where: str = "plan") -> None:

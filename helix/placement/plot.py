@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from helix.flow.maxflow import FlowResult  # noqa: E402
-from helix.specs.cluster import ClusterSpec  # noqa: E402
+from helix.specs.cluster import ClusterSpec, natural_sort_key  # noqa: E402
 from helix.specs.model import ModelSpec  # noqa: E402
 from helix.specs.placement import Placement  # noqa: E402
 
@@ -26,12 +26,12 @@ def plot_placement(
     title: str = "",
 ) -> Path:
     """Write a PNG of `placement` to `path` and return the path."""
-    names = list(cluster.node_names)
+    names = sorted(cluster.node_names, key=natural_sort_key)
     types = sorted({n.gpu.name for n in cluster.nodes})
     cmap = plt.get_cmap("tab10")
     colour = {t: cmap(i % 10) for i, t in enumerate(types)}
     height = max(3.0, 0.28 * len(names) + 1.5)
-    fig, ax = plt.subplots(figsize=(11, height))
+    fig, ax = plt.subplots(figsize=(12, height))
     for row, name in enumerate(names):
         node = cluster.node(name)
         r = placement.get(name)
@@ -56,8 +56,21 @@ def plot_placement(
     ax.set_xlim(0, model.num_layers * 1.15)
     ax.set_xlabel(f"layer of {model.name} (0..{model.num_layers})")
     ax.axvline(model.num_layers, color="grey", linewidth=0.5)
-    ax.legend(handles=[Patch(color=colour[t], label=t) for t in types], loc="lower right", fontsize=8)
-    ax.set_title(title or f"{cluster.name}: max flow {flow.value_tokens_per_s:.1f} tokens/s", fontsize=10)
+    ax.legend(
+        handles=[Patch(color=colour[t], label=t) for t in types],
+        title="GPU type",
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        fontsize=8,
+        title_fontsize=8,
+        frameon=False,
+    )
+    ax.set_ylabel("node (GPU type)")
+    ax.set_title(
+        (title or f"{cluster.name} / {model.name}: max flow {flow.value_tokens_per_s:.1f} tokens/s")
+        + "\nbars: layers each node holds (faded: no flow); labels: tokens/s through the node",
+        fontsize=10,
+    )
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

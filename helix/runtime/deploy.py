@@ -60,9 +60,11 @@ def node_resource(name: str) -> str:
 class Deployment:
     """The worker actors of a plan: creation, wiring, health checks, shutdown."""
 
-    def __init__(self, specs: list[WorkerSpec]) -> None:
+    def __init__(self, specs: list[WorkerSpec], progress: Callable[[str, str], None] | None = None) -> None:
+        """`progress(worker, status)` hears of each worker as it is created and as it becomes ready."""
         import ray
 
+        report = progress or (lambda name, status: None)
         self._ray = ray
         remote_cls = ray.remote(num_cpus=0, max_restarts=0, max_concurrency=4)(_PinnedWorkerActor)
         self.specs = {s.name: s for s in specs}
@@ -80,10 +82,15 @@ class Deployment:
                 "" if spec.require_node_resource else "127.0.0.1",
                 spec.step_timer,
             )
+            report(spec.name, f"loading layers [{spec.stage.start}, {spec.stage.end})")
         self.unresponsive: dict[str, int] = {}  # consecutive health checks without an answer
-        self.info = dict(
-            zip(self.actors, ray.get([a.info.remote() for a in self.actors.values()]), strict=True)
-        )
+        refs = {a.info.remote(): name for name, a in self.actors.items()}
+        info, pending = {}, list(refs)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            info[refs[ready[0]]] = ray.get(ready[0])
+            report(refs[ready[0]], "ready")
+        self.info = {name: info[name] for name in self.actors}
         self.addresses = {name: info["address"] for name, info in self.info.items()}
 
     def start(self, coordinator_address: str) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,7 +87,12 @@ class ServingRuntime:
         self.started_at_s = time.time()
 
     @classmethod
-    def start(cls, options: ServeOptions) -> ServingRuntime:
+    def start(
+        cls, options: ServeOptions, progress: Callable[[str, str], None] | None = None
+    ) -> ServingRuntime:
+        """Start everything; `progress(part, status)` hears of each step (`part` is a worker or "runtime")."""
+        report = progress or (lambda part, status: None)
+        report("runtime", "loading the model's config and tokenizer")
         resolved = resolve_model(options.model)
         tokenizer = resolved.tokenizer()
         spec = _model_spec(options.model, resolved.hf_config)
@@ -94,7 +100,9 @@ class ServingRuntime:
         capacity = capacity_model(cluster, spec)
         plan = _plan(options, cluster, spec, capacity)
         factors, timers = _emulation(options, cluster, capacity, plan)
+        report("runtime", "starting Ray")
         start_ray(options.ray_address)
+        report("runtime", f"starting {len(plan.placement)} workers")
         specs = [
             WorkerSpec(
                 name,
@@ -114,7 +122,7 @@ class ServingRuntime:
             )
             for name, r in plan.placement.items()
         ]
-        deployment = Deployment(specs)
+        deployment = Deployment(specs, progress)
         topology = with_real_kv(
             Topology.build(cluster, spec, plan.placement, capacity, partial_overlap=False),
             deployment.info,
@@ -128,7 +136,9 @@ class ServingRuntime:
             scheduler, deployment.addresses, CoordinatorConfig(max_len, eos, options.max_waiting)
         )
         coordinator.start()
+        report("runtime", "wiring workers to the coordinator")
         deployment.start(coordinator.address)
+        report("runtime", "ready")
         health = HealthMonitor(deployment, coordinator.worker_gone)
         health.start()
         return cls(

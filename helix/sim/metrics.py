@@ -6,7 +6,11 @@ Every request iteration that returns to the coordinator is recorded with its ret
 - decode latency (TPOT): one decode iteration's round trip through the pipeline.
 Only iterations returning inside the window count (Helix's rule, serving.md §4.8). Throughput: decode
 tokens/s = decode returns in the window / window length; total tokens/s adds the prompt tokens of prompts
-returning in the window; efficiency = total tokens/s ÷ the plan's max flow.
+returning in the window. The plan's max flow counts tokens of the capacity model's typical request mix (I
+prompt + O output tokens, `helix.perf.base`), prompt and decode tokens alike, so it is not a bound on total
+tokens/s of another mix (a prompt-heavy window exceeds it: prompt tokens run in large, fast batches). What
+it bounds is requests: F / (I + O) per second, hence decode tokens/s ≤ F · O / (I + O) =
+``decode_bound_tokens_per_s``; ``decode_efficiency`` = decode tokens/s ÷ that bound.
 The timeline holds, per sample interval, each node's busy fraction and real KV occupancy, the number of
 requests in flight and the admission-queue length.
 """
@@ -18,6 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from helix.perf.base import AVG_OUTPUT_TOKENS, AVG_PROMPT_TOKENS
 
 PERCENTILES = (50, 95, 99)
 
@@ -67,6 +73,7 @@ def summarize(
     decode_tps = float(d_in.sum()) / length
     prompt_tps = float(np.frombuffer(rec.prompt_tokens, dtype=float)[p_in].sum()) / length
     total = decode_tps + prompt_tps
+    decode_bound = max_flow_tokens_per_s * AVG_OUTPUT_TOKENS / (AVG_PROMPT_TOKENS + AVG_OUTPUT_TOKENS)
     times = np.asarray(rec.timeline_s)
     t_in = (times > lo) & (times <= hi)
     busy = np.asarray(rec.node_busy).reshape(len(times), -1) if len(times) else np.zeros((0, len(node_names)))
@@ -86,7 +93,8 @@ def summarize(
         "prompt_tokens_per_s": prompt_tps,
         "total_tokens_per_s": total,
         "max_flow_tokens_per_s": max_flow_tokens_per_s,
-        "efficiency": total / max_flow_tokens_per_s if max_flow_tokens_per_s > 0 else None,
+        "decode_bound_tokens_per_s": decode_bound,
+        "decode_efficiency": decode_tps / decode_bound if decode_bound > 0 else None,
         "prompts_in_window": int(p_in.sum()),
         "decodes_in_window": int(d_in.sum()),
         "prompt_latency_s": latency_stats(np.frombuffer(rec.prompt_latency_s, dtype=float)[p_in]),

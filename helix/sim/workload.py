@@ -2,8 +2,8 @@
 
 Lengths come from a CSV of pairs — ``input_tokens,output_tokens`` (Helix's length files) or an Azure
 trace ``TIMESTAMP,ContextTokens,GeneratedTokens`` — sampled uniformly with pairs kept together (serving.md
-§3.2). Named datasets (``azure_conversation``, ``azure_code``, ``alpaca``, ``sharegpt``) resolve to the
-reference traces directory.
+§3.2); a ``.csv.gz`` file is read the same way. Named datasets (``azure_conversation``, ``azure_code``,
+``alpaca``, ``sharegpt``) resolve to the reference traces (the two Azure ones are bundled in the package).
 
 Arrivals (online mode), all over [0, duration_s):
 - Poisson at `rate_per_s`: exponential gaps;
@@ -16,6 +16,7 @@ Arrivals (online mode), all over [0, duration_s):
 from __future__ import annotations
 
 import csv
+import io
 import math
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from helix.errors import HelixInputError
-from helix.reference import reference_dir
+from helix.reference import reference_file
+from helix.specs.limits import MAX_TRACE_FILE_BYTES, read_input_text, short_repr
 
 DATASETS = ("azure_conversation", "azure_code", "alpaca", "sharegpt")
 BUCKET_S = 3.0
@@ -46,15 +48,26 @@ class Lengths:
 
 def _parse_time(text: str) -> float:
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         return datetime.fromisoformat(text.strip()[:26]).timestamp()
+    if not math.isfinite(value):
+        raise ValueError(text)
+    return value
+
+
+def _token_count(text: str) -> int:
+    """A whole token count (``12`` or ``12.0``; ``inf``, ``nan`` and ``2.7`` are errors)."""
+    value = float(text)
+    if not math.isfinite(value) or value != int(value):
+        raise ValueError(text)
+    return int(value)
 
 
 def _dataset_path(name: str) -> Path:
     key = name.replace("-", "_")
     key = {"azure_conv": "azure_conversation", "conversation": "azure_conversation"}.get(key, key)
-    return reference_dir() / "traces" / f"lengths_{key}.csv"
+    return reference_file("traces", f"lengths_{key}.csv")
 
 
 def load_lengths(name_or_path: str | Path) -> Lengths:
@@ -63,16 +76,19 @@ def load_lengths(name_or_path: str | Path) -> Lengths:
     if not path.exists() and str(name_or_path).replace("-", "_") in (*DATASETS, "azure_conv"):
         path = _dataset_path(str(name_or_path))
     where = str(path)
-    try:
-        with path.open(newline="") as handle:
-            rows = list(csv.reader(handle))
-    except OSError as exc:
+    if not path.exists():
         raise HelixInputError(
-            f"cannot read the workload ({exc.strerror})",
+            "no such file, and not a bundled dataset",
             where=where,
-            field="workload",
-            fix=f"give a CSV path or one of {list(DATASETS)}",
-        ) from None
+            field="--workload",
+            fix=f"give a CSV path or one of {list(DATASETS)} (alpaca and sharegpt are not bundled: set "
+            "$HELIX_REFERENCE_DIR to a full copy of Helix's reference data)",
+        )
+    text = read_input_text(path, what="workload CSV", field="--workload", max_bytes=MAX_TRACE_FILE_BYTES)
+    try:
+        rows = list(csv.reader(io.StringIO(text, newline="")))
+    except csv.Error as exc:
+        raise HelixInputError(f"invalid CSV ({exc})", where=where, field="--workload") from None
     if not rows:
         raise HelixInputError("the file is empty", where=where, field="workload")
     header = [h.strip() for h in rows[0]]
@@ -95,14 +111,14 @@ def load_lengths(name_or_path: str | Path) -> Lengths:
         if not row:
             continue
         try:
-            p, o = int(float(row[cols[0]])), int(float(row[cols[1]]))
+            p, o = _token_count(row[cols[0]]), _token_count(row[cols[1]])
             t = _parse_time(row[time_col]) if time_col is not None else 0.0
-        except (ValueError, IndexError):
+        except (ValueError, IndexError, OverflowError):
             raise HelixInputError(
                 "missing or non-numeric field",
                 where=f"{where}:{line}",
-                field=str(row),
-                fix="every row needs non-negative token counts (and a timestamp)",
+                field=short_repr(row),
+                fix="every row needs whole, non-negative token counts (and a timestamp)",
             ) from None
         if p <= 0 or o < 0:
             raise HelixInputError(
@@ -154,16 +170,21 @@ def load_bucket_counts(name_or_path: str | Path) -> np.ndarray:
     """Per-3-second request counts (``bucket_start_s,requests``), e.g. ``azure_conversation``."""
     path = Path(name_or_path)
     if not path.exists():
-        path = reference_dir() / "traces" / f"arrivals_{str(name_or_path).replace('-', '_')}_per3s.csv"
+        path = reference_file("traces", f"arrivals_{str(name_or_path).replace('-', '_')}_per3s.csv")
+    text = read_input_text(path, what="arrival-bucket CSV", field="--buckets", max_bytes=MAX_TRACE_FILE_BYTES)
     try:
-        data = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
-    except (OSError, ValueError) as exc:
+        data = np.loadtxt(io.StringIO(text), delimiter=",", skiprows=1, ndmin=2)
+        if data.shape[1] < 2 or not np.isfinite(data).all():
+            raise ValueError("needs two finite numeric columns")
+    except ValueError as exc:
         raise HelixInputError(
             f"cannot read arrival buckets ({exc})",
             where=str(path),
-            field="arrivals",
-            fix="give `azure_conversation`, `azure_code` or a bucket CSV",
+            field="--buckets",
+            fix="give `azure_conversation`, `azure_code` or a CSV of `bucket_start_s,requests` rows",
         ) from None
+    if data.shape[0] == 0:
+        raise HelixInputError("no buckets in the file", where=str(path), field="--buckets")
     counts = data[:, 1]
     if (counts < 0).any() or counts.sum() <= 0:
         raise HelixInputError(

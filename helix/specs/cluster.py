@@ -7,6 +7,8 @@ region defaults into a full mesh, then applies per-link overrides.
 
 from __future__ import annotations
 
+import math
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -15,6 +17,11 @@ from helix.errors import HelixInputError
 from helix.specs.gpu import GPUSpec
 
 COORDINATOR = "coordinator"
+
+
+def natural_sort_key(name: str) -> tuple:
+    """Sort key putting ``n2`` before ``n10`` (digit runs compare as numbers)."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +121,7 @@ def validate_cluster(cluster: ClusterSpec, where: str = "") -> None:
                 fix="give every node a unique name",
             )
         seen.add(node.name)
-        if not node.nic_bytes_per_s > 0:
+        if not (node.nic_bytes_per_s > 0 and math.isfinite(node.nic_bytes_per_s)):
             raise HelixInputError("NIC speed must be > 0", where=where, field=f"nodes[{i}].nic_gbps")
     for i, link in enumerate(cluster.links):
         for end in (link.src, link.dst):
@@ -127,9 +134,11 @@ def validate_cluster(cluster: ClusterSpec, where: str = "") -> None:
                 )
         if link.src == link.dst:
             raise HelixInputError("a link from a node to itself", where=where, field=f"links[{i}]")
-        if not link.bandwidth_bytes_per_s > 0 or link.latency_s < 0:
+        ok = link.bandwidth_bytes_per_s > 0 and link.latency_s >= 0
+        if not (ok and math.isfinite(link.bandwidth_bytes_per_s) and math.isfinite(link.latency_s)):
             raise HelixInputError(
-                "bandwidth must be > 0 and latency >= 0",
+                f"bandwidth must be finite and > 0 and latency finite and >= 0, got "
+                f"{link.bandwidth_bytes_per_s:g} bytes/s and {link.latency_s:g} s",
                 where=where,
                 field=f"links[{i}]",
                 fix="use positive numbers",

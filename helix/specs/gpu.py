@@ -9,6 +9,7 @@ typical cloud instance's network bandwidth.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import yaml
 
 from helix.errors import HelixInputError
+from helix.specs.limits import finite_number, whole_number
 from helix.specs.units import GB, gbps_to_bytes_per_s
 
 
@@ -43,9 +45,10 @@ class GPUSpec:
 
     def __post_init__(self) -> None:
         for field in ("vram_bytes", "peak_tflops", "hbm_gbytes_per_s", "nic_gbps"):
-            if not getattr(self, field) > 0:
+            value = getattr(self, field)
+            if not (value > 0 and math.isfinite(value)):
                 raise HelixInputError(
-                    f"must be > 0, got {getattr(self, field)!r}", field=f"gpu_types.{self.name}.{field}"
+                    f"must be a finite number > 0, got {value!r}", field=f"gpu_types.{self.name}.{field}"
                 )
         if self.num_gpus < 1:
             raise HelixInputError("must be >= 1", field=f"gpu_types.{self.name}.num_gpus")
@@ -171,15 +174,23 @@ def parse_gpu_types(raw: Any, *, where: str) -> list[GPUSpec]:
                 raise HelixInputError(
                     "is missing", where=where, field=f"{field}.{required}", fix=f"add {required}: <number>"
                 )
+        aliases = fields.get("aliases", [])
+        if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
+            raise HelixInputError("must be a list of names", where=where, field=f"{field}.aliases")
+        number = {
+            key: finite_number(fields[key], where=where, field=f"{field}.{key}")
+            for key in ("vram_gb", "peak_tflops", "hbm_gbytes_per_s", "nic_gbps")
+            if key in fields
+        }
         try:
             spec = GPUSpec(
                 name=str(name),
-                vram_bytes=float(fields["vram_gb"]) * GB,
-                peak_tflops=float(fields["peak_tflops"]),
-                hbm_gbytes_per_s=float(fields["hbm_gbytes_per_s"]),
-                nic_gbps=float(fields.get("nic_gbps", 10.0)),
-                num_gpus=int(fields.get("num_gpus", 1)),
-                aliases=tuple(fields.get("aliases", ())),
+                vram_bytes=number["vram_gb"] * GB,
+                peak_tflops=number["peak_tflops"],
+                hbm_gbytes_per_s=number["hbm_gbytes_per_s"],
+                nic_gbps=number.get("nic_gbps", 10.0),
+                num_gpus=whole_number(fields.get("num_gpus", 1), where=where, field=f"{field}.num_gpus"),
+                aliases=tuple(aliases),
             )
         except HelixInputError as exc:
             raise exc.located(where) from None

@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import ast
 import configparser
+import math
 import operator
 from pathlib import Path
 
 from helix.errors import HelixInputError
 from helix.specs.cluster import COORDINATOR, ClusterSpec, LinkSpec, NodeSpec
 from helix.specs.gpu import GPUCatalog, default_catalog
+from helix.specs.limits import MAX_CONFIG_FILE_BYTES, check_node_count, read_input_text, short_repr
 from helix.specs.placement import LayerRange, Placement
 from helix.specs.units import HELIX_INI_NAMES
 
+MAX_EXPRESSION_CHARS = 200
 _OPS = {ast.Mult: operator.mul, ast.Div: operator.truediv, ast.Add: operator.add, ast.Sub: operator.sub}
 
 
@@ -41,15 +44,20 @@ def eval_unit_expr(text: str, *, where: str, field: str) -> float:
             return -walk(node.operand)
         raise ValueError(ast.dump(node))
 
-    try:
-        return walk(ast.parse(text.strip(), mode="eval"))
-    except (SyntaxError, ValueError):
+    fix = "write a number times a unit, e.g. `1000 * mbps`"
+    if len(text) > MAX_EXPRESSION_CHARS:
         raise HelixInputError(
-            f"cannot read value {text!r}",
-            where=where,
-            field=field,
-            fix="write a number times a unit, e.g. `1000 * mbps`",
-        ) from None
+            f"value is longer than {MAX_EXPRESSION_CHARS} characters", where=where, field=field, fix=fix
+        )
+    try:
+        value = walk(ast.parse(text.strip(), mode="eval"))
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        raise HelixInputError(f"cannot read value {text!r}", where=where, field=field, fix=fix) from None
+    except ZeroDivisionError:
+        raise HelixInputError(f"division by zero in {text!r}", where=where, field=field, fix=fix) from None
+    if not math.isfinite(value):
+        raise HelixInputError(f"value {text!r} is not finite", where=where, field=field, fix=fix)
+    return value
 
 
 def node_name(index: int) -> str:
@@ -57,20 +65,36 @@ def node_name(index: int) -> str:
     return f"n{index}"
 
 
-def _end(token: str) -> str:
-    return COORDINATOR if token in ("source", "sink") else node_name(int(token))
+def _end(token: str, num_nodes: int, where: str, section: str) -> str:
+    if token in ("source", "sink"):
+        return COORDINATOR
+    if not token.isdigit() or int(token) >= num_nodes:
+        raise HelixInputError(
+            f"link end {token!r} is not a node of this file",
+            where=where,
+            field=section,
+            fix=f"name links `Link-<i>-<j>` with 0 <= i, j < {num_nodes}, `source` or `sink`",
+        )
+    return node_name(int(token))
+
+
+def _value(parser: configparser.ConfigParser, section: str, key: str, where: str) -> str:
+    if key not in parser[section]:
+        raise HelixInputError("is missing", where=where, field=f"{section}.{key}", fix=f"add `{key} = ...`")
+    return parser[section][key]
 
 
 def _read_ini(path: Path) -> configparser.ConfigParser:
-    parser = configparser.ConfigParser()
+    parser = configparser.ConfigParser(interpolation=None)
     parser.optionxform = str  # keep key case
+    text = read_input_text(path, what="INI file", max_bytes=MAX_CONFIG_FILE_BYTES)
     try:
-        with path.open() as handle:
-            parser.read_file(handle)
-    except OSError as exc:
-        raise HelixInputError(f"cannot read the file ({exc.strerror})", where=str(path)) from None
+        parser.read_string(text, source=str(path))
     except configparser.Error as exc:
-        raise HelixInputError(f"invalid INI ({exc.message})", where=str(path)) from None
+        message = " ".join(str(getattr(exc, "message", exc)).split())
+        raise HelixInputError(
+            f"invalid INI ({message[:300]})", where=str(path), fix="fix the INI syntax"
+        ) from None
     return parser
 
 
@@ -83,8 +107,12 @@ def _nic_by_type(machine_profiles: Path | None, bits_to_bytes: float) -> dict[st
         if section in ("SourceNode", "SinkNode"):
             continue
         where = str(machine_profiles)
-        inbound = eval_unit_expr(parser[section]["inbound_nic_speed"], where=where, field=section)
-        outbound = eval_unit_expr(parser[section]["outbound_nic_speed"], where=where, field=section)
+        inbound = eval_unit_expr(
+            _value(parser, section, "inbound_nic_speed", where), where=where, field=section
+        )
+        outbound = eval_unit_expr(
+            _value(parser, section, "outbound_nic_speed", where), where=where, field=section
+        )
         nics[section] = min(inbound, outbound) * bits_to_bytes
     return nics
 
@@ -109,13 +137,22 @@ def load_helix_ini(
         raise HelixInputError(
             "missing section [NodeNames]", where=where, field="NodeNames", fix="is this a Helix cluster file?"
         )
-    num_nodes = int(parser["NodeNames"]["total_compute_nodes"])
+    raw_count = _value(parser, "NodeNames", "total_compute_nodes", where)
+    if not raw_count.strip().isdigit():
+        raise HelixInputError(
+            f"must be a whole number, got {raw_count!r}",
+            where=where,
+            field="NodeNames.total_compute_nodes",
+            fix="write the number of [ComputeNode-i] sections",
+        )
+    num_nodes = int(raw_count)
+    check_node_count(num_nodes, where=where, field="NodeNames.total_compute_nodes")
     nodes = []
     for i in range(num_nodes):
         section = f"ComputeNode-{i}"
         if not parser.has_section(section):
             raise HelixInputError("missing section", where=where, field=section)
-        gpu_name = parser[section]["type"].strip().strip("'\"")
+        gpu_name = _value(parser, section, "type", where).strip().strip("'\"")
         gpu = catalog.get(gpu_name, where=where, field=f"{section}.type")
         nic = nics.get(gpu_name, gpu.nic_bytes_per_s)
         nodes.append(NodeSpec(name=node_name(i), gpu=gpu, region="default", nic_bytes_per_s=nic))
@@ -123,10 +160,18 @@ def load_helix_ini(
     for section in parser.sections():
         if not section.startswith("Link-"):
             continue
-        a, b = section[len("Link-") :].split("-")
-        bandwidth = eval_unit_expr(parser[section]["bandwidth"], where=where, field=f"{section}.bandwidth")
-        latency = eval_unit_expr(parser[section]["latency"], where=where, field=f"{section}.latency")
-        src, dst = _end(a), _end(b)
+        ends = section[len("Link-") :].split("-")
+        if len(ends) != 2:
+            raise HelixInputError(
+                "a link section must name two ends", where=where, field=section, fix="name it `Link-<i>-<j>`"
+            )
+        bandwidth = eval_unit_expr(
+            _value(parser, section, "bandwidth", where), where=where, field=f"{section}.bandwidth"
+        )
+        latency = eval_unit_expr(
+            _value(parser, section, "latency", where), where=where, field=f"{section}.latency"
+        )
+        src, dst = (_end(e, num_nodes, where, section) for e in ends)
         links.append(LinkSpec(src, dst, bandwidth * bits_to_bytes, latency))
         if COORDINATOR not in (src, dst):
             links.append(LinkSpec(dst, src, bandwidth * bits_to_bytes, latency))
@@ -149,17 +194,34 @@ def load_helix_placement(path: str | Path) -> Placement:
     parser = _read_ini(path)
     if not parser.has_section("Solution"):
         raise HelixInputError("missing section [Solution]", where=str(path), fix="is this a Helix placement?")
-    offset = int(parser["Settings"]["offset"]) if parser.has_section("Settings") else 2
+    offset_text = parser["Settings"].get("offset", "2") if parser.has_section("Settings") else "2"
+    if not offset_text.strip().isdigit():
+        raise HelixInputError(
+            f"must be a whole number, got {offset_text!r}", where=str(path), field="Settings.offset"
+        )
+    offset = int(offset_text)
+    check_node_count(len(parser["Solution"]), where=str(path), field="Solution")
     ranges = {}
     for key, value in parser["Solution"].items():
         field = f"Solution.{key}"
+        fix = "write `compute_node_<i>=[first, ..., last]` with contiguous whole layer ids"
         try:
+            if len(value) > MAX_EXPRESSION_CHARS * 10:
+                raise ValueError(value)
             layers = ast.literal_eval(value.strip())
             index = int(key.rsplit("_", 1)[1]) - offset
-        except (ValueError, SyntaxError, IndexError):
-            raise HelixInputError(f"cannot read {value!r}", where=str(path), field=field) from None
+            if not isinstance(layers, (list, tuple)) or not all(type(v) is int and v >= 0 for v in layers):
+                raise ValueError(value)
+        except (ValueError, SyntaxError, IndexError, TypeError, RecursionError, MemoryError):
+            raise HelixInputError(
+                f"cannot read {short_repr(value)}", where=str(path), field=field, fix=fix
+            ) from None
         if not layers:
             continue
+        if index < 0:
+            raise HelixInputError(f"node index {index} is negative", where=str(path), field=field, fix=fix)
+        if node_name(index) in ranges:
+            raise HelixInputError("the node is listed twice", where=str(path), field=field, fix=fix)
         if list(layers) != list(range(layers[0], layers[-1] + 1)):
             raise HelixInputError("layers must be a contiguous ascending range", where=str(path), field=field)
         ranges[node_name(index)] = LayerRange(layers[0], layers[-1] + 1)

@@ -149,3 +149,22 @@ def test_default_milp_and_throughput_objective(tmp_path):
     assert json.loads(out.stdout)["max_flow_tokens_per_s"] <= default["max_flow_tokens_per_s"] + 1e-6
     out = helix("plan", "-c", "demo", "-m", "smollm2-135m", "--objective", "nope")
     assert out.returncode == 2 and "objective" in out.stderr
+
+
+def test_bundled_names_work_from_any_folder_and_bounds_agree(tmp_path):
+    """The README's Helix quickstart, run outside the repository: bundled cluster and profiles, the published
+    757.853 tokens/s, and `evaluate` reporting the same bound as `plan` (the tightest one known)."""
+    out = helix(
+        "plan", "-c", "single24", "-m", "llama-2-70b", "--profiles", "helix", "--method", "swarm",
+        "-o", "swarm.json", "-q", cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    ev = helix("evaluate", "swarm.json", "--json", cwd=tmp_path)
+    assert ev.returncode == 0, ev.stderr
+    report = json.loads(ev.stdout)
+    assert report["max_flow_tokens_per_s"] == pytest.approx(757.853, abs=1e-3)
+    assert report["upper_bound_tokens_per_s"] == pytest.approx(
+        min(summary["upper_bound_tokens_per_s"], report["compute_upper_bound_tokens_per_s"]), rel=1e-6
+    )
+    assert report["gap"] == pytest.approx(1 - 757.853 / report["upper_bound_tokens_per_s"], abs=1e-5)

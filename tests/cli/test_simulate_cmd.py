@@ -3,13 +3,11 @@ import json
 import pytest
 
 from helix.cli.main import main
-from helix.reference import reference_available, reference_dir
-
-pytestmark = pytest.mark.skipif(not reference_available(), reason="Helix reference data not available")
+from helix.reference import BUNDLED_REFERENCE_DIR
 
 
 def _args(tmp_path, *extra):
-    ref = reference_dir()
+    ref = BUNDLED_REFERENCE_DIR
     return [
         "simulate",
         "--cluster",
@@ -30,7 +28,13 @@ def _args(tmp_path, *extra):
 def test_simulate_writes_json_and_plots(tmp_path):
     main(_args(tmp_path, "--duration", "20", "--warmup", "5"))
     result = json.loads((tmp_path / "out" / "result.json").read_text())
-    assert result["summary"]["decode_tokens_per_s"] > 0
+    summary = result["summary"]
+    assert summary["decode_tokens_per_s"] > 0
+    # the max flow counts tokens of the typical 750 + 240 request: it bounds decode tokens at 240 / 990 of it
+    assert summary["decode_bound_tokens_per_s"] == pytest.approx(summary["max_flow_tokens_per_s"] * 240 / 990)
+    assert summary["decode_efficiency"] == pytest.approx(
+        summary["decode_tokens_per_s"] / summary["decode_bound_tokens_per_s"]
+    )
     assert {p.name for p in (tmp_path / "out").glob("*.png")} == {
         "throughput.png",
         "latency_cdf.png",
