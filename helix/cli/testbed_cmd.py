@@ -108,9 +108,7 @@ def up(
         bed.down()
         raise
     for host in bed.hosts:
-        typer.echo(
-            f"{host.name}\t{bed.address(host.name)}\t{bed.namespace(host.name)}\tregion {host.region}"
-        )
+        typer.echo(f"{host.name}\t{bed.address(host.name)}\t{bed.namespace(host.name)}\tregion {host.region}")
     if ray_head is not None:
         typer.echo(f"Ray head at {record['env']['HELIX_RAY_ADDRESS']} (token auth; see {state / 'env.sh'})")
 
