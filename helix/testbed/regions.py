@@ -56,3 +56,27 @@ def region_testbed(
 
 def _region(cluster: ClusterSpec, end: str) -> str:
     return cluster.coordinator_region if end == COORDINATOR else cluster.node(end).region
+
+
+def node_testbed(
+    cluster: ClusterSpec, prefix: str, *, nodes: list[str] | None = None, coordinator_host: str = "co"
+) -> tuple[TestBed, RegionLayout]:
+    """A test bed with one host per plan node (``h0``, ``h1``, ...) plus the coordinator's host; traffic
+    between hosts of different regions is limited to the spec's link bandwidth for that node pair, as
+    the simulator models it (one shaped class per destination host on each host's egress)."""
+    used = [n.name for n in cluster.nodes if nodes is None or n.name in nodes]
+    host_of_node = {node: f"h{i}" for i, node in enumerate(used)}
+    hosts = (HostSpec(coordinator_host, coordinator_host), *(HostSpec(h, h) for h in host_of_node.values()))
+    end_of_host = {coordinator_host: COORDINATOR, **{h: n for n, h in host_of_node.items()}}
+    rates: dict[tuple[str, str], float] = {}
+    for a, src in end_of_host.items():
+        for b, dst in end_of_host.items():
+            link = cluster.link(src, dst) if a != b else None
+            if link is not None and _region(cluster, src) != _region(cluster, dst):
+                rates[(a, b)] = link.bandwidth_bytes_per_s * 8 / 1e6
+    bed = TestBed(prefix, hosts, rates)
+    resources = {coordinator_host: {}, **{h: {f"helix_node_{n}": 1.0} for n, h in host_of_node.items()}}
+    region_hosts: dict[str, str] = {}
+    for node, host in host_of_node.items():
+        region_hosts.setdefault(cluster.node(node).region, host)
+    return bed, RegionLayout(region_hosts, host_of_node, coordinator_host, resources)

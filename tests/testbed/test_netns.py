@@ -116,3 +116,21 @@ def test_region_testbed_maps_regions_and_bandwidth():
         "r1": {"helix_node_w0": 1.0},
     }
     assert layout.coordinator_host == "r0"
+
+
+def test_node_testbed_shapes_each_cross_region_pair():
+    from helix.testbed.regions import node_testbed
+
+    gpu = default_catalog().get("T4")
+    nodes = (NodeSpec("e0", gpu, "east", 1e9), NodeSpec("w0", gpu, "west", 1e9))
+    region = {COORDINATOR: "east", "e0": "east", "w0": "west"}
+    links = tuple(
+        LinkSpec(a, b, 1.25e9 if region[a] == region[b] else 500_000.0, 0.0)
+        for a in region
+        for b in region
+        if a != b
+    )
+    bed, layout = node_testbed(ClusterSpec("geo", nodes, links, coordinator_region="east"), "hxn")
+    assert [h.name for h in bed.hosts] == ["co", "h0", "h1"]
+    assert bed.rates_mbit == {("co", "h1"): 4.0, ("h0", "h1"): 4.0, ("h1", "co"): 4.0, ("h1", "h0"): 4.0}
+    assert layout.resources == {"co": {}, "h0": {"helix_node_e0": 1.0}, "h1": {"helix_node_w0": 1.0}}
