@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -137,6 +138,7 @@ def deployment(tmp_path_factory):
     finally:
         bed.down()
         leftovers = bed.existing_namespaces(), bed.processes()
+        shutil.rmtree(state, ignore_errors=True)
         assert leftovers == ([], []), f"test bed left {leftovers}"
 
 
