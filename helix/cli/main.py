@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "helix.cli.profile_cmd",
     "helix.cli.serve_cmd",
     "helix.cli.bench_cmd",
+    "helix.cli.testbed_cmd",
 )
 
 USAGE_EXIT_CODE = 2

@@ -5,6 +5,12 @@ resource ``helix_node_n3`` (``ray start --address HEAD:6379 --resources '{"helix
 the worker for ``n3`` requires one unit of it, so Ray puts it there. Without an address a local Ray
 starts and every worker runs on this machine (CPU, or a named CUDA device).
 
+Security: the deployment's CURVE keys (`helix.runtime.keys`) reach the actors as constructor arguments,
+through Ray; so Ray's own authentication guards them. Joining a cluster leaves Ray's authentication as
+the cluster has it (set ``RAY_AUTH_MODE=token`` and ``RAY_AUTH_TOKEN`` where you run ``ray start`` and
+``helix serve``); a local Ray started here uses token authentication with a fresh random token, held
+only in this process's environment (inherited by the Ray processes it starts).
+
 Actors reserve ``num_cpus=0`` (they would never start beyond a small local `ray.init(num_cpus=...)`);
 a worker pinned to ``cuda:<i>`` sets ``CUDA_VISIBLE_DEVICES=<i>`` itself before touching CUDA.
 Health: `Deployment.check()` asks every actor for its stats with a timeout; an actor that died (Ray
@@ -15,6 +21,7 @@ is counted in `unresponsive`, not declared dead.
 from __future__ import annotations
 
 import os
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -23,6 +30,7 @@ from typing import Any
 
 from helix.runtime.actor import WorkerActor
 from helix.runtime.emulation import StepTimer
+from helix.runtime.keys import WireKeys
 from helix.runtime.stage_backend import StageConfig, pin_device
 
 NODE_RESOURCE_PREFIX = "helix_node_"
@@ -41,16 +49,32 @@ class WorkerSpec:
 
 
 def start_ray(address: str | None, *, num_cpus: int = 2) -> None:
-    """Join `address` (``auto`` or ``host:port``), or start a small local Ray."""
+    """Join `address` (``auto`` or ``host:port``) with the cluster's own authentication, or start a small
+    local Ray with token authentication (a random token unless ``RAY_AUTH_TOKEN`` is set)."""
     import ray
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if ray.is_initialized():
         return
     if address:
         ray.init(address=address, logging_level="ERROR", log_to_driver=False)
-    else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        return
+    if "RAY_AUTH_MODE" not in os.environ:
+        _enable_local_token_auth()
+    ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+
+
+def _enable_local_token_auth() -> None:
+    """Token authentication for the local Ray about to start, with a random token kept in the environment
+    (never written to ``~/.ray``, which other Ray users of this machine share)."""
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    try:  # Ray reads its configuration once, when it is imported: make it read the environment again
+        from ray._raylet import AuthenticationTokenLoader, Config
+
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
+    except (ImportError, AttributeError):  # other Ray versions read the environment at ray.init
+        pass
 
 
 def node_resource(name: str) -> str:
@@ -60,7 +84,12 @@ def node_resource(name: str) -> str:
 class Deployment:
     """The worker actors of a plan: creation, wiring, health checks, shutdown."""
 
-    def __init__(self, specs: list[WorkerSpec], progress: Callable[[str, str], None] | None = None) -> None:
+    def __init__(
+        self,
+        specs: list[WorkerSpec],
+        keys: WireKeys | None = None,
+        progress: Callable[[str, str], None] | None = None,
+    ) -> None:
         """`progress(worker, status)` hears of each worker as it is created and as it becomes ready."""
         import ray
 
@@ -81,6 +110,7 @@ class Deployment:
                 spec.slowdown,
                 "" if spec.require_node_resource else "127.0.0.1",
                 spec.step_timer,
+                keys,
             )
             report(spec.name, f"loading layers [{spec.stage.start}, {spec.stage.end})")
         self.unresponsive: dict[str, int] = {}  # consecutive health checks without an answer
@@ -169,9 +199,10 @@ class _PinnedWorkerActor(WorkerActor):
         slowdown: float = 1.0,
         advertise_host: str = "",
         step_timer: StepTimer | None = None,
+        keys: WireKeys | None = None,
     ) -> None:
         stage = pin_device(stage)
-        super().__init__(name, stage, slowdown, advertise_host, step_timer)
+        super().__init__(name, stage, slowdown, advertise_host, step_timer, keys)
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float, poll_s: float = 0.05) -> bool:

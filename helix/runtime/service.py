@@ -6,6 +6,11 @@ plan (or plans on start with `helix.placement.plan`), builds the scheduler's `To
 range) with each node's KV capacity replaced by what its worker really
 allocated, starts one Ray actor per used node, wires their ZeroMQ sockets, and starts the coordinator
 and a health monitor that reports dead workers to it.
+
+Addressing: a local run (no `ray_address`) binds and advertises loopback only. Joining a cluster, each
+worker advertises its Ray node's IP and the coordinator advertises `advertise_host` (default: the Ray
+node IP of this process), binding all interfaces; every socket is CURVE-authenticated with keys made
+for this deployment (`helix.runtime.keys`).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from helix.placement.plan_io import Plan, check_plan_matches, load_plan
 from helix.runtime.coordinator import Coordinator, CoordinatorConfig
 from helix.runtime.deploy import Deployment, HealthMonitor, WorkerSpec, start_ray
 from helix.runtime.emulation import EMULATION_MODES, StepTimer, capacity_model, slowdowns, step_timers
+from helix.runtime.keys import WireKeys
 from helix.runtime.kv_capacity import with_real_kv
 from helix.runtime.stage_backend import StageConfig
 from helix.scheduling import KVParameters, Topology, create_scheduler
@@ -45,6 +51,7 @@ class ServeOptions:
     plan: str | None = None
     placement: Placement | None = None  # an explicit placement (the demo's) instead of a plan file
     ray_address: str | None = None
+    advertise_host: str | None = None  # address workers reach the coordinator at (default: Ray node IP)
     emulate: bool = True
     emulation: str = "relative"
     scheduler: str = "maxflow"
@@ -122,7 +129,8 @@ class ServingRuntime:
             )
             for name, r in plan.placement.items()
         ]
-        deployment = Deployment(specs, progress)
+        keys = WireKeys.generate()
+        deployment = Deployment(specs, keys, progress)
         topology = with_real_kv(
             Topology.build(cluster, spec, plan.placement, capacity, partial_overlap=False),
             deployment.info,
@@ -133,7 +141,11 @@ class ServingRuntime:
         eos = tuple(sorted({*resolved.config.eos_token_ids, *_tokenizer_eos(tokenizer)}))
         max_len = min(options.max_model_len, *(i["max_model_len"] for i in deployment.info.values()))
         coordinator = Coordinator(
-            scheduler, deployment.addresses, CoordinatorConfig(max_len, eos, options.max_waiting)
+            scheduler,
+            deployment.addresses,
+            CoordinatorConfig(max_len, eos, options.max_waiting),
+            _coordinator_host(options),
+            keys=keys,
         )
         coordinator.start()
         report("runtime", "wiring workers to the coordinator")
@@ -161,7 +173,19 @@ class ServingRuntime:
             "slowdown": self.slowdown,
             "max_flow_tokens_per_s": self.topology.max_flow_tokens_per_s,
             "scheduler": self.options.scheduler,
+            "addresses": {**self.deployment.addresses, "coordinator": self.coordinator.address},
         }
+
+
+def _coordinator_host(options: ServeOptions) -> str:
+    """Where workers send results: loopback for a local run, else the advertised or Ray node address."""
+    if options.ray_address is None:
+        return options.advertise_host or "127.0.0.1"
+    if options.advertise_host:
+        return options.advertise_host
+    import ray
+
+    return ray.util.get_node_ip_address()
 
 
 def _emulation(
