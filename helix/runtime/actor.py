@@ -62,7 +62,11 @@ class WorkerActor:
     def stats(self) -> dict[str, Any]:
         if not self.loop.is_alive():
             raise RuntimeError(f"worker {self.loop.worker.name}: its step loop stopped")
-        return asdict(self.loop.worker.stats)  # counters only: no lock, so a long step never delays it
+        stats = asdict(self.loop.worker.stats)  # counters only: no lock, so a long step never delays it
+        stats["pending_batches"] = self.loop.num_pending
+        stats["since_last_step_s"] = time.monotonic() - self.loop.last_step_s
+        stats["pid"] = os.getpid()
+        return stats
 
     def stop(self) -> bool:
         self.loop.stop()

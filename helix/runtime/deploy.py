@@ -7,9 +7,13 @@ starts and every worker runs on this machine (CPU, or a named CUDA device).
 
 Actors reserve ``num_cpus=0`` (they would never start beyond a small local `ray.init(num_cpus=...)`);
 a worker pinned to ``cuda:<i>`` sets ``CUDA_VISIBLE_DEVICES=<i>`` itself before touching CUDA.
-Health: `Deployment.check()` asks every actor for its stats with a timeout; an actor that died (Ray
-reports it) or whose step loop stopped is reported with the reason; one that is merely slow to answer
-is counted in `unresponsive`, not declared dead.
+Health: `HealthMonitor` keeps one heartbeat (a `stats` call) outstanding per actor. A worker is declared
+gone, with the reason, when Ray reports its actor dead, when its step loop stopped, when its heartbeat
+has gone unanswered for `liveness_timeout_s` (a hung or stopped process: well under the coordinator's
+stall timeout), or when it has had batches waiting without finishing a step for `step_timeout_s` (step
+progress: a step loop that hangs in a process that still answers). A worker answering again later
+stays gone (the coordinator has fenced it).
+`Deployment.check()` is a one-shot version with a timeout (slow answers are counted in `unresponsive`).
 """
 
 from __future__ import annotations
@@ -122,16 +126,25 @@ class Deployment:
 
 
 class HealthMonitor:
-    """Checks the deployment every `interval_s`; reports each newly gone worker once."""
+    """Watches the deployment (see the module docstring); reports each newly gone worker once."""
 
     def __init__(
-        self, deployment: Deployment, on_gone: Callable[[str, str], None], interval_s: float = 0.5
+        self,
+        deployment: Deployment,
+        on_gone: Callable[[str, str], None],
+        interval_s: float = 0.1,
+        liveness_timeout_s: float = 5.0,
+        step_timeout_s: float = 30.0,
     ) -> None:
         self.deployment = deployment
         self.on_gone = on_gone
         self.interval_s = interval_s
+        self.liveness_timeout_s = liveness_timeout_s
+        self.step_timeout_s = step_timeout_s
         self.gone: dict[str, str] = {}
+        self.gone_at_s: dict[str, float] = {}
         self.stats: dict[str, dict[str, Any]] = {}
+        self._outstanding: dict[str, tuple[Any, float]] = {}  # name → (heartbeat ref, sent at)
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="helix-health", daemon=True)
 
@@ -143,13 +156,50 @@ class HealthMonitor:
         self._thread.join(timeout=10)
 
     def _run(self) -> None:
-        while not self._stopped.wait(self.interval_s):
-            gone = self.deployment.check()
-            self.stats = dict(getattr(self.deployment, "last_stats", {}))
-            for name, reason in gone.items():
-                if name not in self.gone:
-                    self.gone[name] = reason
-                    self.on_gone(name, reason)
+        ray = self.deployment._ray
+        while not self._stopped.is_set():
+            now = time.monotonic()
+            for name, actor in list(self.deployment.actors.items()):
+                if name not in self.gone and name not in self._outstanding:
+                    self._outstanding[name] = (actor.stats.remote(), now)
+            refs = {ref: name for name, (ref, _) in self._outstanding.items()}
+            ready = []
+            if refs:
+                ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=self.interval_s)
+            for ref in ready:
+                name = refs[ref]
+                self._outstanding.pop(name)
+                try:
+                    stats = ray.get(ref)
+                except Exception as exc:  # RayActorError and friends: the actor died
+                    self._declare(name, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+                    continue
+                self.stats[name] = stats
+                idle_s = stats.get("since_last_step_s", 0.0)
+                if stats.get("pending_batches", 0) and idle_s > self.step_timeout_s:
+                    self._declare(
+                        name,
+                        f"no step for {idle_s:.1f} s with {stats['pending_batches']} batches waiting "
+                        f"(step timeout {self.step_timeout_s:g} s)",
+                    )
+            now = time.monotonic()
+            for name, (_, sent_s) in list(self._outstanding.items()):
+                if now - sent_s > self.liveness_timeout_s:
+                    self._outstanding.pop(name)
+                    self._declare(
+                        name,
+                        f"no heartbeat for {now - sent_s:.1f} s "
+                        f"(liveness timeout {self.liveness_timeout_s:g} s)",
+                    )
+            if not refs or len(ready) == len(refs):
+                self._stopped.wait(self.interval_s)
+
+    def _declare(self, name: str, reason: str) -> None:
+        if name in self.gone:
+            return
+        self.gone[name] = reason
+        self.gone_at_s[name] = time.time()
+        self.on_gone(name, reason)
 
 
 class _PinnedWorkerActor(WorkerActor):

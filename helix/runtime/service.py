@@ -5,7 +5,8 @@ plan (or plans on start with `helix.placement.plan`), builds the scheduler's `To
 (the same code the simulator uses; links chain ranges exactly, since a worker runs its whole
 range) with each node's KV capacity replaced by what its worker really
 allocated, starts one Ray actor per used node, wires their ZeroMQ sockets, and starts the coordinator
-and a health monitor that reports dead workers to it.
+and a health monitor that reports dead workers to it; the coordinator then re-routes around them on the
+topology the same `TopologySource` rebuilds on the survivors (`helix.scheduling.recovery`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from helix.runtime.deploy import Deployment, HealthMonitor, WorkerSpec, start_ra
 from helix.runtime.emulation import EMULATION_MODES, StepTimer, capacity_model, slowdowns, step_timers
 from helix.runtime.stage_backend import StageConfig
 from helix.scheduling import KVParameters, Topology, create_scheduler
+from helix.scheduling.recovery import TopologySource
 from helix.specs.cluster import ClusterSpec
 from helix.specs.loading import load_cluster
 from helix.specs.model import ModelSpec, load_model_spec, model_from_hf_config
@@ -53,6 +55,7 @@ class ServeOptions:
     kv_cache_bytes: int = 128 << 20
     max_model_len: int = 2048
     max_waiting: int = 64
+    liveness_timeout_s: float = 5.0  # a worker silent this long is declared gone and routed around
     threads_per_worker: int = 1
     seed: int = 0
     kv_params: KVParameters = KVParameters(expected_kv_hwm=0.9, expected_output_length_ratio=0.6)
@@ -114,21 +117,28 @@ class ServingRuntime:
             for name, r in plan.placement.items()
         ]
         deployment = Deployment(specs)
-        topology = _with_real_kv(
-            Topology.build(cluster, spec, plan.placement, capacity, partial_overlap=False),
-            deployment,
-        )
+        real_kv = {
+            name: info["kv_blocks"] * 16 * plan.placement[name].num_layers
+            for name, info in deployment.info.items()
+        }
+        source = TopologySource(cluster, spec, plan.placement, capacity, False, real_kv)
+        topology = source.surviving()
         scheduler = create_scheduler(
             options.scheduler, topology, options.kv_params, random.Random(options.seed)
         )
         eos = tuple(sorted({*resolved.config.eos_token_ids, *_tokenizer_eos(tokenizer)}))
         max_len = min(options.max_model_len, *(i["max_model_len"] for i in deployment.info.values()))
         coordinator = Coordinator(
-            scheduler, deployment.addresses, CoordinatorConfig(max_len, eos, options.max_waiting)
+            scheduler,
+            deployment.addresses,
+            CoordinatorConfig(max_len, eos, options.max_waiting),
+            topology_source=source,
         )
         coordinator.start()
         deployment.start(coordinator.address)
-        health = HealthMonitor(deployment, coordinator.worker_gone)
+        health = HealthMonitor(
+            deployment, coordinator.worker_gone, liveness_timeout_s=options.liveness_timeout_s
+        )
         health.start()
         return cls(
             options, resolved.name, tokenizer, plan, deployment, coordinator, health, topology, factors
@@ -203,16 +213,6 @@ def _plan(options: ServeOptions, cluster: ClusterSpec, spec: ModelSpec, capacity
         )
     check_plan_matches(plan, cluster, spec, where=options.plan or "plan")
     return plan
-
-
-def _with_real_kv(topology: Topology, deployment: Deployment) -> Topology:
-    """The topology with each node's KV capacity set to its worker's allocated blocks × 16 × layers."""
-    limits = {}
-    for name, limit in topology.limits.items():
-        blocks = deployment.info[name]["kv_blocks"]
-        real = blocks * 16 * topology.ranges[name].num_layers
-        limits[name] = dataclasses.replace(limit, kv_capacity_token_layers=real)
-    return dataclasses.replace(topology, limits=limits)
 
 
 def _tokenizer_eos(tokenizer: Any) -> list[int]:
