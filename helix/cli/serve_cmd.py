@@ -31,6 +31,9 @@ def serve(
     cluster: str = typer.Option(None, help="cluster .yaml/.ini or a bundled name (e.g. demo)"),
     plan: str = typer.Option(None, help="plan.json from `helix plan`; planned on start if omitted"),
     ray_address: str = typer.Option(None, help="join this Ray cluster (host:port or auto)"),
+    advertise_host: str = typer.Option(
+        None, help="address the workers reach this host at (default: this host's Ray node IP)"
+    ),
     host: str = typer.Option("127.0.0.1"),
     port: int = typer.Option(8000),
     api_key: str = typer.Option(None, envvar="HELIX_API_KEY", help="require Bearer KEY on /v1"),
@@ -66,6 +69,7 @@ def serve(
         plan=plan,
         placement=placement,
         ray_address=ray_address,
+        advertise_host=advertise_host,
         emulate=emulate,
         emulation=emulation,
         scheduler=scheduler,

@@ -40,13 +40,12 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import zmq
-
 from helix.engine.sampling_params import SamplingParams
 from helix.errors import HelixInputError
+from helix.runtime.keys import WireKeys
 from helix.runtime.messages import COORDINATOR_HOP, Control, HopBatch, ResultBatch, StageItem, TokenResult
 from helix.runtime.requests import ErrorEvent, EventSink, FinishEvent, RequestState, TokenEvent
-from helix.runtime.transport import Inbox, Outbox
+from helix.runtime.transport import Outbox, Wire, is_loopback
 from helix.scheduling import AdmissionQueue, Scheduler
 from helix.scheduling.admission import Waiting
 from helix.scheduling.preemption import AdmissionHold, requeue_front
@@ -85,15 +84,19 @@ class Coordinator:
         config: CoordinatorConfig,
         host: str = "127.0.0.1",
         *,
+        bind_host: str | None = None,
+        keys: WireKeys | None = None,
         topology_source: TopologySource | None = None,
     ) -> None:
+        """`host`: the address workers send results to (reachable from every worker's host);
+        `bind_host`: the address bound (default: `host` when loopback, else all interfaces)."""
         self.scheduler = scheduler
         self.topology_source = topology_source
         self.config = config
         self._admission = AdmissionQueue(scheduler)
         self._addresses = dict(worker_addresses)
-        self._context = zmq.Context.instance()
-        self.inbox = Inbox(self._context, host, "127.0.0.1" if host == "127.0.0.1" else "0.0.0.0")
+        self.wire = Wire(keys, "coordinator")
+        self.inbox = self.wire.inbox(host, bind_host or (host if is_loopback(host) else "0.0.0.0"))
         self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._requests: dict[int, RequestState] = {}
         self._ids = itertools.count(1)
@@ -130,7 +133,10 @@ class Coordinator:
 
     def close(self) -> None:
         self._stopped.set()
-        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        if not self._thread.is_alive():
+            self.wire.close()
 
     # ---- thread-safe API ----
     def submit(self, prompt_ids: list[int], params: SamplingParams, emit: EventSink) -> int:
@@ -195,7 +201,7 @@ class Coordinator:
 
     # ---- the loop (coordinator thread only) ----
     def _run(self) -> None:
-        outbox = Outbox(self._context)
+        outbox = self.wire.outbox()
         last_watchdog = time.monotonic()
         try:
             while not self._stopped.is_set():

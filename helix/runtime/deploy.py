@@ -5,6 +5,12 @@ resource ``helix_node_n3`` (``ray start --address HEAD:6379 --resources '{"helix
 the worker for ``n3`` requires one unit of it, so Ray puts it there. Without an address a local Ray
 starts and every worker runs on this machine (CPU, or a named CUDA device).
 
+Security: the deployment's CURVE keys (`helix.runtime.keys`) reach the actors as constructor arguments,
+through Ray; so Ray's own authentication guards them. Joining a cluster leaves Ray's authentication as
+the cluster has it (set ``RAY_AUTH_MODE=token`` and ``RAY_AUTH_TOKEN`` where you run ``ray start`` and
+``helix serve``); a local Ray started here uses token authentication with a fresh random token, held
+only in this process's environment (inherited by the Ray processes it starts).
+
 Actors reserve ``num_cpus=0`` (they would never start beyond a small local `ray.init(num_cpus=...)`);
 a worker pinned to ``cuda:<i>`` sets ``CUDA_VISIBLE_DEVICES=<i>`` itself before touching CUDA.
 Health: `HealthMonitor` keeps one heartbeat (a `stats` call) outstanding per actor. A worker is declared
@@ -19,6 +25,7 @@ stays gone (the coordinator has fenced it).
 from __future__ import annotations
 
 import os
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +34,7 @@ from typing import Any
 
 from helix.runtime.actor import WorkerActor
 from helix.runtime.emulation import StepTimer
+from helix.runtime.keys import WireKeys
 from helix.runtime.stage_backend import StageConfig
 
 NODE_RESOURCE_PREFIX = "helix_node_"
@@ -45,16 +53,32 @@ class WorkerSpec:
 
 
 def start_ray(address: str | None, *, num_cpus: int = 2) -> None:
-    """Join `address` (``auto`` or ``host:port``), or start a small local Ray."""
+    """Join `address` (``auto`` or ``host:port``) with the cluster's own authentication, or start a small
+    local Ray with token authentication (a random token unless ``RAY_AUTH_TOKEN`` is set)."""
     import ray
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if ray.is_initialized():
         return
     if address:
         ray.init(address=address, logging_level="ERROR", log_to_driver=False)
-    else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        return
+    if "RAY_AUTH_MODE" not in os.environ:
+        _enable_local_token_auth()
+    ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+
+
+def _enable_local_token_auth() -> None:
+    """Token authentication for the local Ray about to start, with a random token kept in the environment
+    (never written to ``~/.ray``, which other Ray users of this machine share)."""
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    try:  # Ray reads its configuration once, when it is imported: make it read the environment again
+        from ray._raylet import AuthenticationTokenLoader, Config
+
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
+    except (ImportError, AttributeError):  # other Ray versions read the environment at ray.init
+        pass
 
 
 def node_resource(name: str) -> str:
@@ -64,7 +88,7 @@ def node_resource(name: str) -> str:
 class Deployment:
     """The worker actors of a plan: creation, wiring, health checks, shutdown."""
 
-    def __init__(self, specs: list[WorkerSpec]) -> None:
+    def __init__(self, specs: list[WorkerSpec], keys: WireKeys | None = None) -> None:
         import ray
 
         self._ray = ray
@@ -83,6 +107,7 @@ class Deployment:
                 spec.slowdown,
                 "" if spec.require_node_resource else "127.0.0.1",
                 spec.step_timer,
+                keys,
             )
         self.unresponsive: dict[str, int] = {}  # consecutive health checks without an answer
         self.info = dict(
@@ -212,11 +237,12 @@ class _PinnedWorkerActor(WorkerActor):
         slowdown: float = 1.0,
         advertise_host: str = "",
         step_timer: StepTimer | None = None,
+        keys: WireKeys | None = None,
     ) -> None:
         if stage.device.startswith("cuda:"):
             os.environ["CUDA_VISIBLE_DEVICES"] = stage.device.split(":", 1)[1]
             stage = replace(stage, device="cuda:0")
-        super().__init__(name, stage, slowdown, advertise_host, step_timer)
+        super().__init__(name, stage, slowdown, advertise_host, step_timer, keys)
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float, poll_s: float = 0.05) -> bool:

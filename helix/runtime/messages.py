@@ -5,20 +5,21 @@ One `HopBatch` carries every request a sender forwards to one receiver after one
 order). The coordinator starts each iteration (prompt or one decode token) with the token ids for the
 first stage of the request's route; the last stage samples and returns a `TokenResult` per request.
 
-Encoding: pickle protocol 5 with tensors as numpy arrays (zero-copy out-of-band buffers), so a hop
-costs one `send_multipart` of a small header and one raw buffer.
+Encoding: `helix.runtime.wire` — a versioned msgpack header and one raw buffer per tensor, driven by
+these dataclasses' type hints (no pickle). A new message type is a dataclass of the field types the wire
+supports, added to `WIRE_MESSAGES`.
 """
 
 from __future__ import annotations
 
-import pickle
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 
 from helix.engine.sampling_params import SamplingParams
+from helix.runtime.wire import Codec
 
 COORDINATOR_HOP = "coordinator"
 
@@ -89,32 +90,17 @@ class ResultBatch:
     results: list[TokenResult]
 
 
+# Every type that may travel on a socket; a receiver drops frames of any other type.
+WIRE_MESSAGES: tuple[type, ...] = (HopBatch, ResultBatch, Control)
+
+CODEC = Codec(WIRE_MESSAGES)
+
+
 def encode(message: Any) -> list[Any]:
-    """Frames for `send_multipart`: pickled header plus out-of-band buffers (no copy of tensors)."""
-    buffers: list[pickle.PickleBuffer] = []
-    if isinstance(message, HopBatch) and message.hidden is not None:
-        hidden = message.hidden.detach()
-        if hidden.device.type != "cpu":
-            hidden = hidden.cpu()
-        message = HopBatch(message.items, _to_numpy(hidden), message.sent_at_s, message.sender)
-    header = pickle.dumps(message, protocol=5, buffer_callback=buffers.append)
-    return [header, *(b.raw() for b in buffers)]
+    """Frames for `send_multipart`: the header, then each tensor's raw buffer (see `helix.runtime.wire`)."""
+    return CODEC.encode(message)
 
 
-def decode(frames: list[Any]) -> Any:
-    """Inverse of `encode`; hidden states come back as a CPU tensor."""
-    message = pickle.loads(frames[0], buffers=frames[1:])
-    if isinstance(message, HopBatch) and isinstance(message.hidden, np.ndarray):
-        message.hidden = _from_numpy(message.hidden)
-    return message
-
-
-def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
-    if tensor.dtype == torch.bfloat16:  # numpy has no bfloat16: ship the bits
-        return tensor.contiguous().view(torch.int16).numpy()
-    return tensor.contiguous().numpy()
-
-
-def _from_numpy(array: np.ndarray) -> torch.Tensor:
-    tensor = torch.from_numpy(array.copy())  # received buffers are read-only
-    return tensor.view(torch.bfloat16) if array.dtype == np.int16 else tensor
+def decode(frames: Sequence[Any]) -> Any:
+    """Inverse of `encode`; tensors come back on the CPU. Raises `WireError` for a malformed message."""
+    return CODEC.decode(frames)

@@ -7,6 +7,11 @@ range) with each node's KV capacity replaced by what its worker really
 allocated, starts one Ray actor per used node, wires their ZeroMQ sockets, and starts the coordinator
 and a health monitor that reports dead workers to it; the coordinator then re-routes around them on the
 topology the same `TopologySource` rebuilds on the survivors (`helix.scheduling.recovery`).
+
+Addressing: a local run (no `ray_address`) binds and advertises loopback only. Joining a cluster, each
+worker advertises its Ray node's IP and the coordinator advertises `advertise_host` (default: the Ray
+node IP of this process), binding all interfaces; every socket is CURVE-authenticated with keys made
+for this deployment (`helix.runtime.keys`).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from helix.placement.plan_io import Plan, check_plan_matches, load_plan
 from helix.runtime.coordinator import Coordinator, CoordinatorConfig
 from helix.runtime.deploy import Deployment, HealthMonitor, WorkerSpec, start_ray
 from helix.runtime.emulation import EMULATION_MODES, StepTimer, capacity_model, slowdowns, step_timers
+from helix.runtime.keys import WireKeys
 from helix.runtime.stage_backend import StageConfig
 from helix.scheduling import KVParameters, Topology, create_scheduler
 from helix.scheduling.recovery import TopologySource
@@ -45,6 +51,7 @@ class ServeOptions:
     plan: str | None = None
     placement: Placement | None = None  # an explicit placement (the demo's) instead of a plan file
     ray_address: str | None = None
+    advertise_host: str | None = None  # address workers reach the coordinator at (default: Ray node IP)
     emulate: bool = True
     emulation: str = "relative"
     scheduler: str = "maxflow"
@@ -116,7 +123,8 @@ class ServingRuntime:
             )
             for name, r in plan.placement.items()
         ]
-        deployment = Deployment(specs)
+        keys = WireKeys.generate()
+        deployment = Deployment(specs, keys)
         real_kv = {
             name: info["kv_blocks"] * 16 * plan.placement[name].num_layers
             for name, info in deployment.info.items()
@@ -132,6 +140,8 @@ class ServingRuntime:
             scheduler,
             deployment.addresses,
             CoordinatorConfig(max_len, eos, options.max_waiting),
+            _coordinator_host(options),
+            keys=keys,
             topology_source=source,
         )
         coordinator.start()
@@ -161,6 +171,17 @@ class ServingRuntime:
             "max_flow_tokens_per_s": self.topology.max_flow_tokens_per_s,
             "scheduler": self.options.scheduler,
         }
+
+
+def _coordinator_host(options: ServeOptions) -> str:
+    """Where workers send results: loopback for a local run, else the advertised or Ray node address."""
+    if options.ray_address is None:
+        return options.advertise_host or "127.0.0.1"
+    if options.advertise_host:
+        return options.advertise_host
+    import ray
+
+    return ray.util.get_node_ip_address()
 
 
 def _emulation(

@@ -14,10 +14,9 @@ import threading
 import time
 import traceback
 
-import zmq
-
+from helix.runtime.keys import WireKeys
 from helix.runtime.messages import COORDINATOR_HOP, Control, HopBatch, ResultBatch, TokenResult
-from helix.runtime.transport import Inbox, Outbox
+from helix.runtime.transport import Outbox, Wire, is_loopback
 from helix.runtime.worker import Worker
 
 IDLE_POLL_S = 0.05
@@ -33,11 +32,14 @@ class WorkerLoop:
         *,
         max_step_tokens: int = 4096,
         bind_host: str | None = None,
+        keys: WireKeys | None = None,
     ) -> None:
+        """`host`: the address peers reach this worker at; `bind_host`: the address bound (default: `host`
+        when it is loopback, else all interfaces). `keys`: the deployment's CURVE keys."""
         self.worker = worker
         self.max_step_tokens = max_step_tokens
-        self._context = zmq.Context.instance()
-        self.inbox = Inbox(self._context, host, bind_host)
+        self.wire = Wire(keys, f"worker {worker.name}")
+        self.inbox = self.wire.inbox(host, bind_host or (host if is_loopback(host) else "0.0.0.0"))
         self._peers: dict[str, str] = {}
         self._thread: threading.Thread | None = None
         self._stopped = threading.Event()
@@ -62,12 +64,14 @@ class WorkerLoop:
         self._stopped.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if self._thread is None or not self._thread.is_alive():
+            self.wire.close()
 
     def is_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
     def _run(self) -> None:
-        outbox = Outbox(self._context)
+        outbox = self.wire.outbox()
         pending: list[HopBatch] = []
         try:
             while not self._stopped.is_set():
