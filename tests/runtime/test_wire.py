@@ -171,7 +171,9 @@ def _malformed() -> dict[str, list[bytes]]:
         "wrong buffer size": _with_header(header, [buffers[0][:-4]]),
         "missing buffer": _with_header(header, []),
         "extra buffer": _with_header(header, [*buffers, b"\x00" * 8]),
-        "bad dtype": _with_header([version, name, digest, [items, ["object", [4, 8], 0], sent, sender]], buffers),
+        "bad dtype": _with_header(
+            [version, name, digest, [items, ["object", [4, 8], 0], sent, sender]], buffers
+        ),
         "negative shape": _with_header(
             [version, name, digest, [items, ["float32", [-4, -8], 0], sent, sender]], buffers
         ),
