@@ -122,6 +122,7 @@ class Coordinator:
             "rejected": 0,
             "preempted": 0,
             "rerouted": 0,
+            "fenced_frames": 0,
         }
 
     @property
@@ -209,9 +210,13 @@ class Coordinator:
                 while not self._commands.empty():
                     self._commands.get()()
                 for message in messages:
-                    if isinstance(message, ResultBatch) and message.worker not in self.dead_workers:
-                        for result in message.results:
-                            self._on_result(result)
+                    if not isinstance(message, ResultBatch):
+                        continue
+                    if message.worker in self.dead_workers:
+                        self.counters["fenced_frames"] += 1  # late results of a worker declared dead
+                        continue
+                    for result in message.results:
+                        self._on_result(result)
                 self._admit_waiting()
                 self._flush(outbox)
                 if time.monotonic() - last_watchdog > 1.0:

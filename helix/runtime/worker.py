@@ -50,6 +50,7 @@ class WorkerStats:
     active_seqs: int = 0
     errors: int = 0
     preemptions: int = 0  # requests whose KV this worker freed to make room for another
+    fenced_batches: int = 0  # batches dropped because their sender was declared dead
     started_at_s: float = field(default_factory=time.monotonic)
 
 
@@ -121,6 +122,7 @@ class Worker:
         results: list[TokenResult] = []
         for batch in batches:
             if batch.sender in self._fenced:
+                self.stats.fenced_batches += 1
                 continue
             for item, row in zip(batch.items, self._rows(batch), strict=True):
                 if not self._accept(item, results) or not self._make_room(item, admitted, results):
