@@ -8,6 +8,7 @@ sockets whose addresses `address()` hands out.
 from __future__ import annotations
 
 import os
+import socket
 import time
 from dataclasses import asdict
 from typing import Any
@@ -55,6 +56,7 @@ class WorkerActor:
             "kv_blocks": backend.num_kv_blocks,
             "max_model_len": backend.max_model_len,
             "pid": os.getpid(),
+            "hostname": socket.gethostname(),
             "stage": asdict(self.stage),
             "node_ip": _node_ip(),
         }

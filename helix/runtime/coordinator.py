@@ -170,6 +170,15 @@ class Coordinator:
         """Called by the health monitor: fence `name` and re-route every request whose pipeline uses it."""
         self._commands.put(lambda: self._fail_worker(name, reason))
 
+    def fail_all(self, message: str) -> None:
+        """Fail every waiting and running request with a 503 (the deployment is shutting down)."""
+        self._commands.put(lambda: self._fail_all(message))
+
+    def _fail_all(self, message: str) -> None:
+        self._fail_waiting(message, 503)
+        for state in [s for s in self._requests.values() if s.pipeline is not None]:
+            self._finish(state, None, ErrorEvent(message, 503, "service_unavailable"))
+
     def health(self) -> dict[str, object]:
         """``ok``; ``degraded`` (workers lost, a complete pipeline remains); ``unavailable`` (none does)."""
         dead = dict(self.dead_workers)

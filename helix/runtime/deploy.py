@@ -19,6 +19,8 @@ has gone unanswered for `liveness_timeout_s` (a hung or stopped process: well un
 stall timeout), or when it has had batches waiting without finishing a step for `step_timeout_s` (step
 progress: a step loop that hangs in a process that still answers). A worker answering again later
 stays gone (the coordinator has fenced it).
+When Ray's GCS stops answering for `control_plane_timeout_s` (well before Ray itself would abort the
+driver), the monitor reports it once through `on_control_plane_lost` and stops.
 `Deployment.check()` is a one-shot version with a timeout (slow answers are counted in `unresponsive`).
 """
 
@@ -26,6 +28,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -149,6 +153,31 @@ class Deployment:
                 pass
         self.actors.clear()
 
+    def kill_local_processes(self) -> list[int]:
+        """SIGKILL the worker processes on this host by PID (when Ray's control plane is gone and cannot
+        stop them); returns the PIDs signalled."""
+        killed = []
+        for info in self.info.values():
+            pid = info.get("pid")
+            if pid and info.get("hostname") == socket.gethostname():
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        self.actors.clear()
+        return killed
+
+
+def gcs_reachable(address: str, timeout_s: float = 1.0) -> bool:
+    """Whether Ray's GCS answers a TCP connection at ``host:port``."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
 
 class HealthMonitor:
     """Watches the deployment (see the module docstring); reports each newly gone worker once."""
@@ -160,12 +189,19 @@ class HealthMonitor:
         interval_s: float = 0.1,
         liveness_timeout_s: float = 5.0,
         step_timeout_s: float = 30.0,
+        on_control_plane_lost: Callable[[str], None] | None = None,
+        control_plane_timeout_s: float = 10.0,
     ) -> None:
         self.deployment = deployment
         self.on_gone = on_gone
         self.interval_s = interval_s
         self.liveness_timeout_s = liveness_timeout_s
         self.step_timeout_s = step_timeout_s
+        self.on_control_plane_lost = on_control_plane_lost
+        self.control_plane_timeout_s = control_plane_timeout_s
+        self.control_plane_lost: str | None = None
+        self._gcs_address = _gcs_address(deployment._ray)
+        self._gcs_checked_s = self._gcs_seen_s = time.monotonic()
         self.gone: dict[str, str] = {}
         self.gone_at_s: dict[str, float] = {}
         self.stats: dict[str, dict[str, Any]] = {}
@@ -184,6 +220,8 @@ class HealthMonitor:
         ray = self.deployment._ray
         while not self._stopped.is_set():
             now = time.monotonic()
+            if self._control_plane_gone(now):
+                return
             for name, actor in list(self.deployment.actors.items()):
                 if name not in self.gone and name not in self._outstanding:
                     self._outstanding[name] = (actor.stats.remote(), now)
@@ -219,6 +257,24 @@ class HealthMonitor:
             if not refs or len(ready) == len(refs):
                 self._stopped.wait(self.interval_s)
 
+    def _control_plane_gone(self, now: float) -> bool:
+        """Check Ray's GCS once a second; after `control_plane_timeout_s` unreachable, report it (once)."""
+        if self._gcs_address is None or now - self._gcs_checked_s < 1.0:
+            return False
+        self._gcs_checked_s = now
+        if gcs_reachable(self._gcs_address):
+            self._gcs_seen_s = now
+            return False
+        if now - self._gcs_seen_s < self.control_plane_timeout_s:
+            return False
+        self.control_plane_lost = (
+            f"Ray's control plane (GCS at {self._gcs_address}) has been unreachable for "
+            f"{now - self._gcs_seen_s:.0f} s"
+        )
+        if self.on_control_plane_lost is not None:
+            self.on_control_plane_lost(self.control_plane_lost)
+        return True
+
     def _declare(self, name: str, reason: str) -> None:
         if name in self.gone:
             return
@@ -243,6 +299,13 @@ class _PinnedWorkerActor(WorkerActor):
             os.environ["CUDA_VISIBLE_DEVICES"] = stage.device.split(":", 1)[1]
             stage = replace(stage, device="cuda:0")
         super().__init__(name, stage, slowdown, advertise_host, step_timer, keys)
+
+
+def _gcs_address(ray) -> str | None:
+    try:
+        return ray.get_runtime_context().gcs_address
+    except Exception:  # not connected, or an older Ray
+        return None
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float, poll_s: float = 0.05) -> bool:

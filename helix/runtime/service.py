@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,6 +94,8 @@ class ServingRuntime:
         self.topology = topology
         self.slowdown = slowdown
         self.started_at_s = time.time()
+        self.control_plane_lost: str | None = None
+        self.on_shutdown: list[Callable[[str], None]] = []  # called when the deployment must stop
 
     @classmethod
     def start(cls, options: ServeOptions) -> ServingRuntime:
@@ -149,15 +152,29 @@ class ServingRuntime:
         health = HealthMonitor(
             deployment, coordinator.worker_gone, liveness_timeout_s=options.liveness_timeout_s
         )
-        health.start()
-        return cls(
+        runtime = cls(
             options, resolved.name, tokenizer, plan, deployment, coordinator, health, topology, factors
         )
+        health.on_control_plane_lost = runtime._on_control_plane_lost
+        health.start()
+        return runtime
+
+    def _on_control_plane_lost(self, reason: str) -> None:
+        """Ray's GCS is gone: fail what is in flight, kill this host's workers by PID, tell listeners."""
+        self.control_plane_lost = reason
+        self.coordinator.fail_all(f"the deployment is shutting down: {reason}")
+        time.sleep(0.2)  # let the coordinator emit the errors
+        self.deployment.kill_local_processes()
+        for listener in self.on_shutdown:
+            listener(reason)
 
     def shutdown(self) -> None:
         self.health.stop()
         self.coordinator.close()
-        self.deployment.shutdown()
+        if self.control_plane_lost is None:
+            self.deployment.shutdown()
+        else:  # Ray cannot stop actors without its control plane
+            self.deployment.kill_local_processes()
 
     def describe(self) -> dict[str, Any]:
         """Plan, routes and emulation factors (for logs and the demo)."""
