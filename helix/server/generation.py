@@ -19,8 +19,6 @@ from helix.runtime.requests import ErrorEvent, FinishEvent, TokenEvent
 from helix.server.errors import APIError
 from helix.server.metrics import ServerMetrics
 
-DISCONNECT_POLL_S = 0.25
-
 
 @dataclass(slots=True)
 class Delta:
@@ -95,16 +93,20 @@ class Generation:
 
     async def collect(self, request=None) -> tuple[str, str]:
         """The whole text and the finish reason (non-streaming). With the HTTP `request`, a client that
-        disconnects is noticed within `DISCONNECT_POLL_S` and its request cancelled (KV freed)."""
+        disconnects is noticed at once (its ``http.disconnect`` message) and its request cancelled, which
+        frees its KV on every worker."""
         if request is None:
             return await self._collect()
         task = asyncio.ensure_future(self._collect())
-        while not task.done():
-            await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
-            if not task.done() and await request.is_disconnected():
-                task.cancel()
-                self.close()
-                return "", "cancelled"
+        gone = asyncio.ensure_future(_disconnected(request))
+        try:
+            await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if not task.done():
+            task.cancel()
+            self.close()
+            return "", "cancelled"
         return task.result()
 
     async def _collect(self) -> tuple[str, str]:
@@ -155,3 +157,9 @@ class Generation:
             self._metrics.tpot_s.observe((now - self._first) / (len(self._ids) - 1))
         self._metrics.requests_total.labels(self._endpoint, f"finished_{reason}").inc()
         self._metrics.completion_tokens.inc(len(self._ids))
+
+
+async def _disconnected(request) -> None:
+    """Returns when the client has gone (the body is read: only ``http.disconnect`` can come next)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
