@@ -49,7 +49,7 @@ from helix.runtime.transport import Outbox, Wire, is_loopback
 from helix.scheduling import AdmissionQueue, Scheduler
 from helix.scheduling.admission import Waiting
 from helix.scheduling.preemption import AdmissionHold, requeue_front
-from helix.scheduling.recovery import TopologySource, has_pipeline, recover
+from helix.scheduling.recovery import TopologySource, has_pipeline, max_request_tokens, recover
 
 POLL_S = 0.002
 
@@ -149,6 +149,14 @@ class Coordinator:
             raise HelixInputError(
                 f"this model's context window is {self.config.max_model_len} tokens; the prompt has "
                 f"{len(prompt_ids)} tokens and max_tokens is {params.max_tokens} ({total} in total)",
+                field="max_tokens",
+                fix="shorten the prompt or lower max_tokens",
+            )
+        longest = max_request_tokens(self.scheduler.topology)
+        if total > longest and has_pipeline(self.scheduler.topology):
+            raise HelixInputError(
+                f"no pipeline's KV cache holds {total} tokens (prompt {len(prompt_ids)} + max_tokens "
+                f"{params.max_tokens}); the largest holds {longest}",
                 field="max_tokens",
                 fix="shorten the prompt or lower max_tokens",
             )

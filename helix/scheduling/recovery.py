@@ -98,6 +98,27 @@ def has_pipeline(topology: Topology) -> bool:
     )
 
 
+def max_request_tokens(topology: Topology) -> int:
+    """The longest request (prompt + output tokens) some complete pipeline can hold in its KV: the max over
+    pipelines of the min over their nodes of KV capacity per layer (0 when no pipeline exists)."""
+    best: dict[str, float] = {}
+
+    def reach(node: str) -> float:  # best bottleneck from `node` back to the coordinator
+        if node == COORDINATOR:
+            return float("inf")
+        if node not in best:
+            best[node] = 0.0  # guards cycles (chains only go forward in layers)
+            own = topology.limits[node].kv_capacity_token_layers / topology.ranges[node].num_layers
+            tail = max(
+                (reach(h.dst) for h in topology.next_hops.get(node, ()) if h.flow_tokens_per_s > 0), default=0
+            )
+            best[node] = min(own, tail)
+        return best[node]
+
+    heads = [h.dst for h in topology.next_hops.get(COORDINATOR, ()) if h.flow_tokens_per_s > 0]
+    return int(max((reach(n) for n in heads), default=0))
+
+
 def recover(
     scheduler: Scheduler, source: TopologySource, lost: Collection[str], now_s: float = 0.0
 ) -> tuple[Scheduler, RecoveryDecision]:

@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 from helix.errors import HelixInputError
@@ -7,6 +9,7 @@ from helix.scheduling.recovery import (
     TopologySource,
     has_pipeline,
     load_membership_events,
+    max_request_tokens,
     recover,
 )
 from helix.specs.cluster import COORDINATOR
@@ -75,3 +78,16 @@ def test_membership_events_are_validated():
         with pytest.raises(HelixInputError) as info:
             load_membership_events(bad, {"t4-0"})
         assert field in info.value.field
+
+
+def test_max_request_tokens_is_the_best_pipeline_bottleneck(model):
+    source = _two_stage_source(model)  # FlatCapacity: 100,000 tokens of KV per layer
+    full = source.surviving()
+    assert max_request_tokens(full) == 100_000
+    kv = {"a1": 40 * 500, "a2": 40 * 800, "b1": 40 * 300, "b2": 40 * 900}
+    small = dataclasses.replace(source, kv_capacity_token_layers=kv).surviving()
+    assert max_request_tokens(small) == 500  # a1 → a2 holds 500 (a1's bottleneck), b1 → b2 300
+    assert max_request_tokens(source.surviving({"a1", "b1"})) == 0
+    sched = MaxFlowScheduler(small)
+    assert sched.admit("long", 400, 200, 0.0) is None  # 600 tokens fit no pipeline's KV
+    assert sched.admit("ok", 250, 100, 0.0).nodes[0] == "a1"  # 350 tokens: too many for b1
