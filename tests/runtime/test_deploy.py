@@ -32,7 +32,7 @@ def runtime():
 def test_killed_worker_fails_the_request_and_health(runtime):
     events: queue.SimpleQueue = queue.SimpleQueue()
     runtime.coordinator.submit(
-        [1, 2, 3, 4], SamplingParams(temperature=0.0, max_tokens=1000, ignore_eos=True), events.put
+        [1, 2, 3, 4], SamplingParams(temperature=0.0, max_tokens=600, ignore_eos=True), events.put
     )
     assert isinstance(events.get(timeout=30), TokenEvent)  # the request is running
     with TestClient(create_app(runtime)) as client:

@@ -201,7 +201,7 @@ def test_non_streamed_client_disconnect_frees_kv(served):
     body = {
         "model": runtime.model_name,
         "prompt": "Tell me a long story.",
-        "max_tokens": 1000,
+        "max_tokens": 600,
         "ignore_eos": True,
     }
     with pytest.raises(httpx.ReadTimeout):
