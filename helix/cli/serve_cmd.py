@@ -9,6 +9,7 @@ HTTP API with the official client and exits.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 
@@ -87,6 +88,9 @@ def serve(
         _run_server(runtime, host, port, api_key, once)
     finally:
         runtime.shutdown()
+    if runtime.control_plane_lost is not None:
+        typer.echo(f"stopped: {runtime.control_plane_lost}; workers on this host were killed", err=True)
+        os._exit(1)  # Ray's exit hooks would wait for the lost control plane
 
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -172,6 +176,7 @@ def _run_server(runtime, host: str, port: int, api_key: str | None, once: str | 
 
     config = uvicorn.Config(create_app(runtime, api_key=api_key), host=host, port=port, log_level="warning")
     server = uvicorn.Server(config)
+    runtime.on_shutdown.append(lambda reason: setattr(server, "should_exit", True))
     if once is None:
         typer.echo(f"serving {runtime.model_name} on http://{host}:{port}/v1", err=True)
         server.run()

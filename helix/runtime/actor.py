@@ -8,6 +8,7 @@ sockets whose addresses `address()` hands out.
 from __future__ import annotations
 
 import os
+import socket
 import time
 from dataclasses import asdict
 from typing import Any
@@ -56,6 +57,7 @@ class WorkerActor:
             "kv_block_size": backend.kv_block_size,
             "max_model_len": backend.max_model_len,
             "pid": os.getpid(),
+            "hostname": socket.gethostname(),
             "stage": asdict(self.stage),
             "node_ip": _node_ip(),
         }
@@ -68,6 +70,9 @@ class WorkerActor:
         if not self.loop.is_alive():
             raise RuntimeError(f"worker {self.loop.worker.name}: its step loop stopped")
         stats = asdict(self.loop.worker.stats)  # counters only: no lock, so a long step never delays it
+        stats["pending_batches"] = self.loop.num_pending
+        stats["since_last_step_s"] = time.monotonic() - self.loop.last_step_s
+        stats["pid"] = os.getpid()
         inbox = self.loop.inbox
         stats["wire_dropped_frames"] = sum(inbox.dropped.values())
         stats["wire_rejected_handshakes"] = inbox.handshake_failures

@@ -12,13 +12,24 @@ from collections.abc import Mapping
 from typing import Any
 
 from helix.scheduling import Topology
+from helix.specs.placement import LayerRange
+
+
+def real_kv_token_layers(
+    worker_info: Mapping[str, Mapping[str, Any]], ranges: Mapping[str, LayerRange]
+) -> dict[str, int]:
+    """Per worker, its KV capacity in token×layer units: blocks × block size × layers held."""
+    return {
+        name: info["kv_blocks"] * info["kv_block_size"] * ranges[name].num_layers
+        for name, info in worker_info.items()
+    }
 
 
 def with_real_kv(topology: Topology, worker_info: Mapping[str, Mapping[str, Any]]) -> Topology:
     """The topology with each node's KV capacity set to its worker's blocks × block size × layers."""
-    limits = {}
-    for name, limit in topology.limits.items():
-        info = worker_info[name]
-        real = info["kv_blocks"] * info["kv_block_size"] * topology.ranges[name].num_layers
-        limits[name] = dataclasses.replace(limit, kv_capacity_token_layers=real)
+    real = real_kv_token_layers(worker_info, topology.ranges)
+    limits = {
+        name: dataclasses.replace(limit, kv_capacity_token_layers=real[name])
+        for name, limit in topology.limits.items()
+    }
     return dataclasses.replace(topology, limits=limits)

@@ -29,7 +29,9 @@ class StageItem:
     """One request's share of a step on one stage.
 
     `route` (worker names in order) and `sampling` come only with the prompt iteration; later stages
-    remember them. `token_ids` is set only for the first stage.
+    remember them. `token_ids` is set only for the first stage. `admission` numbers the request's current
+    admission (it grows with every admission, re-admissions after a preemption or re-route included):
+    workers order preemption victims by it and ignore iterations of an older admission.
     """
 
     seq_id: int
@@ -40,6 +42,8 @@ class StageItem:
     sampling: SamplingParams | None = None
     stage_done_s: tuple[float, ...] = ()  # prompt only: wall time each earlier stage finished it
     penalty_prompt_ids: tuple[int, ...] | None = None  # prompt only, with a repetition penalty
+    admission: int = 0
+    penalty_output_ids: tuple[int, ...] | None = None  # a resumed request's tokens so far, with penalties
 
 
 @dataclass(slots=True)
@@ -49,11 +53,14 @@ class HopBatch:
     items: list[StageItem]
     hidden: torch.Tensor | None = None  # [sum of num_new_tokens, H] for non-first stages
     sent_at_s: float = 0.0
+    sender: str = ""  # worker name or COORDINATOR_HOP: batches from a fenced worker are dropped
 
 
 @dataclass(frozen=True, slots=True)
 class TokenResult:
-    """A sampled token of one request (from the last stage), or an error for it."""
+    """A sampled token of one request (from the last stage), an error for it, or (`preempted`) the news
+    that a worker dropped its iteration because it preempted the request's KV (see
+    `helix.scheduling.preemption`): the coordinator re-queues it. `admission` as in `StageItem`."""
 
     seq_id: int
     token_id: int = -1
@@ -61,14 +68,21 @@ class TokenResult:
     top_logprobs: dict[int, float] | None = None
     error: str | None = None
     stage_done_s: tuple[float, ...] = ()  # prompt only: wall time each stage finished it
+    admission: int = 0
+    penalty_output_ids: tuple[int, ...] | None = None  # a resumed request's tokens so far, with penalties
+    preempted: bool = False
 
 
 @dataclass(slots=True)
 class Control:
-    """Non-data messages: ``free`` sequences (KV release), ``stop`` the loop."""
+    """Non-data messages: ``free`` sequences (KV release; with `admissions`, one per sequence, only state of
+    that admission or an older one is freed), ``fence`` workers declared dead (`names`: their late batches
+    are dropped), ``stop`` the loop."""
 
     kind: str
     seq_ids: list[int] = field(default_factory=list)
+    admissions: list[int] = field(default_factory=list)
+    names: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)

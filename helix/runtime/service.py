@@ -5,7 +5,8 @@ plan (or plans on start with `helix.placement.plan`), builds the scheduler's `To
 (the same code the simulator uses; links chain ranges exactly, since a worker runs its whole
 range) with each node's KV capacity replaced by what its worker really
 allocated, starts one Ray actor per used node, wires their ZeroMQ sockets, and starts the coordinator
-and a health monitor that reports dead workers to it.
+and a health monitor that reports dead workers to it; the coordinator then re-routes around them on the
+topology the same `TopologySource` rebuilds on the survivors (`helix.scheduling.recovery`).
 
 Addressing: a local run (no `ray_address`) binds and advertises loopback only. Joining a cluster, each
 worker advertises its Ray node's IP and the coordinator advertises `advertise_host` (default: the Ray
@@ -30,9 +31,10 @@ from helix.runtime.coordinator import Coordinator, CoordinatorConfig
 from helix.runtime.deploy import Deployment, HealthMonitor, WorkerSpec, start_ray
 from helix.runtime.emulation import EMULATION_MODES, StepTimer, capacity_model, slowdowns, step_timers
 from helix.runtime.keys import WireKeys
-from helix.runtime.kv_capacity import with_real_kv
+from helix.runtime.kv_capacity import real_kv_token_layers
 from helix.runtime.stage_backend import StageConfig
 from helix.scheduling import KVParameters, Topology, create_scheduler
+from helix.scheduling.recovery import TopologySource
 from helix.specs.cluster import ClusterSpec
 from helix.specs.loading import load_cluster
 from helix.specs.model import ModelSpec, load_model_spec, model_from_hf_config
@@ -62,6 +64,7 @@ class ServeOptions:
     kv_cache_bytes: int = 128 << 20
     max_model_len: int = 2048
     max_waiting: int = 64
+    liveness_timeout_s: float = 5.0  # a worker silent this long is declared gone and routed around
     threads_per_worker: int = 1
     seed: int = 0
     kv_params: KVParameters = KVParameters(expected_kv_hwm=0.9, expected_output_length_ratio=0.6)
@@ -92,6 +95,8 @@ class ServingRuntime:
         self.topology = topology
         self.slowdown = slowdown
         self.started_at_s = time.time()
+        self.control_plane_lost: str | None = None
+        self.on_shutdown: list[Callable[[str], None]] = []  # called when the deployment must stop
 
     @classmethod
     def start(
@@ -131,10 +136,9 @@ class ServingRuntime:
         ]
         keys = WireKeys.generate()
         deployment = Deployment(specs, keys, progress)
-        topology = with_real_kv(
-            Topology.build(cluster, spec, plan.placement, capacity, partial_overlap=False),
-            deployment.info,
-        )
+        real_kv = real_kv_token_layers(deployment.info, plan.placement)
+        source = TopologySource(cluster, spec, plan.placement, capacity, False, real_kv)
+        topology = source.surviving()
         scheduler = create_scheduler(
             options.scheduler, topology, options.kv_params, random.Random(options.seed)
         )
@@ -146,21 +150,38 @@ class ServingRuntime:
             CoordinatorConfig(max_len, eos, options.max_waiting),
             _coordinator_host(options),
             keys=keys,
+            topology_source=source,
         )
         coordinator.start()
         report("runtime", "wiring workers to the coordinator")
         deployment.start(coordinator.address)
         report("runtime", "ready")
-        health = HealthMonitor(deployment, coordinator.worker_gone)
-        health.start()
-        return cls(
+        health = HealthMonitor(
+            deployment, coordinator.worker_gone, liveness_timeout_s=options.liveness_timeout_s
+        )
+        runtime = cls(
             options, resolved.name, tokenizer, plan, deployment, coordinator, health, topology, factors
         )
+        health.on_control_plane_lost = runtime._on_control_plane_lost
+        health.start()
+        return runtime
+
+    def _on_control_plane_lost(self, reason: str) -> None:
+        """Ray's GCS is gone: fail what is in flight, kill this host's workers by PID, tell listeners."""
+        self.control_plane_lost = reason
+        self.coordinator.fail_all(f"the deployment is shutting down: {reason}")
+        time.sleep(0.2)  # let the coordinator emit the errors
+        self.deployment.kill_local_processes()
+        for listener in self.on_shutdown:
+            listener(reason)
 
     def shutdown(self) -> None:
         self.health.stop()
         self.coordinator.close()
-        self.deployment.shutdown()
+        if self.control_plane_lost is None:
+            self.deployment.shutdown()
+        else:  # Ray cannot stop actors without its control plane
+            self.deployment.kill_local_processes()
 
     def describe(self) -> dict[str, Any]:
         """Plan, routes and emulation factors (for logs and the demo)."""

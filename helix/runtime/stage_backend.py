@@ -1,6 +1,6 @@
 """The engine side of a worker: `helix.engine`'s `ModelRunner` and `Sampler` for one layer range.
 
-`StageBackend` reserves KV per request (so one request that does not fit fails alone), runs a step over
+`StageBackend` reserves KV per request (the worker preempts when it is short), runs a step over
 `StageItem`s through `ModelRunner.execute`, and on the last stage samples each request's next token with
 its own seeded generator. `load_backend` builds one from a model name/path and a layer range.
 """
@@ -82,6 +82,15 @@ class StageBackend:
     def max_model_len(self) -> int:
         return self.runner.max_model_len
 
+    def kv_shortfall(self, item: StageItem) -> int:
+        """KV blocks missing to run `item` now (0 when it fits): the worker preempts to cover them."""
+        batch = StepBatch((SeqChunk(item.seq_id, item.num_cached_tokens, item.num_new_tokens),))
+        return max(0, self.runner.num_blocks_needed(batch) - self.runner.block_manager.num_free_blocks)
+
+    def num_blocks_held(self, seq_id: int) -> int:
+        manager = self.runner.block_manager
+        return len(manager.block_table(seq_id)) if manager.has(seq_id) else 0
+
     def reserve(self, item: StageItem) -> str | None:
         """Take the KV blocks `item` needs now; a reason string if it cannot run here."""
         batch = StepBatch((SeqChunk(item.seq_id, item.num_cached_tokens, item.num_new_tokens),))
@@ -100,13 +109,18 @@ class StageBackend:
         return None
 
     def register_sampling(
-        self, seq_id: int, params: SamplingParams | None, prompt_ids: tuple[int, ...] | None = None
+        self,
+        seq_id: int,
+        params: SamplingParams | None,
+        prompt_ids: tuple[int, ...] | None = None,
+        output_ids: tuple[int, ...] | None = None,
     ) -> None:
-        """Remember a request's sampling settings (and its prompt when it has a repetition penalty)."""
+        """Remember a request's sampling settings, its prompt when it has a repetition penalty, and the
+        tokens it generated before (a request resumed after a preemption or re-route, with penalties)."""
         params = params or SamplingParams(temperature=0.0)
         self._params[seq_id] = params
         self._seeds[seq_id] = to_signed_seed(params.seed if params.seed is not None else seq_id)
-        self._output_ids[seq_id] = []
+        self._output_ids[seq_id] = list(output_ids or ())
         if prompt_ids:
             self._prompt_ids[seq_id] = prompt_ids
 

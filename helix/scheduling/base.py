@@ -5,7 +5,8 @@ driven by calls carrying time as an argument. The life of a request:
 
 1. ``admit(request_id, prompt_tokens, expected_output_tokens, now_s) -> Pipeline | None``: choose the
    request's route hop by hop from the coordinator back to it (with KV admission when enabled) and
-   register its expected KV. ``None`` means "cannot admit now": the caller queues it (online) or drops
+   register its expected KV; a node whose whole KV cannot hold prompt + expected output tokens is never
+   chosen. ``None`` means "cannot admit now": the caller queues it (online) or drops
    it (offline); no state changes in that case.
 2. ``on_stage_done(request_id, hop_index, now_s)``: the prompt finished on hop `hop_index` (only
    schedulers with ``wants_stage_events`` need it: shortest-queue and swarm).
@@ -63,6 +64,7 @@ class Scheduler(ABC):
         self.rng = rng if rng is not None else random.Random(0)
         self.kv_admission = self.kv_admission_default if kv_admission is None else kv_admission
         self.active: dict[Hashable, Route] = {}
+        self._full_tokens = 0  # prompt + expected output of the request being admitted
 
     def admit(
         self,
@@ -75,6 +77,7 @@ class Scheduler(ABC):
         if request_id in self.active:
             raise ValueError(f"request {request_id!r} is already admitted")
         expected = self.kv.params.expected_tokens(prompt_tokens, expected_output_tokens)
+        self._full_tokens = prompt_tokens + (expected_output_tokens or 0)
         self._before_admit(now_s)
         rng_state = self.rng.getstate()  # a rejected admission must not move the RNG either
         sender, prev_end = COORDINATOR, 0
@@ -107,8 +110,11 @@ class Scheduler(ABC):
     def _allowed(self, sender: str, k: int, hop: NextHop, prompt_tokens: int, expected: int) -> bool:
         if hop.dst == COORDINATOR:
             return True
-        if prompt_tokens > self.topology.limits[hop.dst].max_prompt_tokens:
+        limits = self.topology.limits[hop.dst]
+        if prompt_tokens > limits.max_prompt_tokens:
             return False
+        if self._full_tokens * self.topology.ranges[hop.dst].num_layers > limits.kv_capacity_token_layers:
+            return False  # its whole KV could never hold the request at full length
         return not self.kv_admission or self.kv.can_admit(hop.dst, expected)
 
     @abstractmethod

@@ -78,7 +78,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         stream = sse_choices(gens, chunk, include_usage, None, request.state)
         return StreamingResponse(stream, media_type="text/event-stream")
     choices = []
-    for choice in await collect_all(gens):
+    for choice in await collect_all(gens, request):
         lp = None
         if logprobs is not None:
             kept = kept_tokens(choice.gen, choice.text, TokenTexts(tokenizer, choice.gen.token_ids))

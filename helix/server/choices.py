@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from helix.engine.sampling_params import SamplingParams
 from helix.server.errors import APIError, envelope
-from helix.server.generation import Delta, Generation
+from helix.server.generation import Delta, Generation, unless_disconnected
 from helix.server.logs import error_log
 
 
@@ -44,9 +44,14 @@ def close_all(gens: list[Generation]) -> None:
         gen.close()
 
 
-async def collect_all(gens: list[Generation]) -> list[Choice]:
+async def collect_all(gens: list[Generation], request=None) -> list[Choice]:
+    """Every choice's whole text; with the HTTP `request`, a client that disconnects cancels them all
+    (closing a generation cancels its request, which frees its KV on every worker)."""
+    work = asyncio.ensure_future(asyncio.gather(*(g.collect() for g in gens)))
     try:
-        results = await asyncio.gather(*(g.collect() for g in gens))
+        if request is not None and not await unless_disconnected(work, request):
+            return [Choice(i, "", "cancelled", g) for i, g in enumerate(gens)]
+        results = await work
     finally:
         close_all(gens)
     return [

@@ -68,7 +68,7 @@ async def completions(body: CompletionRequest, request: Request):
         stream = sse_choices(gens, chunk, include_usage, prefix if echo else None, request.state)
         return StreamingResponse(stream, media_type="text/event-stream")
     choices = []
-    for choice in await collect_all(gens):
+    for choice in await collect_all(gens, request):
         lp = None
         if logprobs is not None:
             kept = kept_tokens(choice.gen, choice.text, TokenTexts(tokenizer, choice.gen.token_ids))

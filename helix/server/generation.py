@@ -148,3 +148,23 @@ class Generation:
             self._metrics.tpot_s.observe((now - self._first) / (len(self._ids) - 1))
         self._metrics.requests_total.labels(self._endpoint, f"finished_{reason}").inc()
         self._metrics.completion_tokens.inc(len(self._ids))
+
+
+async def unless_disconnected(work: asyncio.Future, request) -> bool:
+    """Wait for `work` or for the client of `request` to disconnect, whichever comes first; True when
+    `work` finished. A client that disconnects is noticed at once (its ``http.disconnect`` message; the
+    body is read, so nothing else can come) and `work` is cancelled."""
+
+    async def gone() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(gone())
+    try:
+        await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if work.done():
+        return True
+    work.cancel()
+    return False

@@ -1,5 +1,6 @@
-"""Failure handling on a real local Ray deployment: a worker killed during a request is reported by
-/health and the request fails with a clear error instead of hanging."""
+"""Failure handling on a real local Ray deployment with a single pipeline: when a worker is killed no
+complete pipeline is left, so the running request fails with a clear 503 instead of hanging and /health
+answers 503 (re-routing, with pipelines left, is tested in test_failover.py)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def runtime():
 def test_killed_worker_fails_the_request_and_health(runtime):
     events: queue.SimpleQueue = queue.SimpleQueue()
     runtime.coordinator.submit(
-        [1, 2, 3, 4], SamplingParams(temperature=0.0, max_tokens=1000, ignore_eos=True), events.put
+        [1, 2, 3, 4], SamplingParams(temperature=0.0, max_tokens=600, ignore_eos=True), events.put
     )
     assert isinstance(events.get(timeout=30), TokenEvent)  # the request is running
     with TestClient(create_app(runtime)) as client:

@@ -136,7 +136,7 @@ def _hop_frames() -> tuple[list, list[bytes]]:
 
 def _malformed() -> dict[str, list[bytes]]:
     header, buffers = _hop_frames()
-    version, name, digest, (items, hidden, sent) = header
+    version, name, digest, (items, hidden, sent, sender) = header
     prompt = items[0]
     cases = {
         "empty message": [],
@@ -147,16 +147,16 @@ def _malformed() -> dict[str, list[bytes]]:
         "unknown type": _with_header([version, "Exploit", digest, header[3]], buffers),
         "type not a string": _with_header([version, 3, digest, header[3]], buffers),
         "wrong digest": _with_header([version, name, digest ^ 1, header[3]], buffers),
-        "too few fields": _with_header([version, name, digest, [items, hidden]], buffers),
-        "too many fields": _with_header([version, name, digest, [items, hidden, sent, 1]], buffers),
+        "too few fields": _with_header([version, name, digest, [items, hidden, sent]], buffers),
+        "too many fields": _with_header([version, name, digest, [items, hidden, sent, sender, 1]], buffers),
         "string for int": _with_header(
-            [version, name, digest, [[["7", *prompt[1:]], items[1]], hidden, sent]], buffers
+            [version, name, digest, [[["7", *prompt[1:]], items[1]], hidden, sent, sender]], buffers
         ),
         "bool for int": _with_header(
-            [version, name, digest, [[[True, *prompt[1:]], items[1]], hidden, sent]], buffers
+            [version, name, digest, [[[True, *prompt[1:]], items[1]], hidden, sent, sender]], buffers
         ),
         "map for tuple": _with_header(
-            [version, name, digest, [[[*prompt[:3], {"a": 1}, *prompt[4:]], items[1]], hidden, sent]],
+            [version, name, digest, [[[*prompt[:3], {"a": 1}, *prompt[4:]], items[1]], hidden, sent, sender]],
             buffers,
         ),
         "invalid nested sampling": _with_header(
@@ -164,22 +164,24 @@ def _malformed() -> dict[str, list[bytes]]:
                 version,
                 name,
                 digest,
-                [[[*prompt[:5], [-1.0, *prompt[5][1:]], prompt[6]], items[1]], hidden, sent],
+                [[[*prompt[:5], [-1.0, *prompt[5][1:]], *prompt[6:]], items[1]], hidden, sent, sender],
             ],
             buffers,
         ),
         "wrong buffer size": _with_header(header, [buffers[0][:-4]]),
         "missing buffer": _with_header(header, []),
         "extra buffer": _with_header(header, [*buffers, b"\x00" * 8]),
-        "bad dtype": _with_header([version, name, digest, [items, ["object", [4, 8], 0], sent]], buffers),
+        "bad dtype": _with_header(
+            [version, name, digest, [items, ["object", [4, 8], 0], sent, sender]], buffers
+        ),
         "negative shape": _with_header(
-            [version, name, digest, [items, ["float32", [-4, -8], 0], sent]], buffers
+            [version, name, digest, [items, ["float32", [-4, -8], 0], sent, sender]], buffers
         ),
         "huge shape": _with_header(
-            [version, name, digest, [items, ["float32", [1 << 41, 1 << 41], 0], sent]], buffers
+            [version, name, digest, [items, ["float32", [1 << 41, 1 << 41], 0], sent, sender]], buffers
         ),
         "bad buffer index": _with_header(
-            [version, name, digest, [items, ["float32", [4, 8], 5], sent]], buffers
+            [version, name, digest, [items, ["float32", [4, 8], 5], sent, sender]], buffers
         ),
         "ext type": [msgpack.packb([version, name, digest, msgpack.ExtType(1, b"x")])],
     }
