@@ -64,7 +64,6 @@ class Scheduler(ABC):
         self.rng = rng if rng is not None else random.Random(0)
         self.kv_admission = self.kv_admission_default if kv_admission is None else kv_admission
         self.active: dict[Hashable, Route] = {}
-        self._full_tokens = 0  # prompt + expected output of the request being admitted
 
     def admit(
         self,
@@ -77,7 +76,7 @@ class Scheduler(ABC):
         if request_id in self.active:
             raise ValueError(f"request {request_id!r} is already admitted")
         expected = self.kv.params.expected_tokens(prompt_tokens, expected_output_tokens)
-        self._full_tokens = prompt_tokens + (expected_output_tokens or 0)
+        full_tokens = prompt_tokens + (expected_output_tokens or 0)
         self._before_admit(now_s)
         rng_state = self.rng.getstate()  # a rejected admission must not move the RNG either
         sender, prev_end = COORDINATOR, 0
@@ -86,7 +85,8 @@ class Scheduler(ABC):
         while True:
             candidates = self.topology.next_hops[sender]
             mask = [
-                self._allowed(sender, k, hop, prompt_tokens, expected) for k, hop in enumerate(candidates)
+                self._allowed(sender, k, hop, prompt_tokens, expected, full_tokens)
+                for k, hop in enumerate(candidates)
             ]
             if not any(mask):
                 self._undo(choices, prompt_tokens)
@@ -107,13 +107,16 @@ class Scheduler(ABC):
         self._on_admitted(request_id, route, now_s)
         return pipeline
 
-    def _allowed(self, sender: str, k: int, hop: NextHop, prompt_tokens: int, expected: int) -> bool:
+    def _allowed(
+        self, sender: str, k: int, hop: NextHop, prompt_tokens: int, expected: int, full_tokens: int
+    ) -> bool:
+        """Can `hop` take the request? `full_tokens`: prompt + expected output, the KV it may reach."""
         if hop.dst == COORDINATOR:
             return True
         limits = self.topology.limits[hop.dst]
         if prompt_tokens > limits.max_prompt_tokens:
             return False
-        if self._full_tokens * self.topology.ranges[hop.dst].num_layers > limits.kv_capacity_token_layers:
+        if full_tokens * self.topology.ranges[hop.dst].num_layers > limits.kv_capacity_token_layers:
             return False  # its whole KV could never hold the request at full length
         return not self.kv_admission or self.kv.can_admit(hop.dst, expected)
 

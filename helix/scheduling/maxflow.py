@@ -39,8 +39,12 @@ class MaxFlowScheduler(Scheduler):
             self._iwrr[sender] = IWRR(flows)
         self._pending_tokens: Counter[tuple[Choice, ...]] = Counter()
 
-    def _allowed(self, sender: str, k: int, hop: NextHop, prompt_tokens: int, expected: int) -> bool:
-        return self._flow_ok[sender][k] and super()._allowed(sender, k, hop, prompt_tokens, expected)
+    def _allowed(
+        self, sender: str, k: int, hop: NextHop, prompt_tokens: int, expected: int, full_tokens: int
+    ) -> bool:
+        return self._flow_ok[sender][k] and super()._allowed(
+            sender, k, hop, prompt_tokens, expected, full_tokens
+        )
 
     def _choose(
         self,
