@@ -9,6 +9,7 @@ HTTP API with the official client and exits.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 
@@ -31,6 +32,9 @@ def serve(
     cluster: str = typer.Option(None, help="cluster .yaml/.ini or a bundled name (e.g. demo)"),
     plan: str = typer.Option(None, help="plan.json from `helix plan`; planned on start if omitted"),
     ray_address: str = typer.Option(None, help="join this Ray cluster (host:port or auto)"),
+    advertise_host: str = typer.Option(
+        None, help="address the workers reach this host at (default: this host's Ray node IP)"
+    ),
     host: str = typer.Option("127.0.0.1"),
     port: int = typer.Option(8000),
     api_key: str = typer.Option(None, envvar="HELIX_API_KEY", help="require Bearer KEY on /v1"),
@@ -66,6 +70,7 @@ def serve(
         plan=plan,
         placement=placement,
         ray_address=ray_address,
+        advertise_host=advertise_host,
         emulate=emulate,
         emulation=emulation,
         scheduler=scheduler,
@@ -82,6 +87,9 @@ def serve(
         _run_server(runtime, host, port, api_key, once)
     finally:
         runtime.shutdown()
+    if runtime.control_plane_lost is not None:
+        typer.echo(f"stopped: {runtime.control_plane_lost}; workers on this host were killed", err=True)
+        os._exit(1)  # Ray's exit hooks would wait for the lost control plane
 
 
 def _devices(pairs: list[str]) -> dict[str, str]:
@@ -101,6 +109,7 @@ def _run_server(runtime, host: str, port: int, api_key: str | None, once: str | 
 
     config = uvicorn.Config(create_app(runtime, api_key=api_key), host=host, port=port, log_level="warning")
     server = uvicorn.Server(config)
+    runtime.on_shutdown.append(lambda reason: setattr(server, "should_exit", True))
     if once is None:
         typer.echo(f"serving {runtime.model_name} on http://{host}:{port}/v1", err=True)
         server.run()

@@ -109,6 +109,11 @@ def simulate_command(
     capacity: str = CapacityOpt,
     helix_units: bool = HelixUnitsOpt,
     seed: int = typer.Option(0, "--seed"),
+    events: Path | None = typer.Option(
+        None,
+        "--events",
+        help="Membership trace: JSON/YAML list of {time_s, kind: fail, node} (e.g. a T4 failing at 600 s).",
+    ),
     output: Path = typer.Option(Path("sim-out"), "--output", "-o", help="Output directory."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG plots."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
@@ -141,6 +146,7 @@ def simulate_command(
         kv_hwm if kv_hwm is not None else default_hwm, kv_ratio if kv_ratio is not None else default_ratio
     )
     horizon = warmup + duration
+    membership = _membership_events(events, cluster_spec.node_names)
     with Progress(
         TextColumn("simulating"),
         BarColumn(),
@@ -162,6 +168,7 @@ def simulate_command(
             arrival_times_s=times,
             partial_overlap=plan_record.partial_overlap,
             progress=lambda t: bar.update(task, completed=t, t=t),
+            membership_events=membership,
         )
         bar.update(task, completed=horizon, t=horizon)
     output.mkdir(parents=True, exist_ok=True)
@@ -184,6 +191,23 @@ def simulate_command(
         f"{s['decode_latency_s']['mean'] or 0:.3f} s; wall {result['wall_s']:.1f} s → {output}",
         highlight=False,
     )
+
+
+def _membership_events(path: Path | None, nodes: tuple[str, ...]) -> list:
+    """Failure events from a JSON or YAML file (validated: time_s, kind, node)."""
+    if path is None:
+        return []
+    import yaml
+
+    from helix.scheduling.recovery import load_membership_events
+
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise HelixInputError(
+            f"cannot read the events file: {exc}", where=str(path), field="--events"
+        ) from None
+    return load_membership_events(raw, nodes, where=str(path))
 
 
 def register(app: typer.Typer) -> None:

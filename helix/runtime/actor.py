@@ -8,11 +8,13 @@ sockets whose addresses `address()` hands out.
 from __future__ import annotations
 
 import os
+import socket
 import time
 from dataclasses import asdict
 from typing import Any
 
 from helix.runtime.emulation import StepTimer
+from helix.runtime.keys import WireKeys
 from helix.runtime.stage_backend import StageConfig, load_backend
 from helix.runtime.worker import Worker
 from helix.runtime.worker_loop import WorkerLoop
@@ -28,15 +30,17 @@ class WorkerActor:
         slowdown: float = 1.0,
         advertise_host: str = "",
         step_timer: StepTimer | None = None,
+        keys: WireKeys | None = None,
     ) -> None:
+        """`advertise_host`: the address peers reach this worker at (default: this Ray node's IP)."""
         os.environ.setdefault("OMP_NUM_THREADS", str(stage.threads))
         started = time.perf_counter()
         backend = load_backend(stage)
         self.load_s = time.perf_counter() - started
-        host = advertise_host or _node_ip()
-        bind_host = "127.0.0.1" if host == "127.0.0.1" else "0.0.0.0"
         self.loop = WorkerLoop(
-            Worker(name, backend, slowdown=slowdown, step_timer=step_timer), host, bind_host=bind_host
+            Worker(name, backend, slowdown=slowdown, step_timer=step_timer),
+            advertise_host or _node_ip(),
+            keys=keys,
         )
         self.stage = stage
 
@@ -52,7 +56,9 @@ class WorkerActor:
             "kv_blocks": backend.num_kv_blocks,
             "max_model_len": backend.max_model_len,
             "pid": os.getpid(),
+            "hostname": socket.gethostname(),
             "stage": asdict(self.stage),
+            "node_ip": _node_ip(),
         }
 
     def start(self, peers: dict[str, str]) -> bool:
@@ -62,7 +68,15 @@ class WorkerActor:
     def stats(self) -> dict[str, Any]:
         if not self.loop.is_alive():
             raise RuntimeError(f"worker {self.loop.worker.name}: its step loop stopped")
-        return asdict(self.loop.worker.stats)  # counters only: no lock, so a long step never delays it
+        stats = asdict(self.loop.worker.stats)  # counters only: no lock, so a long step never delays it
+        stats["pending_batches"] = self.loop.num_pending
+        stats["since_last_step_s"] = time.monotonic() - self.loop.last_step_s
+        stats["pid"] = os.getpid()
+        inbox = self.loop.inbox
+        stats["wire_dropped_frames"] = sum(inbox.dropped.values())
+        stats["wire_rejected_handshakes"] = inbox.handshake_failures
+        stats["wire_rejected_peers"] = self.loop.wire.rejected_peers
+        return stats
 
     def stop(self) -> bool:
         self.loop.stop()

@@ -13,6 +13,21 @@ One thread owns the coordinator's sockets and state. Each loop iteration it
 Every iteration returns through the coordinator, so a cancelled request is freed when its in-flight
 iteration comes back: nothing of it is left in flight, and its KV is freed on every worker exactly once.
 A request in flight for longer than `stall_timeout_s` without progress fails instead of hanging.
+
+No accepted request is lost to KV pressure or to a lost worker:
+
+- **Preemption** (`helix.scheduling.preemption`): a worker short of KV blocks preempts and reports the
+  victims' dropped iterations; the coordinator frees their KV on every worker of their pipeline, releases
+  their expected KV and puts them back at the head of the admission queue; admissions wait until a running
+  request finishes (`AdmissionHold`). A re-admitted request re-prefills prompt + generated tokens on the
+  pipeline it gets and its stream goes on with the next token.
+- **Failure** (`worker_gone`, from the health monitor: Ray actor death or liveness timeout): the worker is
+  fenced (survivors drop its late batches, its results are ignored, it is told to stop), the scheduler is
+  rebuilt on the survivors (`helix.scheduling.recovery.recover`: max flow and IWRR weights recomputed),
+  and every request whose pipeline touched it is freed on the surviving workers and re-admitted first, to
+  re-prefill on a surviving pipeline. Each admission has a number (`RequestState.admission`, carried by
+  every iteration): results and worker state of an older admission are ignored, so no token is emitted
+  twice or skipped.
 """
 
 from __future__ import annotations
@@ -25,14 +40,16 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import zmq
-
 from helix.engine.sampling_params import SamplingParams
 from helix.errors import HelixInputError
-from helix.runtime.messages import Control, HopBatch, ResultBatch, StageItem, TokenResult
+from helix.runtime.keys import WireKeys
+from helix.runtime.messages import COORDINATOR_HOP, Control, HopBatch, ResultBatch, StageItem, TokenResult
 from helix.runtime.requests import ErrorEvent, EventSink, FinishEvent, RequestState, TokenEvent
-from helix.runtime.transport import Inbox, Outbox
+from helix.runtime.transport import Outbox, Wire, is_loopback
 from helix.scheduling import AdmissionQueue, Scheduler
+from helix.scheduling.admission import Waiting
+from helix.scheduling.preemption import AdmissionHold, requeue_front
+from helix.scheduling.recovery import TopologySource, has_pipeline, recover
 
 POLL_S = 0.002
 
@@ -66,16 +83,27 @@ class Coordinator:
         worker_addresses: dict[str, str],
         config: CoordinatorConfig,
         host: str = "127.0.0.1",
+        *,
+        bind_host: str | None = None,
+        keys: WireKeys | None = None,
+        topology_source: TopologySource | None = None,
     ) -> None:
+        """`host`: the address workers send results to (reachable from every worker's host);
+        `bind_host`: the address bound (default: `host` when loopback, else all interfaces)."""
         self.scheduler = scheduler
+        self.topology_source = topology_source
         self.config = config
         self._admission = AdmissionQueue(scheduler)
         self._addresses = dict(worker_addresses)
-        self._context = zmq.Context.instance()
-        self.inbox = Inbox(self._context, host, "127.0.0.1" if host == "127.0.0.1" else "0.0.0.0")
+        self.wire = Wire(keys, "coordinator")
+        self.inbox = self.wire.inbox(host, bind_host or (host if is_loopback(host) else "0.0.0.0"))
         self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._requests: dict[int, RequestState] = {}
         self._ids = itertools.count(1)
+        self._admissions = itertools.count(1)
+        self._hold = AdmissionHold()
+        self.epoch = 0  # grows with every worker declared dead
+        self.recoveries: list[dict[str, object]] = []  # per re-routed request: lost_at_s, resumed_at_s
         self._lock = threading.Lock()
         self._num_waiting = 0
         self._num_running = 0
@@ -83,9 +111,19 @@ class Coordinator:
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="helix-coordinator", daemon=True)
         self._outgoing: dict[str, list[StageItem]] = defaultdict(list)
-        self._frees: dict[str, list[int]] = defaultdict(list)
+        self._frees: dict[str, list[tuple[int, int]]] = defaultdict(list)  # node → (seq_id, admission)
+        self._controls: dict[str, list[Control]] = defaultdict(list)
         self._last_progress: dict[int, float] = {}
-        self.counters = {"admitted": 0, "finished": 0, "failed": 0, "cancelled": 0, "rejected": 0}
+        self.counters = {
+            "admitted": 0,
+            "finished": 0,
+            "failed": 0,
+            "cancelled": 0,
+            "rejected": 0,
+            "preempted": 0,
+            "rerouted": 0,
+            "fenced_frames": 0,
+        }
 
     @property
     def address(self) -> str:
@@ -96,7 +134,10 @@ class Coordinator:
 
     def close(self) -> None:
         self._stopped.set()
-        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        if not self._thread.is_alive():
+            self.wire.close()
 
     # ---- thread-safe API ----
     def submit(self, prompt_ids: list[int], params: SamplingParams, emit: EventSink) -> int:
@@ -126,8 +167,33 @@ class Coordinator:
         self._commands.put(lambda: self._cancel(seq_id))
 
     def worker_gone(self, name: str, reason: str) -> None:
-        """Called by the health monitor: fail every request whose pipeline uses `name`."""
+        """Called by the health monitor: fence `name` and re-route every request whose pipeline uses it."""
         self._commands.put(lambda: self._fail_worker(name, reason))
+
+    def fail_all(self, message: str) -> None:
+        """Fail every waiting and running request with a 503 (the deployment is shutting down)."""
+        self._commands.put(lambda: self._fail_all(message))
+
+    def _fail_all(self, message: str) -> None:
+        self._fail_waiting(message, 503)
+        for state in [s for s in self._requests.values() if s.pipeline is not None]:
+            self._finish(state, None, ErrorEvent(message, 503, "service_unavailable"))
+
+    def health(self) -> dict[str, object]:
+        """``ok``; ``degraded`` (workers lost, a complete pipeline remains); ``unavailable`` (none does)."""
+        dead = dict(self.dead_workers)
+        topology = self.scheduler.topology
+        if not has_pipeline(topology):
+            status = "unavailable"
+        else:
+            status = "degraded" if dead else "ok"
+        return {
+            "status": status,
+            "workers_gone": dead,
+            "epoch": self.epoch,
+            "serving_workers": sorted(topology.ranges),
+            "max_flow_tokens_per_s": topology.max_flow_tokens_per_s,
+        }
 
     def snapshot(self) -> dict[str, object]:
         """Queue length, running requests, expected KV use per node, dead workers (for /metrics)."""
@@ -140,11 +206,12 @@ class Coordinator:
             "expected_kv_usage": kv,
             "dead_workers": dict(self.dead_workers),
             "counters": dict(self.counters),
+            "epoch": self.epoch,
         }
 
     # ---- the loop (coordinator thread only) ----
     def _run(self) -> None:
-        outbox = Outbox(self._context)
+        outbox = self.wire.outbox()
         last_watchdog = time.monotonic()
         try:
             while not self._stopped.is_set():
@@ -152,9 +219,13 @@ class Coordinator:
                 while not self._commands.empty():
                     self._commands.get()()
                 for message in messages:
-                    if isinstance(message, ResultBatch):
-                        for result in message.results:
-                            self._on_result(result)
+                    if not isinstance(message, ResultBatch):
+                        continue
+                    if message.worker in self.dead_workers:
+                        self.counters["fenced_frames"] += 1  # late results of a worker declared dead
+                        continue
+                    for result in message.results:
+                        self._on_result(result)
                 self._admit_waiting()
                 self._flush(outbox)
                 if time.monotonic() - last_watchdog > 1.0:
@@ -166,14 +237,22 @@ class Coordinator:
 
     def _enqueue(self, state: RequestState) -> None:
         self._requests[state.seq_id] = state
-        pipeline = self._admission.submit(
-            state.seq_id, len(state.prompt_ids), state.params.max_tokens, time.time()
-        )
+        now = time.time()
+        if not self._hold.may_admit(len(self.scheduler.active)):
+            self._admission.waiting.append(
+                Waiting(state.seq_id, len(state.prompt_ids), state.params.max_tokens, now)
+            )
+            return
+        pipeline = self._admission.submit(state.seq_id, len(state.prompt_ids), state.params.max_tokens, now)
         if pipeline is not None:
             self._start(state, pipeline)
 
     def _admit_waiting(self) -> None:
-        if not len(self._admission):
+        if not len(self._admission) or not self._hold.may_admit(len(self.scheduler.active)):
+            return
+        if not has_pipeline(self.scheduler.topology):
+            gone = "; ".join(f"worker {n} is gone: {r}" for n, r in self.dead_workers.items())
+            self._fail_waiting(f"no complete pipeline is left ({gone})", 503)
             return
         admitted, unservable = self._admission.retry(time.time())
         for waiting, pipeline in admitted:
@@ -181,6 +260,7 @@ class Coordinator:
         for waiting in unservable:
             state = self._requests.pop(waiting.request_id)
             self._set_counts(waiting=-1)
+            self.counters["failed"] += 1
             self._emit(
                 state,
                 ErrorEvent(
@@ -191,22 +271,27 @@ class Coordinator:
                 ),
             )
 
+    def _fail_waiting(self, message: str, status: int) -> None:
+        while self._admission.waiting:
+            state = self._requests.pop(self._admission.waiting.popleft().request_id)
+            self._set_counts(waiting=-1)
+            self.counters["failed"] += 1
+            self._emit(state, ErrorEvent(message, status, "service_unavailable"))
+
     def _start(self, state: RequestState, pipeline) -> None:
         self._set_counts(waiting=-1, running=+1)
         self.counters["admitted"] += 1
         state.pipeline = pipeline
-        dead = [n for n in pipeline.nodes if n in self.dead_workers]
-        if dead:
-            self._finish(
-                state,
-                None,
-                ErrorEvent(
-                    f"worker {dead[0]} is gone: {self.dead_workers[dead[0]]}", 503, "service_unavailable"
-                ),
-            )
-            return
+        state.admission = next(self._admissions)
+        context = state.context_ids
         item = StageItem(
-            state.seq_id, 0, len(state.prompt_ids), tuple(state.prompt_ids), state.route, state.params
+            state.seq_id,
+            0,
+            len(context),
+            tuple(context),
+            state.route,
+            state.params,
+            admission=state.admission,
         )
         self._send(state, item)
 
@@ -217,9 +302,15 @@ class Coordinator:
 
     def _on_result(self, result: TokenResult) -> None:
         state = self._requests.get(result.seq_id)
-        if state is None or not state.in_flight:
-            return
+        if state is None or not state.in_flight or result.admission != state.admission:
+            return  # finished, or a late result of an earlier admission
         state.in_flight = False
+        if result.preempted:
+            if state.cancelled:
+                self._finish(state, "cancelled")
+            else:
+                self._preempt(state)
+            return
         if result.error is not None:
             self._finish(state, None, ErrorEvent(result.error, 500, "server_error"))
             return
@@ -230,15 +321,47 @@ class Coordinator:
             self._finish(state, "cancelled")
             return
         state.output_ids.append(result.token_id)
+        now = time.time()
         if state.first_token_s is None:
-            state.first_token_s = time.time()
+            state.first_token_s = now
+        if state.lost_at_s is not None:
+            self.recoveries.append(
+                {"seq_id": state.seq_id, "lost_at_s": state.lost_at_s, "resumed_at_s": now}
+            )
+            state.lost_at_s = None
         self._emit(state, TokenEvent(result.token_id, result.logprob, result.top_logprobs))
         reason = self._stop_reason(state, result.token_id)
         if reason is not None:
             self._finish(state, reason)
             return
-        self.scheduler.on_tokens(state.seq_id, 1, time.time())
-        self._send(state, StageItem(state.seq_id, state.num_tokens - 1, 1, (result.token_id,)))
+        self.scheduler.on_tokens(state.seq_id, 1, now)
+        self._send(
+            state,
+            StageItem(state.seq_id, state.num_tokens - 1, 1, (result.token_id,), admission=state.admission),
+        )
+
+    def _preempt(self, state: RequestState) -> None:
+        """A worker dropped the request's KV: free it everywhere and re-queue it first (re-prefill)."""
+        self.counters["preempted"] += 1
+        state.preemptions += 1
+        self._hold.preempted()
+        self._requeue(state)
+
+    def _requeue(self, state: RequestState) -> None:
+        """Free the request on its (live) workers, release it in the scheduler, put it at the queue head."""
+        self._release_kv(state)
+        self.scheduler.release(state.seq_id, time.time())
+        state.pipeline = None
+        state.in_flight = False
+        self._last_progress.pop(state.seq_id, None)
+        self._set_counts(running=-1, waiting=+1)
+        remaining = state.params.max_tokens - len(state.output_ids)
+        requeue_front(self._admission, state.seq_id, state.num_tokens, remaining, time.time())
+
+    def _release_kv(self, state: RequestState) -> None:
+        for node in state.route:
+            if node not in self.dead_workers:
+                self._frees[node].append((state.seq_id, state.admission))
 
     def _stop_reason(self, state: RequestState, token_id: int) -> str | None:
         params = state.params
@@ -270,10 +393,9 @@ class Coordinator:
     def _finish(self, state: RequestState, reason: str | None, error: ErrorEvent | None = None) -> None:
         self._requests.pop(state.seq_id, None)
         self._last_progress.pop(state.seq_id, None)
-        for node in state.route:
-            if node not in self.dead_workers:
-                self._frees[node].append(state.seq_id)
+        self._release_kv(state)
         self.scheduler.release(state.seq_id, time.time())
+        self._hold.released()
         self._set_counts(running=-1)
         if error is not None:
             self.counters["failed"] += 1
@@ -283,11 +405,34 @@ class Coordinator:
         self._emit(state, FinishEvent(reason or "stop", len(state.prompt_ids), len(state.output_ids)))
 
     def _fail_worker(self, name: str, reason: str) -> None:
+        if name in self.dead_workers:
+            return
         self.dead_workers[name] = reason
-        for state in [s for s in self._requests.values() if s.pipeline is not None and name in s.route]:
-            self._finish(
-                state, None, ErrorEvent(f"worker {name} is gone: {reason}", 503, "service_unavailable")
-            )
+        self.epoch += 1
+        for node in self._addresses:
+            if node not in self.dead_workers:
+                self._controls[node].append(Control("fence", names=(name,)))
+        self._controls[name].append(Control("stop"))  # if it ever runs again, it stops at once
+        running = [s for s in self._requests.values() if s.pipeline is not None]
+        if self.topology_source is None:  # nothing to re-plan with: fail the requests it carried
+            for state in [s for s in running if name in s.route]:
+                error = ErrorEvent(f"worker {name} is gone: {reason}", 503, "service_unavailable")
+                self._finish(state, None, error)
+            return
+        now = time.time()
+        self.scheduler, decision = recover(self.scheduler, self.topology_source, set(self.dead_workers), now)
+        self._admission.scheduler = self.scheduler
+        by_id = {s.seq_id: s for s in running}
+        resumed = [by_id[i] for i in decision.resume if i in by_id]
+        for state in reversed(resumed):  # requeue_front: the first admitted ends at the head
+            if state.cancelled:
+                self._finish(state, "cancelled")
+                continue
+            self.counters["rerouted"] += 1
+            state.reroutes += 1
+            if state.lost_at_s is None:
+                state.lost_at_s = now
+            self._requeue(state)
 
     def _watchdog(self) -> None:
         now = time.monotonic()
@@ -306,14 +451,20 @@ class Coordinator:
                 )
 
     def _flush(self, outbox: Outbox) -> None:
+        """Controls and frees first: on each socket they precede the new iterations sent after them."""
+        for node, controls in self._controls.items():
+            for control in controls:
+                outbox.send(self._addresses[node], control)
+        self._controls.clear()
+        for node, pairs in self._frees.items():
+            seq_ids, admissions = [p[0] for p in pairs], [p[1] for p in pairs]
+            outbox.send(self._addresses[node], Control("free", seq_ids, admissions))
+        self._frees.clear()
         now = time.time()
         for node, items in self._outgoing.items():
             if items and node not in self.dead_workers:
-                outbox.send(self._addresses[node], HopBatch(items, None, now))
+                outbox.send(self._addresses[node], HopBatch(items, None, now, COORDINATOR_HOP))
         self._outgoing.clear()
-        for node, seq_ids in self._frees.items():
-            outbox.send(self._addresses[node], Control("free", seq_ids))
-        self._frees.clear()
 
     def _set_counts(self, waiting: int = 0, running: int = 0) -> None:
         with self._lock:

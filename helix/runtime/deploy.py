@@ -5,16 +5,31 @@ resource ``helix_node_n3`` (``ray start --address HEAD:6379 --resources '{"helix
 the worker for ``n3`` requires one unit of it, so Ray puts it there. Without an address a local Ray
 starts and every worker runs on this machine (CPU, or a named CUDA device).
 
+Security: the deployment's CURVE keys (`helix.runtime.keys`) reach the actors as constructor arguments,
+through Ray; so Ray's own authentication guards them. Joining a cluster leaves Ray's authentication as
+the cluster has it (set ``RAY_AUTH_MODE=token`` and ``RAY_AUTH_TOKEN`` where you run ``ray start`` and
+``helix serve``); a local Ray started here uses token authentication with a fresh random token, held
+only in this process's environment (inherited by the Ray processes it starts).
+
 Actors reserve ``num_cpus=0`` (they would never start beyond a small local `ray.init(num_cpus=...)`);
 a worker pinned to ``cuda:<i>`` sets ``CUDA_VISIBLE_DEVICES=<i>`` itself before touching CUDA.
-Health: `Deployment.check()` asks every actor for its stats with a timeout; an actor that died (Ray
-reports it) or whose step loop stopped is reported with the reason; one that is merely slow to answer
-is counted in `unresponsive`, not declared dead.
+Health: `HealthMonitor` keeps one heartbeat (a `stats` call) outstanding per actor. A worker is declared
+gone, with the reason, when Ray reports its actor dead, when its step loop stopped, when its heartbeat
+has gone unanswered for `liveness_timeout_s` (a hung or stopped process: well under the coordinator's
+stall timeout), or when it has had batches waiting without finishing a step for `step_timeout_s` (step
+progress: a step loop that hangs in a process that still answers). A worker answering again later
+stays gone (the coordinator has fenced it).
+When Ray's GCS stops answering for `control_plane_timeout_s` (well before Ray itself would abort the
+driver), the monitor reports it once through `on_control_plane_lost` and stops.
+`Deployment.check()` is a one-shot version with a timeout (slow answers are counted in `unresponsive`).
 """
 
 from __future__ import annotations
 
 import os
+import secrets
+import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -23,6 +38,7 @@ from typing import Any
 
 from helix.runtime.actor import WorkerActor
 from helix.runtime.emulation import StepTimer
+from helix.runtime.keys import WireKeys
 from helix.runtime.stage_backend import StageConfig
 
 NODE_RESOURCE_PREFIX = "helix_node_"
@@ -41,16 +57,32 @@ class WorkerSpec:
 
 
 def start_ray(address: str | None, *, num_cpus: int = 2) -> None:
-    """Join `address` (``auto`` or ``host:port``), or start a small local Ray."""
+    """Join `address` (``auto`` or ``host:port``) with the cluster's own authentication, or start a small
+    local Ray with token authentication (a random token unless ``RAY_AUTH_TOKEN`` is set)."""
     import ray
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if ray.is_initialized():
         return
     if address:
         ray.init(address=address, logging_level="ERROR", log_to_driver=False)
-    else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        return
+    if "RAY_AUTH_MODE" not in os.environ:
+        _enable_local_token_auth()
+    ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+
+
+def _enable_local_token_auth() -> None:
+    """Token authentication for the local Ray about to start, with a random token kept in the environment
+    (never written to ``~/.ray``, which other Ray users of this machine share)."""
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    try:  # Ray reads its configuration once, when it is imported: make it read the environment again
+        from ray._raylet import AuthenticationTokenLoader, Config
+
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
+    except (ImportError, AttributeError):  # other Ray versions read the environment at ray.init
+        pass
 
 
 def node_resource(name: str) -> str:
@@ -60,7 +92,7 @@ def node_resource(name: str) -> str:
 class Deployment:
     """The worker actors of a plan: creation, wiring, health checks, shutdown."""
 
-    def __init__(self, specs: list[WorkerSpec]) -> None:
+    def __init__(self, specs: list[WorkerSpec], keys: WireKeys | None = None) -> None:
         import ray
 
         self._ray = ray
@@ -79,6 +111,7 @@ class Deployment:
                 spec.slowdown,
                 "" if spec.require_node_resource else "127.0.0.1",
                 spec.step_timer,
+                keys,
             )
         self.unresponsive: dict[str, int] = {}  # consecutive health checks without an answer
         self.info = dict(
@@ -120,18 +153,59 @@ class Deployment:
                 pass
         self.actors.clear()
 
+    def kill_local_processes(self) -> list[int]:
+        """SIGKILL the worker processes on this host by PID (when Ray's control plane is gone and cannot
+        stop them); returns the PIDs signalled."""
+        killed = []
+        for info in self.info.values():
+            pid = info.get("pid")
+            if pid and info.get("hostname") == socket.gethostname():
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        self.actors.clear()
+        return killed
+
+
+def gcs_reachable(address: str, timeout_s: float = 1.0) -> bool:
+    """Whether Ray's GCS answers a TCP connection at ``host:port``."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
 
 class HealthMonitor:
-    """Checks the deployment every `interval_s`; reports each newly gone worker once."""
+    """Watches the deployment (see the module docstring); reports each newly gone worker once."""
 
     def __init__(
-        self, deployment: Deployment, on_gone: Callable[[str, str], None], interval_s: float = 0.5
+        self,
+        deployment: Deployment,
+        on_gone: Callable[[str, str], None],
+        interval_s: float = 0.1,
+        liveness_timeout_s: float = 5.0,
+        step_timeout_s: float = 30.0,
+        on_control_plane_lost: Callable[[str], None] | None = None,
+        control_plane_timeout_s: float = 10.0,
     ) -> None:
         self.deployment = deployment
         self.on_gone = on_gone
         self.interval_s = interval_s
+        self.liveness_timeout_s = liveness_timeout_s
+        self.step_timeout_s = step_timeout_s
+        self.on_control_plane_lost = on_control_plane_lost
+        self.control_plane_timeout_s = control_plane_timeout_s
+        self.control_plane_lost: str | None = None
+        self._gcs_address = _gcs_address(deployment._ray)
+        self._gcs_checked_s = self._gcs_seen_s = time.monotonic()
         self.gone: dict[str, str] = {}
+        self.gone_at_s: dict[str, float] = {}
         self.stats: dict[str, dict[str, Any]] = {}
+        self._outstanding: dict[str, tuple[Any, float]] = {}  # name → (heartbeat ref, sent at)
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="helix-health", daemon=True)
 
@@ -143,13 +217,70 @@ class HealthMonitor:
         self._thread.join(timeout=10)
 
     def _run(self) -> None:
-        while not self._stopped.wait(self.interval_s):
-            gone = self.deployment.check()
-            self.stats = dict(getattr(self.deployment, "last_stats", {}))
-            for name, reason in gone.items():
-                if name not in self.gone:
-                    self.gone[name] = reason
-                    self.on_gone(name, reason)
+        ray = self.deployment._ray
+        while not self._stopped.is_set():
+            now = time.monotonic()
+            if self._control_plane_gone(now):
+                return
+            for name, actor in list(self.deployment.actors.items()):
+                if name not in self.gone and name not in self._outstanding:
+                    self._outstanding[name] = (actor.stats.remote(), now)
+            refs = {ref: name for name, (ref, _) in self._outstanding.items()}
+            ready = []
+            if refs:
+                ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=self.interval_s)
+            for ref in ready:
+                name = refs[ref]
+                self._outstanding.pop(name)
+                try:
+                    stats = ray.get(ref)
+                except Exception as exc:  # RayActorError and friends: the actor died
+                    self._declare(name, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+                    continue
+                self.stats[name] = stats
+                idle_s = stats.get("since_last_step_s", 0.0)
+                if stats.get("pending_batches", 0) and idle_s > self.step_timeout_s:
+                    self._declare(
+                        name,
+                        f"no step for {idle_s:.1f} s with {stats['pending_batches']} batches waiting "
+                        f"(step timeout {self.step_timeout_s:g} s)",
+                    )
+            now = time.monotonic()
+            for name, (_, sent_s) in list(self._outstanding.items()):
+                if now - sent_s > self.liveness_timeout_s:
+                    self._outstanding.pop(name)
+                    self._declare(
+                        name,
+                        f"no heartbeat for {now - sent_s:.1f} s "
+                        f"(liveness timeout {self.liveness_timeout_s:g} s)",
+                    )
+            if not refs or len(ready) == len(refs):
+                self._stopped.wait(self.interval_s)
+
+    def _control_plane_gone(self, now: float) -> bool:
+        """Check Ray's GCS once a second; after `control_plane_timeout_s` unreachable, report it (once)."""
+        if self._gcs_address is None or now - self._gcs_checked_s < 1.0:
+            return False
+        self._gcs_checked_s = now
+        if gcs_reachable(self._gcs_address):
+            self._gcs_seen_s = now
+            return False
+        if now - self._gcs_seen_s < self.control_plane_timeout_s:
+            return False
+        self.control_plane_lost = (
+            f"Ray's control plane (GCS at {self._gcs_address}) has been unreachable for "
+            f"{now - self._gcs_seen_s:.0f} s"
+        )
+        if self.on_control_plane_lost is not None:
+            self.on_control_plane_lost(self.control_plane_lost)
+        return True
+
+    def _declare(self, name: str, reason: str) -> None:
+        if name in self.gone:
+            return
+        self.gone[name] = reason
+        self.gone_at_s[name] = time.time()
+        self.on_gone(name, reason)
 
 
 class _PinnedWorkerActor(WorkerActor):
@@ -162,11 +293,19 @@ class _PinnedWorkerActor(WorkerActor):
         slowdown: float = 1.0,
         advertise_host: str = "",
         step_timer: StepTimer | None = None,
+        keys: WireKeys | None = None,
     ) -> None:
         if stage.device.startswith("cuda:"):
             os.environ["CUDA_VISIBLE_DEVICES"] = stage.device.split(":", 1)[1]
             stage = replace(stage, device="cuda:0")
-        super().__init__(name, stage, slowdown, advertise_host, step_timer)
+        super().__init__(name, stage, slowdown, advertise_host, step_timer, keys)
+
+
+def _gcs_address(ray) -> str | None:
+    try:
+        return ray.get_runtime_context().gcs_address
+    except Exception:  # not connected, or an older Ray
+        return None
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float, poll_s: float = 0.05) -> bool:

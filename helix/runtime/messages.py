@@ -5,20 +5,21 @@ One `HopBatch` carries every request a sender forwards to one receiver after one
 order). The coordinator starts each iteration (prompt or one decode token) with the token ids for the
 first stage of the request's route; the last stage samples and returns a `TokenResult` per request.
 
-Encoding: pickle protocol 5 with tensors as numpy arrays (zero-copy out-of-band buffers), so a hop
-costs one `send_multipart` of a small header and one raw buffer.
+Encoding: `helix.runtime.wire` — a versioned msgpack header and one raw buffer per tensor, driven by
+these dataclasses' type hints (no pickle). A new message type is a dataclass of the field types the wire
+supports, added to `WIRE_MESSAGES`.
 """
 
 from __future__ import annotations
 
-import pickle
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 
 from helix.engine.sampling_params import SamplingParams
+from helix.runtime.wire import Codec
 
 COORDINATOR_HOP = "coordinator"
 
@@ -28,7 +29,9 @@ class StageItem:
     """One request's share of a step on one stage.
 
     `route` (worker names in order) and `sampling` come only with the prompt iteration; later stages
-    remember them. `token_ids` is set only for the first stage.
+    remember them. `token_ids` is set only for the first stage. `admission` numbers the request's current
+    admission (it grows with every admission, re-admissions after a preemption or re-route included):
+    workers order preemption victims by it and ignore iterations of an older admission.
     """
 
     seq_id: int
@@ -38,6 +41,7 @@ class StageItem:
     route: tuple[str, ...] | None = None
     sampling: SamplingParams | None = None
     stage_done_s: tuple[float, ...] = ()  # prompt only: wall time each earlier stage finished it
+    admission: int = 0
 
 
 @dataclass(slots=True)
@@ -47,11 +51,14 @@ class HopBatch:
     items: list[StageItem]
     hidden: torch.Tensor | None = None  # [sum of num_new_tokens, H] for non-first stages
     sent_at_s: float = 0.0
+    sender: str = ""  # worker name or COORDINATOR_HOP: batches from a fenced worker are dropped
 
 
 @dataclass(frozen=True, slots=True)
 class TokenResult:
-    """A sampled token of one request (from the last stage), or an error for it."""
+    """A sampled token of one request (from the last stage), an error for it, or (`preempted`) the news
+    that a worker dropped its iteration because it preempted the request's KV (see
+    `helix.scheduling.preemption`): the coordinator re-queues it. `admission` as in `StageItem`."""
 
     seq_id: int
     token_id: int = -1
@@ -59,14 +66,20 @@ class TokenResult:
     top_logprobs: dict[int, float] | None = None
     error: str | None = None
     stage_done_s: tuple[float, ...] = ()  # prompt only: wall time each stage finished it
+    admission: int = 0
+    preempted: bool = False
 
 
 @dataclass(slots=True)
 class Control:
-    """Non-data messages: ``free`` sequences (KV release), ``stop`` the loop."""
+    """Non-data messages: ``free`` sequences (KV release; with `admissions`, one per sequence, only state of
+    that admission or an older one is freed), ``fence`` workers declared dead (`names`: their late batches
+    are dropped), ``stop`` the loop."""
 
     kind: str
     seq_ids: list[int] = field(default_factory=list)
+    admissions: list[int] = field(default_factory=list)
+    names: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -77,32 +90,17 @@ class ResultBatch:
     results: list[TokenResult]
 
 
+# Every type that may travel on a socket; a receiver drops frames of any other type.
+WIRE_MESSAGES: tuple[type, ...] = (HopBatch, ResultBatch, Control)
+
+CODEC = Codec(WIRE_MESSAGES)
+
+
 def encode(message: Any) -> list[Any]:
-    """Frames for `send_multipart`: pickled header plus out-of-band buffers (no copy of tensors)."""
-    buffers: list[pickle.PickleBuffer] = []
-    if isinstance(message, HopBatch) and message.hidden is not None:
-        hidden = message.hidden.detach()
-        if hidden.device.type != "cpu":
-            hidden = hidden.cpu()
-        message = HopBatch(message.items, _to_numpy(hidden), message.sent_at_s)
-    header = pickle.dumps(message, protocol=5, buffer_callback=buffers.append)
-    return [header, *(b.raw() for b in buffers)]
+    """Frames for `send_multipart`: the header, then each tensor's raw buffer (see `helix.runtime.wire`)."""
+    return CODEC.encode(message)
 
 
-def decode(frames: list[Any]) -> Any:
-    """Inverse of `encode`; hidden states come back as a CPU tensor."""
-    message = pickle.loads(frames[0], buffers=frames[1:])
-    if isinstance(message, HopBatch) and isinstance(message.hidden, np.ndarray):
-        message.hidden = _from_numpy(message.hidden)
-    return message
-
-
-def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
-    if tensor.dtype == torch.bfloat16:  # numpy has no bfloat16: ship the bits
-        return tensor.contiguous().view(torch.int16).numpy()
-    return tensor.contiguous().numpy()
-
-
-def _from_numpy(array: np.ndarray) -> torch.Tensor:
-    tensor = torch.from_numpy(array.copy())  # received buffers are read-only
-    return tensor.view(torch.bfloat16) if array.dtype == np.int16 else tensor
+def decode(frames: Sequence[Any]) -> Any:
+    """Inverse of `encode`; tensors come back on the CPU. Raises `WireError` for a malformed message."""
+    return CODEC.decode(frames)

@@ -6,8 +6,9 @@ its `WorkerLoop` inbox and reports the address over a pipe. `start_coordinator` 
 `Topology` from the plan with each node's real KV capacity, starts the `Coordinator`, and hands every
 worker its peers. The hot path is exactly the Ray runtime's — `Worker.step`, `WorkerLoop`, `HopBatch`
 over PUSH/PULL sockets, `Coordinator` — only lifecycle and address exchange go through pipes instead of
-Ray (so it runs where Ray is not installed, and in tests). Processes are spawned, so a script that
-starts a deployment needs the usual ``if __name__ == "__main__":`` guard.
+Ray (so it runs where Ray is not installed, and in tests). The deployment's CURVE keys
+(`helix.runtime.keys`) are generated here and reach each worker over its pipe. Processes are spawned,
+so a script that starts a deployment needs the usual ``if __name__ == "__main__":`` guard.
 
 Weights: from a model directory through `load_backend`, or (``random_hf_config``) random weights that
 do not depend on the split: every parameter is drawn from a generator seeded by the Hugging Face names
@@ -32,6 +33,7 @@ from helix.engine.loader import build_stage
 from helix.engine.model.llama import LlamaStage
 from helix.engine.model_runner import ModelRunner
 from helix.runtime.coordinator import Coordinator, CoordinatorConfig
+from helix.runtime.keys import WireKeys
 from helix.runtime.stage_backend import _DTYPES, StageBackend, StageConfig, load_backend
 from helix.runtime.worker import Worker
 from helix.runtime.worker_loop import WorkerLoop
@@ -97,14 +99,14 @@ def _pin(stage: StageConfig) -> StageConfig:
     return stage
 
 
-def _worker_main(spec: ProcessWorkerSpec, conn) -> None:
+def _worker_main(spec: ProcessWorkerSpec, conn, keys: WireKeys | None = None) -> None:
     """Child process: load, report the inbox address, then serve start/stats/stop commands."""
     try:
         os.environ.setdefault("OMP_NUM_THREADS", str(spec.stage.threads))
         stage = _pin(spec.stage)
         started = time.perf_counter()
         backend = build_backend(replace(spec, stage=stage))
-        loop = WorkerLoop(Worker(spec.name, backend, slowdown=spec.slowdown), "127.0.0.1")
+        loop = WorkerLoop(Worker(spec.name, backend, slowdown=spec.slowdown), "127.0.0.1", keys=keys)
         device = backend.runner.device
         conn.send(
             {
@@ -140,12 +142,15 @@ class ProcessDeployment:
 
     def __init__(self, specs: list[ProcessWorkerSpec], timeout_s: float = START_TIMEOUT_S) -> None:
         context = mp.get_context("spawn")
+        self.keys = WireKeys.generate()
         self.specs = {s.name: s for s in specs}
         self._conns: dict[str, Any] = {}
         self._procs: dict[str, Any] = {}
         for spec in specs:
             parent, child = context.Pipe()
-            proc = context.Process(target=_worker_main, args=(spec, child), name=f"helix-{spec.name}")
+            proc = context.Process(
+                target=_worker_main, args=(spec, child, self.keys), name=f"helix-{spec.name}"
+            )
             proc.start()
             self._conns[spec.name], self._procs[spec.name] = parent, proc
         self.info: dict[str, dict[str, Any]] = {}
@@ -221,6 +226,7 @@ def start_coordinator(
         create_scheduler(scheduler, topology, kv, random.Random(seed)),
         deployment.addresses,
         CoordinatorConfig(max_model_len, eos_token_ids, max_waiting),
+        keys=deployment.keys,
     )
     coordinator.start()
     deployment.start(coordinator.address)

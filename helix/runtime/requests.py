@@ -55,11 +55,20 @@ class RequestState:
     cancelled: bool = False
     in_flight: bool = False
     first_token_s: float | None = None
+    admission: int = 0  # number of the current admission (grows with each re-admission)
+    preemptions: int = 0
+    reroutes: int = 0
+    lost_at_s: float | None = None  # when its pipeline was lost; cleared at its first resumed token
 
     @property
     def route(self) -> tuple[str, ...]:
         assert self.pipeline is not None
         return self.pipeline.nodes
+
+    @property
+    def context_ids(self) -> list[int]:
+        """Prompt + generated tokens: what a re-admission re-prefills."""
+        return [*self.prompt_ids, *self.output_ids]
 
     @property
     def num_tokens(self) -> int:

@@ -5,7 +5,13 @@ plan (or plans on start with `helix.placement.plan`), builds the scheduler's `To
 (the same code the simulator uses; links chain ranges exactly, since a worker runs its whole
 range) with each node's KV capacity replaced by what its worker really
 allocated, starts one Ray actor per used node, wires their ZeroMQ sockets, and starts the coordinator
-and a health monitor that reports dead workers to it.
+and a health monitor that reports dead workers to it; the coordinator then re-routes around them on the
+topology the same `TopologySource` rebuilds on the survivors (`helix.scheduling.recovery`).
+
+Addressing: a local run (no `ray_address`) binds and advertises loopback only. Joining a cluster, each
+worker advertises its Ray node's IP and the coordinator advertises `advertise_host` (default: the Ray
+node IP of this process), binding all interfaces; every socket is CURVE-authenticated with keys made
+for this deployment (`helix.runtime.keys`).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,8 +30,10 @@ from helix.placement.plan_io import Plan, check_plan_matches, load_plan
 from helix.runtime.coordinator import Coordinator, CoordinatorConfig
 from helix.runtime.deploy import Deployment, HealthMonitor, WorkerSpec, start_ray
 from helix.runtime.emulation import EMULATION_MODES, StepTimer, capacity_model, slowdowns, step_timers
+from helix.runtime.keys import WireKeys
 from helix.runtime.stage_backend import StageConfig
 from helix.scheduling import KVParameters, Topology, create_scheduler
+from helix.scheduling.recovery import TopologySource
 from helix.specs.cluster import ClusterSpec
 from helix.specs.loading import load_cluster
 from helix.specs.model import ModelSpec, load_model_spec, model_from_hf_config
@@ -43,6 +52,7 @@ class ServeOptions:
     plan: str | None = None
     placement: Placement | None = None  # an explicit placement (the demo's) instead of a plan file
     ray_address: str | None = None
+    advertise_host: str | None = None  # address workers reach the coordinator at (default: Ray node IP)
     emulate: bool = True
     emulation: str = "relative"
     scheduler: str = "maxflow"
@@ -53,6 +63,7 @@ class ServeOptions:
     kv_cache_bytes: int = 128 << 20
     max_model_len: int = 2048
     max_waiting: int = 64
+    liveness_timeout_s: float = 5.0  # a worker silent this long is declared gone and routed around
     threads_per_worker: int = 1
     seed: int = 0
     kv_params: KVParameters = KVParameters(expected_kv_hwm=0.9, expected_output_length_ratio=0.6)
@@ -83,6 +94,8 @@ class ServingRuntime:
         self.topology = topology
         self.slowdown = slowdown
         self.started_at_s = time.time()
+        self.control_plane_lost: str | None = None
+        self.on_shutdown: list[Callable[[str], None]] = []  # called when the deployment must stop
 
     @classmethod
     def start(cls, options: ServeOptions) -> ServingRuntime:
@@ -113,31 +126,55 @@ class ServingRuntime:
             )
             for name, r in plan.placement.items()
         ]
-        deployment = Deployment(specs)
-        topology = _with_real_kv(
-            Topology.build(cluster, spec, plan.placement, capacity, partial_overlap=False),
-            deployment,
-        )
+        keys = WireKeys.generate()
+        deployment = Deployment(specs, keys)
+        real_kv = {
+            name: info["kv_blocks"] * 16 * plan.placement[name].num_layers
+            for name, info in deployment.info.items()
+        }
+        source = TopologySource(cluster, spec, plan.placement, capacity, False, real_kv)
+        topology = source.surviving()
         scheduler = create_scheduler(
             options.scheduler, topology, options.kv_params, random.Random(options.seed)
         )
         eos = tuple(sorted({*resolved.config.eos_token_ids, *_tokenizer_eos(tokenizer)}))
         max_len = min(options.max_model_len, *(i["max_model_len"] for i in deployment.info.values()))
         coordinator = Coordinator(
-            scheduler, deployment.addresses, CoordinatorConfig(max_len, eos, options.max_waiting)
+            scheduler,
+            deployment.addresses,
+            CoordinatorConfig(max_len, eos, options.max_waiting),
+            _coordinator_host(options),
+            keys=keys,
+            topology_source=source,
         )
         coordinator.start()
         deployment.start(coordinator.address)
-        health = HealthMonitor(deployment, coordinator.worker_gone)
-        health.start()
-        return cls(
+        health = HealthMonitor(
+            deployment, coordinator.worker_gone, liveness_timeout_s=options.liveness_timeout_s
+        )
+        runtime = cls(
             options, resolved.name, tokenizer, plan, deployment, coordinator, health, topology, factors
         )
+        health.on_control_plane_lost = runtime._on_control_plane_lost
+        health.start()
+        return runtime
+
+    def _on_control_plane_lost(self, reason: str) -> None:
+        """Ray's GCS is gone: fail what is in flight, kill this host's workers by PID, tell listeners."""
+        self.control_plane_lost = reason
+        self.coordinator.fail_all(f"the deployment is shutting down: {reason}")
+        time.sleep(0.2)  # let the coordinator emit the errors
+        self.deployment.kill_local_processes()
+        for listener in self.on_shutdown:
+            listener(reason)
 
     def shutdown(self) -> None:
         self.health.stop()
         self.coordinator.close()
-        self.deployment.shutdown()
+        if self.control_plane_lost is None:
+            self.deployment.shutdown()
+        else:  # Ray cannot stop actors without its control plane
+            self.deployment.kill_local_processes()
 
     def describe(self) -> dict[str, Any]:
         """Plan, routes and emulation factors (for logs and the demo)."""
@@ -151,6 +188,17 @@ class ServingRuntime:
             "max_flow_tokens_per_s": self.topology.max_flow_tokens_per_s,
             "scheduler": self.options.scheduler,
         }
+
+
+def _coordinator_host(options: ServeOptions) -> str:
+    """Where workers send results: loopback for a local run, else the advertised or Ray node address."""
+    if options.ray_address is None:
+        return options.advertise_host or "127.0.0.1"
+    if options.advertise_host:
+        return options.advertise_host
+    import ray
+
+    return ray.util.get_node_ip_address()
 
 
 def _emulation(
@@ -203,16 +251,6 @@ def _plan(options: ServeOptions, cluster: ClusterSpec, spec: ModelSpec, capacity
         )
     check_plan_matches(plan, cluster, spec, where=options.plan or "plan")
     return plan
-
-
-def _with_real_kv(topology: Topology, deployment: Deployment) -> Topology:
-    """The topology with each node's KV capacity set to its worker's allocated blocks × 16 × layers."""
-    limits = {}
-    for name, limit in topology.limits.items():
-        blocks = deployment.info[name]["kv_blocks"]
-        real = blocks * 16 * topology.ranges[name].num_layers
-        limits[name] = dataclasses.replace(limit, kv_capacity_token_layers=real)
-    return dataclasses.replace(topology, limits=limits)
 
 
 def _tokenizer_eos(tokenizer: Any) -> list[int]:

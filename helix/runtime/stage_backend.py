@@ -1,6 +1,6 @@
 """The engine side of a worker: `helix.engine`'s `ModelRunner` and `Sampler` for one layer range.
 
-`StageBackend` reserves KV per request (so one request that does not fit fails alone), runs a step over
+`StageBackend` reserves KV per request (the worker preempts when it is short), runs a step over
 `StageItem`s through `ModelRunner.execute`, and on the last stage samples each request's next token with
 its own seeded generator. `load_backend` builds one from a model name/path and a layer range.
 """
@@ -62,6 +62,15 @@ class StageBackend:
     @property
     def max_model_len(self) -> int:
         return self.runner.max_model_len
+
+    def kv_shortfall(self, item: StageItem) -> int:
+        """KV blocks missing to run `item` now (0 when it fits): the worker preempts to cover them."""
+        batch = StepBatch((SeqChunk(item.seq_id, item.num_cached_tokens, item.num_new_tokens),))
+        return max(0, self.runner.num_blocks_needed(batch) - self.runner.block_manager.num_free_blocks)
+
+    def num_blocks_held(self, seq_id: int) -> int:
+        manager = self.runner.block_manager
+        return len(manager.block_table(seq_id)) if manager.has(seq_id) else 0
 
     def reserve(self, item: StageItem) -> str | None:
         """Take the KV blocks `item` needs now; a reason string if it cannot run here."""

@@ -6,7 +6,13 @@ stage (prompt chunks and decode tokens together), and returns the outgoing batch
 (one message per next hop per step) plus, on the last stage, the sampled tokens.
 
 Each request's route is learnt from its prompt iteration; decode iterations follow it (the request's KV
-lives on these workers). A request whose KV cannot be allocated gets an error result instead of stalling.
+lives on these workers). When a request needs KV blocks and none are free, the worker preempts instead of
+failing (`helix.scheduling.preemption.choose_victims`, units = blocks): it frees the KV of requests
+admitted after it (newest first) or, if that is not enough, its own; a preempted request's iteration is
+dropped and reported (`TokenResult.preempted`) — at once when it is in this step, otherwise when its next
+iteration reaches this worker — and the coordinator re-queues it to re-prefill. Only a request that cannot
+fit even in an otherwise empty cache gets an error. Iterations of an older admission of a request than the
+one this worker holds, and batches from fenced (declared dead) workers, are dropped.
 
 Emulation (`helix.runtime.emulation`): with a `step_timer` every step is padded by sleeping to the time
 the node's profile tables give for its batch (prompt tokens, decode sequences); otherwise, with
@@ -25,6 +31,7 @@ import torch
 from helix.runtime.emulation import StepTimer
 from helix.runtime.messages import COORDINATOR_HOP, HopBatch, StageItem, TokenResult
 from helix.runtime.stage_backend import StageBackend
+from helix.scheduling.preemption import Resident, choose_victims
 
 
 @dataclass(slots=True)
@@ -42,6 +49,8 @@ class WorkerStats:
     kv_total_blocks: int = 0
     active_seqs: int = 0
     errors: int = 0
+    preemptions: int = 0  # requests whose KV this worker freed to make room for another
+    fenced_batches: int = 0  # batches dropped because their sender was declared dead
     started_at_s: float = field(default_factory=time.monotonic)
 
 
@@ -71,14 +80,27 @@ class Worker:
         self.step_timer = step_timer
         self._sleep = sleep
         self._next_hop: dict[int, str] = {}
+        self._admission: dict[int, int] = {}  # request → admission number of the KV it holds here
+        self._fenced: set[str] = set()
         self.stats = WorkerStats(kv_total_blocks=backend.num_kv_blocks)
 
-    def free(self, seq_ids: list[int]) -> None:
-        """Release the KV and routing state of finished or cancelled requests (idempotent)."""
-        for seq_id in seq_ids:
-            self._next_hop.pop(seq_id, None)
-            self.backend.free(seq_id)
+    def free(self, seq_ids: list[int], admissions: list[int] | None = None) -> None:
+        """Release the KV and routing state of finished, cancelled, preempted or re-routed requests
+        (idempotent). With `admissions`, state of a newer admission than the one given is kept."""
+        for index, seq_id in enumerate(seq_ids):
+            if admissions and self._admission.get(seq_id, -1) > admissions[index]:
+                continue
+            self._drop(seq_id)
         self._refresh_kv_stats()
+
+    def fence(self, names: tuple[str, ...] | list[str]) -> None:
+        """Drop every later batch sent by these (dead) workers."""
+        self._fenced.update(names)
+
+    def _drop(self, seq_id: int) -> None:
+        self._next_hop.pop(seq_id, None)
+        self._admission.pop(seq_id, None)
+        self.backend.free(seq_id)
 
     def step(self, batches: list[HopBatch]) -> StepOutput:
         """Run one step over every request in `batches`; see the module docstring."""
@@ -94,30 +116,71 @@ class Worker:
         return StepOutput(self._split_by_next_hop(items, hidden), errors)
 
     def _admit(self, batches: list[HopBatch]) -> tuple[list[StageItem], torch.Tensor, list[TokenResult]]:
-        """Items ordered prompts first, their packed inputs, and errors for requests that cannot run."""
-        prompts: list[tuple[StageItem, torch.Tensor]] = []
-        decodes: list[tuple[StageItem, torch.Tensor]] = []
-        errors: list[TokenResult] = []
+        """Items ordered prompts first, their packed inputs, and results for requests that cannot run
+        (errors, preemptions)."""
+        admitted: dict[int, tuple[StageItem, torch.Tensor]] = {}
+        results: list[TokenResult] = []
         for batch in batches:
-            rows = self._rows(batch)
-            for item, row in zip(batch.items, rows, strict=True):
-                if item.route is not None:
-                    self._learn_route(item)
-                elif item.seq_id not in self._next_hop:
-                    continue  # freed while this iteration was in flight
+            if batch.sender in self._fenced:
+                self.stats.fenced_batches += 1
+                continue
+            for item, row in zip(batch.items, self._rows(batch), strict=True):
+                if not self._accept(item, results) or not self._make_room(item, admitted, results):
+                    continue
                 problem = self.backend.reserve(item)
                 if problem is not None:
-                    errors.append(TokenResult(item.seq_id, error=f"worker {self.name}: {problem}"))
-                    self.free([item.seq_id])
+                    results.append(
+                        TokenResult(
+                            item.seq_id, error=f"worker {self.name}: {problem}", admission=item.admission
+                        )
+                    )
+                    self._drop(item.seq_id)
                     self.stats.errors += 1
                     continue
-                (decodes if item.num_cached_tokens > 0 and item.num_new_tokens == 1 else prompts).append(
-                    (item, row)
-                )
-        ordered = prompts + decodes
+                admitted[item.seq_id] = (item, row)
+        prompts = [p for p in admitted.values() if not _is_decode(p[0])]
+        ordered = prompts + [p for p in admitted.values() if _is_decode(p[0])]
         if not ordered:
-            return [], torch.empty(0), errors
-        return [i for i, _ in ordered], torch.cat([r for _, r in ordered]), errors
+            return [], torch.empty(0), results
+        return [i for i, _ in ordered], torch.cat([r for _, r in ordered]), results
+
+    def _accept(self, item: StageItem, results: list[TokenResult]) -> bool:
+        """Whether `item` belongs to the admission this worker serves (learning the route of a prompt)."""
+        known = self._admission.get(item.seq_id)
+        if known is not None and known > item.admission:
+            return False  # a late iteration of an older admission
+        if item.route is not None:
+            if known is not None:
+                self._drop(item.seq_id)  # leftovers of an older admission
+            self._learn_route(item)
+            self._admission[item.seq_id] = item.admission
+            return True
+        if known is None:  # its KV was preempted (or freed) here: this iteration ends
+            results.append(TokenResult(item.seq_id, admission=item.admission, preempted=True))
+            return False
+        return True
+
+    def _make_room(
+        self,
+        item: StageItem,
+        admitted: dict[int, tuple[StageItem, torch.Tensor]],
+        results: list[TokenResult],
+    ) -> bool:
+        """Preempt (see the module docstring) until `item` fits; False when `item` itself is preempted."""
+        shortfall = self.backend.kv_shortfall(item)
+        if shortfall == 0:
+            return True
+        residents = [Resident(s, a, self.backend.num_blocks_held(s)) for s, a in self._admission.items()]
+        victims = choose_victims(residents, item.seq_id, item.admission, shortfall)
+        if victims == [item.seq_id] and not any(r.units for r in residents if r.request_id != item.seq_id):
+            return True  # alone and still too big: the reservation reports the error
+        for victim in victims:
+            admission = self._admission[victim]
+            self._drop(victim)
+            self.stats.preemptions += 1
+            if victim == item.seq_id or admitted.pop(victim, None) is not None:
+                results.append(TokenResult(victim, admission=admission, preempted=True))
+        return item.seq_id not in victims
 
     def _rows(self, batch: HopBatch) -> list[torch.Tensor]:
         """Per item, its slice of the batch's inputs (token ids on the first stage, else hidden rows)."""
@@ -149,17 +212,24 @@ class Worker:
                 item.route,
                 item.sampling,
                 done,
+                item.admission,
             )
             grouped_items[hop].append(forwarded)
             grouped_rows[hop].append(rows)
-        return {hop: HopBatch(grouped_items[hop], torch.cat(grouped_rows[hop]), now) for hop in grouped_items}
+        return {
+            hop: HopBatch(grouped_items[hop], torch.cat(grouped_rows[hop]), now, self.name)
+            for hop in grouped_items
+        }
 
     @staticmethod
     def _stamp(items: list[StageItem], results: list[TokenResult]) -> list[TokenResult]:
-        """Prompt results carry when each stage finished the prompt (for swarm-like schedulers)."""
+        """Results carry their admission; prompt results also when each stage finished the prompt (for
+        swarm-like schedulers)."""
         now = time.time()
         return [
-            replace(r, stage_done_s=(*i.stage_done_s, now)) if i.route is not None else r
+            replace(
+                r, admission=i.admission, stage_done_s=(*i.stage_done_s, now) if i.route is not None else ()
+            )
             for i, r in zip(items, results, strict=True)
         ]
 
@@ -178,7 +248,7 @@ class Worker:
         """How long to sleep after a step that computed for `compute_s` (see the module docstring)."""
         if self.step_timer is None:
             return compute_s * (self.slowdown - 1.0)
-        decodes = sum(1 for i in items if i.num_cached_tokens > 0 and i.num_new_tokens == 1)
+        decodes = sum(1 for i in items if _is_decode(i))
         prompt_tokens = sum(i.num_new_tokens for i in items) - decodes
         target_s = self.step_timer.step_s(prompt_tokens, decodes)
         if compute_s > target_s:
@@ -189,3 +259,7 @@ class Worker:
     def _refresh_kv_stats(self) -> None:
         self.stats.kv_used_blocks = self.backend.num_used_kv_blocks
         self.stats.active_seqs = len(self._next_hop)
+
+
+def _is_decode(item: StageItem) -> bool:
+    return item.num_cached_tokens > 0 and item.num_new_tokens == 1

@@ -2,19 +2,21 @@
 
 Every iteration drains the inbox, applies `free`/`stop` controls, runs one step over all batches that
 arrived (up to `max_step_tokens` new tokens; the rest wait for the next step), and sends one `HopBatch`
-per next hop plus one `ResultBatch` of sampled tokens to the coordinator. An exception inside a step
-fails only the requests of that step: each gets an error result, and the loop goes on.
+per next hop plus one `ResultBatch` of sampled tokens (and preemptions) to the coordinator. An exception
+inside a step fails only the requests of that step: each gets an error result, and the loop goes on.
+``fence`` controls name dead workers whose late batches the worker drops. `last_step_s` and
+`num_pending` feed the health monitor's step-progress liveness check.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 import traceback
 
-import zmq
-
+from helix.runtime.keys import WireKeys
 from helix.runtime.messages import COORDINATOR_HOP, Control, HopBatch, ResultBatch, TokenResult
-from helix.runtime.transport import Inbox, Outbox
+from helix.runtime.transport import Outbox, Wire, is_loopback
 from helix.runtime.worker import Worker
 
 IDLE_POLL_S = 0.05
@@ -30,15 +32,20 @@ class WorkerLoop:
         *,
         max_step_tokens: int = 4096,
         bind_host: str | None = None,
+        keys: WireKeys | None = None,
     ) -> None:
+        """`host`: the address peers reach this worker at; `bind_host`: the address bound (default: `host`
+        when it is loopback, else all interfaces). `keys`: the deployment's CURVE keys."""
         self.worker = worker
         self.max_step_tokens = max_step_tokens
-        self._context = zmq.Context.instance()
-        self.inbox = Inbox(self._context, host, bind_host)
+        self.wire = Wire(keys, f"worker {worker.name}")
+        self.inbox = self.wire.inbox(host, bind_host or (host if is_loopback(host) else "0.0.0.0"))
         self._peers: dict[str, str] = {}
         self._thread: threading.Thread | None = None
         self._stopped = threading.Event()
         self.lock = threading.Lock()  # guards worker state read by stats()
+        self.last_step_s = time.monotonic()  # when the last step ended, or work arrived at an idle loop
+        self.num_pending = 0  # batches received and not yet stepped
 
     @property
     def address(self) -> str:
@@ -47,6 +54,7 @@ class WorkerLoop:
     def start(self, peers: dict[str, str]) -> None:
         """Start stepping; `peers` maps worker names and ``coordinator`` to inbox addresses."""
         self._peers = dict(peers)
+        self.last_step_s = time.monotonic()
         self._thread = threading.Thread(
             target=self._run, name=f"helix-worker-{self.worker.name}", daemon=True
         )
@@ -56,12 +64,14 @@ class WorkerLoop:
         self._stopped.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if self._thread is None or not self._thread.is_alive():
+            self.wire.close()
 
     def is_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
     def _run(self) -> None:
-        outbox = Outbox(self._context)
+        outbox = self.wire.outbox()
         pending: list[HopBatch] = []
         try:
             while not self._stopped.is_set():
@@ -70,12 +80,20 @@ class WorkerLoop:
                         if message.kind == "stop":
                             return
                         with self.lock:
-                            self.worker.free(message.seq_ids)
+                            if message.kind == "fence":
+                                self.worker.fence(message.names)
+                            else:
+                                self.worker.free(message.seq_ids, message.admissions)
                     else:
+                        if not pending:
+                            self.last_step_s = time.monotonic()  # idle until now: progress is due from now
                         pending.append(message)
+                self.num_pending = len(pending)
                 if pending:
                     batch, pending = _take(pending, self.max_step_tokens)
                     self._step(batch, outbox)
+                    self.last_step_s = time.monotonic()
+                    self.num_pending = len(pending)
         finally:
             outbox.close()
             self.inbox.close()
@@ -87,7 +105,7 @@ class WorkerLoop:
         except Exception as exc:  # a bug or device error fails this step's requests, not the worker
             detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
             failed = [
-                TokenResult(i.seq_id, error=f"worker {self.worker.name}: {detail}")
+                TokenResult(i.seq_id, error=f"worker {self.worker.name}: {detail}", admission=i.admission)
                 for b in batch
                 for i in b.items
             ]

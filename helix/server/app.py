@@ -1,6 +1,7 @@
 """`create_app(runtime)`: the FastAPI app (state in `app.state`, no module globals).
 
-Routes: /v1/completions, /v1/chat/completions, /v1/models, /health (503 when a worker is gone),
+Routes: /v1/completions, /v1/chat/completions, /v1/models, /health (``degraded`` while workers are lost,
+503 when no pipeline is left),
 /metrics (Prometheus). Every response carries `X-Request-Id` (the client's, or a new one). With an
 API key, /v1 routes need ``Authorization: Bearer <key>``.
 """
@@ -57,18 +58,18 @@ def create_app(runtime, *, api_key: str | None = None) -> FastAPI:
 
     @app.get("/health")
     async def health(request: Request):
+        """200 ``ok``; 200 ``degraded`` while a full pipeline survives lost workers; 503 when none does."""
         rt = request.app.state.runtime
         snap = rt.coordinator.snapshot()
-        gone = {**snap["dead_workers"], **rt.health.gone}
+        state = rt.coordinator.health()
         body = {
-            "status": "unhealthy" if gone else "ok",
+            **state,
             "workers": sorted(rt.deployment.actors),
-            "workers_gone": gone,
             "waiting": snap["waiting"],
             "running": snap["running"],
             "uptime_s": round(time.time() - rt.started_at_s, 1),
         }
-        return JSONResponse(body, status_code=503 if gone else 200)
+        return JSONResponse(body, status_code=503 if state["status"] == "unavailable" else 200)
 
     @app.get("/metrics")
     async def metrics(request: Request):

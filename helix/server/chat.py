@@ -58,7 +58,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(sse_stream(gen, chunk, include_usage), media_type="text/event-stream")
     try:
-        text, reason = await gen.collect()
+        text, reason = await gen.collect(request)
     finally:
         gen.close()
     return {

@@ -19,6 +19,8 @@ from helix.runtime.requests import ErrorEvent, FinishEvent, TokenEvent
 from helix.server.errors import APIError
 from helix.server.metrics import ServerMetrics
 
+DISCONNECT_POLL_S = 0.25
+
 
 @dataclass(slots=True)
 class Delta:
@@ -91,8 +93,21 @@ class Generation:
                 self._metrics.requests_total.labels(self._endpoint, "failed").inc()
                 raise APIError(event.status, event.message, event.kind)
 
-    async def collect(self) -> tuple[str, str]:
-        """The whole text and the finish reason (non-streaming)."""
+    async def collect(self, request=None) -> tuple[str, str]:
+        """The whole text and the finish reason (non-streaming). With the HTTP `request`, a client that
+        disconnects is noticed within `DISCONNECT_POLL_S` and its request cancelled (KV freed)."""
+        if request is None:
+            return await self._collect()
+        task = asyncio.ensure_future(self._collect())
+        while not task.done():
+            await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+            if not task.done() and await request.is_disconnected():
+                task.cancel()
+                self.close()
+                return "", "cancelled"
+        return task.result()
+
+    async def _collect(self) -> tuple[str, str]:
         parts, reason = [], "stop"
         async for delta in self.deltas():
             parts.append(delta.text)

@@ -36,6 +36,8 @@ class SimConfig:
         nic_queueing: serialise each sender's transfers through its NIC.
         model_loading: start traffic at ceil(max load time) + 1 s (weights read at `disk_bytes_per_s`).
         sample_interval_s: period of the utilisation / KV occupancy timeline.
+        kv_block_tokens: KV is reserved in blocks of this many tokens per layer (1: exact; the runtime's
+            workers use 16), which decides when a node runs out and preempts.
     """
 
     mode: str = "offline"
@@ -54,6 +56,7 @@ class SimConfig:
     model_loading: bool = True
     disk_bytes_per_s: float = 1e9
     sample_interval_s: float = 1.0
+    kv_block_tokens: int = 1
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -62,6 +65,8 @@ class SimConfig:
             raise HelixInputError(f"unknown feed {self.feed!r}", field="feed", fix=f"use one of {FEEDS}")
         if not self.duration_s > 0 or self.warmup_s < 0:
             raise HelixInputError("duration must be > 0 and warm-up >= 0", field="duration")
+        if self.kv_block_tokens < 1:
+            raise HelixInputError("kv_block_tokens must be >= 1", field="kv_block_tokens", fix="use 1 or 16")
         if self.decodes_per_request not in ("output", "output-1"):
             raise HelixInputError("decodes_per_request must be `output` or `output-1`", field="fidelity")
 

@@ -24,6 +24,7 @@ class EventKind(IntEnum):
     FEED = 3  # the offline feeder launches a request
     WAKE = 4  # an idle compute node starts a pass with what has arrived
     SAMPLE = 5  # periodic metrics sample
+    MEMBERSHIP = 6  # a node fails (joins, drains): after everything else at that instant
 
 
 Handler = Callable[[float, Any], None]

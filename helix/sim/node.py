@@ -45,6 +45,11 @@ class Query:
         "arrived_s",
         "admitted_s",
         "first_token_s",
+        "admission",
+        "prefilling",
+        "prefill_tokens",
+        "resumed",
+        "dead",
     )
 
     def __init__(
@@ -63,6 +68,22 @@ class Query:
         self.arrived_s = arrived_s
         self.admitted_s = arrived_s
         self.first_token_s = math.nan
+        self.admission = 0  # grows with every (re)admission: preemption victims are the newest
+        self.prefilling = True  # this iteration is a (re-)prefill of `prefill_tokens` tokens
+        self.prefill_tokens = prompt_tokens
+        self.resumed = False  # re-prefill after a preemption or a lost node: yields a decode token
+        self.dead = False  # preempted or re-routed: a fresh Query carries on, this object is ignored
+
+    def resume(self, now_s: float) -> Query:
+        """A fresh query that re-prefills prompt + the tokens generated so far (this one is marked dead)."""
+        self.dead = True
+        query = Query(self.qid, self.prompt_tokens, self.output_tokens, self.num_decodes, self.arrived_s)
+        query.iteration = self.iteration
+        query.prefill_tokens = self.prompt_tokens + self.iteration
+        query.resumed = self.iteration > 0
+        query.first_token_s = self.first_token_s
+        query.issued_s = now_s
+        return query
 
 
 @dataclass
@@ -93,6 +114,8 @@ class ComputeNode:
         "kv_used",
         "kv_capacity",
         "passes",
+        "resident",
+        "dead",
         "_seq",
     )
 
@@ -120,6 +143,8 @@ class ComputeNode:
         self.kv_used = 0.0
         self.kv_capacity = float(limits.kv_capacity_token_layers)
         self.passes = 0
+        self.resident: dict[Query, float] = {}  # KV each query holds here (token×layer units)
+        self.dead = False
         self._seq = 0
 
     def push(self, arrival_s: float, query: Query) -> None:
@@ -138,13 +163,15 @@ class ComputeNode:
         batch: list[Query] = []
         rest: list[Query] = []
         for q in self.ready:
-            if q.iteration == 0:
+            if q.dead:
+                continue
+            if q.prefilling:
                 if (
                     num_prompts < lim.max_prompt_requests
-                    and prompt_tokens + q.prompt_tokens <= lim.max_prompt_tokens
+                    and prompt_tokens + q.prefill_tokens <= lim.max_prompt_tokens
                 ):
                     num_prompts += 1
-                    prompt_tokens += q.prompt_tokens
+                    prompt_tokens += q.prefill_tokens
                     batch.append(q)
                 else:
                     rest.append(q)
@@ -165,7 +192,7 @@ class ComputeNode:
         prompt_tokens, decodes, partial = 0, 0, None
         for q in batch:
             m = q.layers[q.hop]
-            tokens = q.prompt_tokens if q.iteration == 0 else 0
+            tokens = q.prefill_tokens if q.prefilling else 0
             if m == k:
                 if tokens:
                     prompt_tokens += tokens

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import time
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -17,8 +17,10 @@ from helix.flow.maxflow import evaluate_placement
 from helix.perf.base import CapacityModel
 from helix.scheduling.base import create_scheduler
 from helix.scheduling.kv import KVParameters
+from helix.scheduling.recovery import MembershipEvent, TopologySource
 from helix.scheduling.topology import Topology
 from helix.sim.config import SimConfig
+from helix.sim.metrics import latency_stats
 from helix.sim.simulator import Simulator
 from helix.sim.workload import Lengths
 from helix.specs.cluster import ClusterSpec
@@ -66,8 +68,12 @@ def simulate(
     kv_admission: bool | None = None,
     progress: Callable[[float], None] | None = None,
     trace_memory: bool = False,
+    membership_events: Sequence[MembershipEvent] = (),
 ) -> dict[str, Any]:
-    """Simulate and return {"summary", "config", "timeline", "wall_s", ...} (see docs/simulator.md)."""
+    """Simulate and return {"summary", "config", "timeline", "wall_s", ...} (see docs/simulator.md).
+
+    `membership_events`: node failures at given times (`helix.scheduling.recovery`); the result then
+    has ``recovery`` (nodes lost, re-routed queries, failure → first resumed token delays)."""
     if config.mode == "online" and (arrival_times_s is None or len(arrival_times_s) == 0):
         raise HelixInputError(
             "online mode needs arrivals",
@@ -95,7 +101,17 @@ def simulate(
         random.Random(config.seed),
         kv_admission=kv_admission,
     )
-    sim = Simulator(sched, capacity, model, config, lengths, arrival_times_s)
+    source = TopologySource(cluster, model, placement, capacity, partial_overlap)
+    sim = Simulator(
+        sched,
+        capacity,
+        model,
+        config,
+        lengths,
+        arrival_times_s,
+        topology_source=source,
+        membership_events=list(membership_events),
+    )
     summary = sim.run(progress)
     wall_s = time.perf_counter() - started
     peak = None
@@ -118,6 +134,13 @@ def simulate(
             "kv": rec.node_kv,
             "in_flight": rec.in_flight,
             "queue": rec.queue_length,
+        },
+        "recovery": {
+            "events": [asdict(e) for e in membership_events],
+            "nodes_lost": sorted(sim.lost),
+            "serving_nodes": sorted(sim.scheduler.topology.ranges),
+            "max_flow_after_tokens_per_s": sim.scheduler.topology.max_flow_tokens_per_s,
+            "resume_delay_s": latency_stats(np.asarray(sim.resume_delays_s)),
         },
         "_recorder": rec,
     }

@@ -7,6 +7,18 @@ back to the coordinator, which records the iteration and immediately issues the 
 same pipeline, or finishes the request (freeing real and expected KV). Nodes are event-driven only at
 pass boundaries: arrivals are queued with their landing time and picked up when the node next starts a
 pass, so the event count scales with passes, not with request hops.
+
+KV preemption (the runtime's policy, `helix.scheduling.preemption`): a node reserves the KV of a pass
+when it starts it (in blocks of `SimConfig.kv_block_tokens` tokens per layer, as the runtime's workers
+do). When a query does not fit, the node preempts the most recently admitted queries it holds (or the
+blocked one itself); a victim's KV is freed on every node of its pipeline at once, it is released in the
+scheduler and put back at the head of the admission queue to re-prefill prompt + generated tokens, and
+admissions wait until a running query finishes (`AdmissionHold`). Counter ``preemptions``: victims.
+
+Membership events (`helix.scheduling.recovery.MembershipEvent`, kind ``fail``): at its time the node
+stops (its queues and current pass are dropped), the scheduler is rebuilt on the survivors
+(`helix.scheduling.recovery.recover`, the runtime's code) and every query whose pipeline touched the node
+is freed and re-admitted first to re-prefill on a surviving pipeline (counter ``requests_rerouted``).
 """
 
 from __future__ import annotations
@@ -17,10 +29,13 @@ from functools import lru_cache
 
 import numpy as np
 
+from helix.errors import HelixInputError
 from helix.perf.base import CapacityModel
-from helix.scheduling.admission import AdmissionQueue, should_feed
+from helix.scheduling.admission import AdmissionQueue, Waiting, should_feed
 from helix.scheduling.base import Scheduler
 from helix.scheduling.pipeline import Pipeline
+from helix.scheduling.preemption import AdmissionHold, Resident, choose_victims, requeue_front
+from helix.scheduling.recovery import MembershipEvent, TopologySource, recover
 from helix.sim.config import SimConfig
 from helix.sim.core import EventKind, EventLoop
 from helix.sim.metrics import Recorder, summarize
@@ -50,6 +65,9 @@ class Simulator:
         config: SimConfig,
         lengths: Lengths,
         arrival_times_s: np.ndarray | None = None,
+        *,
+        topology_source: TopologySource | None = None,
+        membership_events: list[MembershipEvent] | tuple[MembershipEvent, ...] = (),
     ) -> None:
         topo = scheduler.topology
         self.scheduler, self.config, self.model = scheduler, config, model
@@ -83,10 +101,27 @@ class Simulator:
             (EventKind.ARRIVAL, self._on_arrival),
             (EventKind.FEED, self._on_feed),
             (EventKind.SAMPLE, self._on_sample),
+            (EventKind.MEMBERSHIP, self._on_membership),
         ):
             self.loop.on(kind, handler)
         self.rec = Recorder()
         self.queue = AdmissionQueue(scheduler)
+        self.hold = AdmissionHold()
+        self._admissions = 0
+        self.topology_source = topology_source
+        self.membership_events = tuple(membership_events)
+        for event in self.membership_events:
+            if event.kind != "fail":
+                raise HelixInputError(
+                    f"membership event {event.kind!r} is not simulated", field="kind", fix="use `fail` events"
+                )
+            if event.node not in scheduler.topology.ranges:
+                raise HelixInputError(f"node {event.node!r} is not in the plan", field="node")
+        if self.membership_events and topology_source is None:
+            raise ValueError("membership events need a topology_source to re-plan on the survivors")
+        self.lost: set[str] = set()
+        self.resume_delays_s: list[float] = []  # failure → first token of each re-routed query
+        self._lost_at: dict[int, float] = {}
         self.in_flight: dict[int, Query] = {}
         self._next_qid = 0
         self._routes: dict[Pipeline, tuple] = {}
@@ -131,8 +166,10 @@ class Simulator:
     def _launch(self, query: Query, pipeline: Pipeline, now_s: float) -> None:
         query.route, query.layers, query.links = self._route_arrays(pipeline)
         query.admitted_s = query.issued_s = now_s
+        self._admissions += 1
+        query.admission = self._admissions
         self.in_flight[query.qid] = query
-        self._send(query, 0, now_s, query.prompt_tokens * self.model.token_bytes)
+        self._send(query, 0, now_s, query.prefill_tokens * self.model.token_bytes)
 
     def _send(self, query: Query, hop: int, now_s: float, num_bytes: float) -> None:
         """Send `query` over its link `hop` (hop = index of the receiving stage; len(route) = coordinator)."""
@@ -155,8 +192,10 @@ class Simulator:
             self._start_pass(node, now_s)
 
     def _start_pass(self, node: ComputeNode, now_s: float) -> None:
+        if node.dead:
+            return
         node.collect(now_s)
-        batch = node.form_batch() if node.ready else []
+        batch = self._reserve(node, node.form_batch(), now_s) if node.ready else []
         if not batch:
             node.busy = False
             if node.pending and node.pending[0][0] < node.wake_at:
@@ -169,24 +208,73 @@ class Simulator:
         node.passes += 1
         self.loop.schedule(now_s + duration, EventKind.PASS_END, node)
 
+    def _kv_units(self, tokens: int, layers: int) -> float:
+        block = self.config.kv_block_tokens
+        return float(-(-tokens // block) * block * layers)
+
+    def _reserve(self, node: ComputeNode, batch: list[Query], now_s: float) -> list[Query]:
+        """Reserve the batch's KV on `node`, preempting where it does not fit (see the module docstring)."""
+        kept: list[Query] = []
+        for q in batch:
+            if q.dead:
+                continue
+            m = q.layers[q.hop]
+            tokens = q.prefill_tokens if q.prefilling else q.prompt_tokens + q.iteration
+            need = self._kv_units(tokens, m) - node.resident.get(q, 0.0)
+            shortfall = node.kv_used + need - node.kv_capacity
+            if shortfall > 1e-9:
+                residents = [Resident(r, r.admission, u) for r, u in node.resident.items()]
+                victims = choose_victims(residents, q, q.admission, shortfall)
+                if victims == [q] and not any(r.units for r in residents if r.request_id is not q):
+                    victims = []  # alone and still too big: it overflows (counted below)
+                for victim in victims:
+                    self._preempt(victim, now_s)
+                if q.dead:
+                    continue
+            node.kv_used += need
+            node.resident[q] = node.resident.get(q, 0.0) + need
+            kept.append(q)
+        if node.kv_used > node.kv_capacity + 1e-9:
+            self.rec.count("kv_overflow_passes")
+        return [q for q in kept if not q.dead]
+
+    def _free_kv(self, q: Query) -> None:
+        for node_index in q.route:
+            node = self.nodes[node_index]
+            node.kv_used -= node.resident.pop(q, 0.0)
+
+    def _preempt(self, q: Query, now_s: float) -> None:
+        self.rec.count("preemptions")
+        self.hold.preempted()
+        self._requeue(q, now_s)
+
+    def _requeue(self, q: Query, now_s: float) -> Query:
+        """Free `q` everywhere and put a fresh query (re-prefill of its context) at the queue head."""
+        self._free_kv(q)
+        self.scheduler.release(q, now_s)
+        del self.in_flight[q.qid]
+        fresh = q.resume(now_s)
+        remaining = max(0, q.output_tokens - q.iteration)
+        requeue_front(self.queue, fresh, fresh.prefill_tokens, remaining, now_s)
+        return fresh
+
     def _on_pass_end(self, now_s: float, node: ComputeNode) -> None:
         batch, node.batch = node.batch, []
+        if node.dead:
+            return
         step = self.model.token_bytes + self.model.activation_bytes_per_token
         for q in batch:
+            if q.dead:
+                continue
             hop = q.hop
-            m = q.layers[hop]
-            if q.iteration == 0:
-                node.kv_used += q.prompt_tokens * m
-                if self._stage_events:
+            if q.prefilling:
+                if self._stage_events and not q.resumed:
                     self.scheduler.on_stage_done(q, hop, now_s)
-                tokens = q.prompt_tokens
+                tokens = q.prefill_tokens
             else:
-                node.kv_used += m
                 tokens = 1
             nxt = hop + 1
             self._send(q, nxt, now_s, tokens * (step if nxt < len(q.route) else self.model.token_bytes))
-        if node.kv_used > node.kv_capacity:
-            self.rec.count("kv_overflow_passes")
         node.busy = False
         heap = self.loop.heap
         if not heap or heap[0][0] > now_s:  # nothing else at this instant: start the next pass now
@@ -195,11 +283,32 @@ class Simulator:
             node.wake_at = now_s
             self.loop.schedule(now_s, EventKind.WAKE, node)
 
+    def _on_membership(self, now_s: float, event: MembershipEvent) -> None:
+        """A node fails: drop its work, re-plan on the survivors, re-route the queries it carried."""
+        assert self.topology_source is not None
+        node = self.nodes[self.index[event.node]]
+        if node.dead:
+            return
+        node.dead, node.pending, node.ready, node.batch, node.busy = True, [], [], [], False
+        self.lost.add(event.node)
+        self.rec.count("nodes_failed")
+        self.scheduler, decision = recover(self.scheduler, self.topology_source, self.lost, now_s)
+        self.queue.scheduler = self.scheduler
+        for q in reversed(decision.resume):
+            if q.dead or q.qid not in self.in_flight:
+                continue
+            self.rec.count("requests_rerouted")
+            fresh = self._requeue(q, now_s)
+            self._lost_at.setdefault(fresh.qid, now_s)
+        self._admit_waiting(now_s)
+
     # ---------------------------------------------------------------- coordinator
     def _on_sink(self, now_s: float, q: Query) -> None:
+        if q.dead:
+            return
         rec = self.rec
         latency = now_s - q.issued_s
-        if q.iteration == 0:
+        if q.prefilling and not q.resumed:
             rec.prompt_return_s.append(now_s)
             rec.prompt_latency_s.append(latency)
             rec.ttft_s.append(now_s - q.arrived_s)
@@ -210,6 +319,11 @@ class Simulator:
         else:
             rec.decode_return_s.append(now_s)
             rec.decode_latency_s.append(latency)
+        if self._lost_at:
+            lost_at = self._lost_at.pop(q.qid, None)
+            if lost_at is not None:
+                self.resume_delays_s.append(now_s - lost_at)
+        q.prefilling = False
         if q.iteration >= q.num_decodes:
             self._finish(q, now_s)
             return
@@ -219,13 +333,12 @@ class Simulator:
         self._send(q, 0, now_s, self.model.token_bytes)
 
     def _finish(self, q: Query, now_s: float) -> None:
-        tokens = q.prompt_tokens + q.iteration
-        for node_index, m in zip(q.route, q.layers, strict=True):
-            self.nodes[node_index].kv_used -= tokens * m
+        self._free_kv(q)
         del self.in_flight[q.qid]
         self.scheduler.release(q, now_s)
+        self.hold.released()
         self.rec.count("requests_completed")
-        if self.config.mode == "online" or self.config.retry_rejected:
+        if self.config.mode == "online" or self.config.retry_rejected or len(self.queue):
             self._admit_waiting(now_s)
         if self.config.mode == "offline":
             if self._feed_kind == "kv":
@@ -234,6 +347,8 @@ class Simulator:
                 self.loop.schedule(now_s + self.config.feed_delay_s, EventKind.FEED, None)
 
     def _admit_waiting(self, now_s: float) -> None:
+        if not self.hold.may_admit(len(self.scheduler.active)):
+            return
         admitted, unservable = self.queue.retry(now_s)
         for waiting, pipeline in admitted:
             self._launch(waiting.request_id, pipeline, now_s)
@@ -263,6 +378,9 @@ class Simulator:
         prompt, output = self._draw_lengths()
         query = self._new_query(now_s, prompt, output)
         self.rec.count("requests_arrived")
+        if not self.hold.may_admit(len(self.scheduler.active)):
+            self.queue.waiting.append(Waiting(query, prompt, None, now_s))
+            return
         pipeline = self.queue.submit(query, prompt, None, now_s)
         if pipeline is not None:
             self._launch(query, pipeline, now_s)
@@ -292,6 +410,8 @@ class Simulator:
         elif self.arrivals is not None and len(self.arrivals):
             self.loop.schedule(self.start_s + float(self.arrivals[0]), EventKind.ARRIVAL, 0)
         self.loop.schedule(self.start_s + cfg.sample_interval_s, EventKind.SAMPLE, None)
+        for event in self.membership_events:
+            self.loop.schedule(self.start_s + event.time_s, EventKind.MEMBERSHIP, event)
         self.loop.run(self.window[1], progress)
         self.rec.counters["in_flight_at_end"] = len(self.in_flight)
         self.rec.counters["queued_at_end"] = len(self.queue)

@@ -1,5 +1,6 @@
-"""Failure handling on a real local Ray deployment: a worker killed during a request is reported by
-/health and the request fails with a clear error instead of hanging."""
+"""Failure handling on a real local Ray deployment with a single pipeline: when a worker is killed no
+complete pipeline is left, so the running request fails with a clear 503 instead of hanging and /health
+answers 503 (re-routing, with pipelines left, is tested in test_failover.py)."""
 
 from __future__ import annotations
 
