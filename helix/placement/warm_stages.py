@@ -32,7 +32,7 @@ from helix.specs.placement import LayerRange, Placement
 MAX_DIVES = 200  # LP re-solves per dive (the work budget)
 
 
-def _load_tables(problem: Problem, previous: Placement) -> list[np.ndarray]:
+def _load_tables(problem: Problem, previous: Placement, partial: bool = True) -> list[np.ndarray]:
     """Per class: table[a, k-1, i] = sum of the i smallest loads of [a, a+k) over the class's nodes."""
     L = problem.num_layers
     tables = []
@@ -45,7 +45,10 @@ def _load_tables(problem: Problem, previous: Placement) -> list[np.ndarray]:
         for k in range(1, K + 1):
             a = np.arange(L)[:, None]
             b = a + k
-            load = k - np.clip(np.minimum(b, oe[None, :]) - np.maximum(a, os_[None, :]), 0, None)
+            if partial:
+                load = k - np.clip(np.minimum(b, oe[None, :]) - np.maximum(a, os_[None, :]), 0, None)
+            else:
+                load = np.where((a == os_[None, :]) & (b == oe[None, :]), 0, k)
             table[:, k - 1, 1:] = np.cumsum(np.sort(load, axis=1), axis=1)
         tables.append(table)
     return tables
@@ -74,6 +77,7 @@ def reuse_stages(
     time_limit_s: float,
     start: list[tuple[int, Stage]] | None = None,
     max_size: int = 3,
+    partial: bool = True,
 ) -> list[tuple[int, Stage]] | None:
     """(start layer, stage) pairs tiling [0, L) that reach `target` with the fewest layers to load.
     `start`, a known tiling reaching `target` (e.g. a fresh plan), is added as columns."""
@@ -85,7 +89,7 @@ def reuse_stages(
     if not cands:
         return None
     L = problem.num_layers
-    tables = _load_tables(problem, previous)
+    tables = _load_tables(problem, previous, partial)
     cols: list[tuple[int, int]] = []
     cost: list[float] = []
     for s, (k, m) in enumerate(cands):

@@ -65,23 +65,29 @@ class WarmStart:
         previous_members: the nodes of the cluster `previous` was planned for; default: those of
             `previous`. When the new cluster has exactly these nodes, `previous` is returned unchanged.
         move_weight: flow given up per moved layer, as a fraction of the reference flow (see module).
+        partial_reuse: a node whose range changes keeps the layers it holds (True), or reloads its whole
+            new range (False: workers that load a range once, as the runtime's).
     """
 
     previous: Placement
     previous_members: tuple[str, ...] = ()
     move_weight: float = 1e-3
+    partial_reuse: bool = True
 
     def __post_init__(self) -> None:
         if not self.move_weight >= 0:
             raise HelixInputError("must be >= 0", field="move_weight", fix="use a fraction such as 0.001")
 
 
-def moved_layers(previous: Placement, new: Placement) -> int:
-    """Σ_n |new_n \\ previous_n|: layers that nodes must load to go from `previous` to `new`."""
+def moved_layers(previous: Placement, new: Placement, partial: bool = True) -> int:
+    """Σ_n |new_n \\ previous_n|: layers that nodes must load to go from `previous` to `new`. With
+    `partial` False a node whose range changes loads all of it (a worker that cannot resize in place)."""
     total = 0
     for node, r in new.items():
         old = previous.get(node)
         overlap = 0 if old is None else max(0, min(r.end, old.end) - max(r.start, old.start))
+        if not partial and old != r:
+            overlap = 0
         total += r.num_layers - overlap
     return total
 
@@ -94,6 +100,7 @@ class _Scorer:
     flow_options: FlowOptions
     previous: Placement
     weight: float
+    partial: bool = True
     reference: float = 0.0
     evals: int = 0
 
@@ -108,7 +115,8 @@ class _Scorer:
 
     def score(self, placement: Placement, flow: float | None = None) -> float:
         flow = self.flow(placement) if flow is None else flow
-        return flow - self.weight * self.reference * moved_layers(self.previous, placement)
+        moved = moved_layers(self.previous, placement, self.partial)
+        return flow - self.weight * self.reference * moved
 
 
 def _classes(problem: Problem) -> dict[str, int]:
@@ -116,7 +124,9 @@ def _classes(problem: Problem) -> dict[str, int]:
     return {n: ci for ci, c in enumerate(problem.classes) for n in c.nodes}
 
 
-def _relabel(placement: Placement, previous: Placement, classes: dict[str, int]) -> tuple[Placement, int]:
+def _relabel(
+    placement: Placement, previous: Placement, classes: dict[str, int], partial: bool = True
+) -> tuple[Placement, int]:
     """Give the ranges of each class to that class's nodes so that the fewest layers move."""
     by_class: dict[int, list[str]] = defaultdict(list)
     for node in sorted(classes):
@@ -133,7 +143,10 @@ def _relabel(placement: Placement, previous: Placement, classes: dict[str, int])
         oe = np.array([o.end if o else 0 for o in old])[:, None]
         ns = np.array([r.start for r in rs])[None, :]
         ne = np.array([r.end for r in rs])[None, :]
-        cost = (ne - ns) - np.clip(np.minimum(ne, oe) - np.maximum(ns, os_), 0, None)
+        overlap = np.clip(np.minimum(ne, oe) - np.maximum(ns, os_), 0, None)
+        if not partial:
+            overlap = np.where((ns == os_) & (ne == oe), ne - ns, 0)
+        cost = (ne - ns) - overlap
         rows, cols = linear_sum_assignment(cost)
         for i, j in zip(rows, cols, strict=True):
             ranges[nodes[i]] = rs[j]
@@ -165,9 +178,11 @@ def _layout(stages: list[tuple[LayerRange, list[str]]], order: list[int]) -> Pla
     return Placement(ranges)
 
 
-def align(placement: Placement, previous: Placement, classes: dict[str, int], num_layers: int) -> Placement:
+def align(
+    placement: Placement, previous: Placement, classes: dict[str, int], num_layers: int, partial: bool = True
+) -> Placement:
     """Reorder the stages of `placement` and re-label interchangeable nodes to minimise moved layers."""
-    best, best_cost = _relabel(placement, previous, classes)
+    best, best_cost = _relabel(placement, previous, classes, partial)
     stages = _stages(placement, num_layers)
     if stages is None:
         return best
@@ -178,7 +193,7 @@ def align(placement: Placement, previous: Placement, classes: dict[str, int], nu
             for b in range(a + 1, len(order)):
                 trial = list(order)
                 trial[a], trial[b] = trial[b], trial[a]
-                cand, cost = _relabel(_layout(stages, trial), previous, classes)
+                cand, cost = _relabel(_layout(stages, trial), previous, classes, partial)
                 if cost < best_cost:
                     order, best, best_cost, improved = trial, cand, cost, True
         if not improved:
@@ -327,7 +342,9 @@ def warm_plan(
     members = set(cluster.node_names)
     before = set(warm.previous_members or warm.previous)
     kept = Placement({n: r for n, r in warm.previous.items() if n in members})
-    scorer = _Scorer(cluster, model, capacity, flow_options, warm.previous, warm.move_weight)
+    scorer = _Scorer(
+        cluster, model, capacity, flow_options, warm.previous, warm.move_weight, warm.partial_reuse
+    )
     if members == before and kept == warm.previous and scorer.flow(kept) > 0:
         return _result(
             cluster,
@@ -348,7 +365,7 @@ def warm_plan(
     candidates = {
         "kept": kept,
         "repaired": repair(warm.previous, cluster, capacity, model.num_layers),
-        "fresh relabelled": _relabel(fresh, warm.previous, classes)[0],
+        "fresh relabelled": _relabel(fresh, warm.previous, classes, warm.partial_reuse)[0],
     }
     phase_s["align"] = time.perf_counter() - started
     fresh_flow = scorer.flow(fresh)
@@ -356,17 +373,24 @@ def warm_plan(
     for share in REUSE_TARGETS:
         left_s = deadline - time.perf_counter()
         target = share * fresh_flow
-        chosen = reuse_stages(problem, warm.previous, target, time_limit_s=left_s / 4, start=fresh_stages)
+        chosen = reuse_stages(
+            problem,
+            warm.previous,
+            target,
+            time_limit_s=left_s / 4,
+            start=fresh_stages,
+            partial=warm.partial_reuse,
+        )
         if chosen is not None:
             laid = lay_out(problem, chosen)
             candidates[f"reuse stages at {share:g} x fresh"] = align(
-                laid, warm.previous, classes, model.num_layers
+                laid, warm.previous, classes, model.num_layers, warm.partial_reuse
             )
     phase_s["reuse"] = time.perf_counter() - started
     flows = {name: scorer.flow(p) for name, p in candidates.items()}
     scorer.reference = max(flows.values())
     scores = {name: scorer.score(p, flows[name]) for name, p in candidates.items()}
-    moves = {name: moved_layers(warm.previous, p) for name, p in candidates.items()}
+    moves = {name: moved_layers(warm.previous, p, warm.partial_reuse) for name, p in candidates.items()}
     start_name = max(scores, key=lambda k: (round(scores[k], 9), -moves[k]))
     best, best_score = local_search(
         candidates[start_name],
@@ -381,11 +405,14 @@ def warm_plan(
         "evaluations": scorer.evals,
         "phase_end_s": phase_s,
         "candidates": {
-            name: {"flow_tokens_per_s": flows[name], "moved_layers": moved_layers(warm.previous, p)}
+            name: {
+                "flow_tokens_per_s": flows[name],
+                "moved_layers": moved_layers(warm.previous, p, warm.partial_reuse),
+            }
             for name, p in candidates.items()
         },
         "fresh_flow_tokens_per_s": fresh_flow,
-        "fresh_moved_layers": moved_layers(warm.previous, fresh),
+        "fresh_moved_layers": moved_layers(warm.previous, fresh, warm.partial_reuse),
     }
     return _result(cluster, model, capacity, flow_options, warm, best, source, started, details)
 
@@ -402,7 +429,7 @@ def _result(
     details: dict,
 ) -> PlanResult:
     flow = evaluate_placement(cluster, model, placement, capacity, flow_options)
-    moved = moved_layers(warm.previous, placement)
+    moved = moved_layers(warm.previous, placement, warm.partial_reuse)
     elapsed = time.perf_counter() - started
     return PlanResult(
         placement=placement,

@@ -39,6 +39,7 @@ class ReplanSettings:
     move_weight: float = 1e-3
     time_limit_s: float = 5.0
     load_bytes_per_s: float = 1e9  # disk (or peer) read speed of new layers
+    partial_reuse: bool = True  # False: a node whose range changes reloads all of it (the runtime)
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class Replan:
     placement: Placement
     result: PlanResult
     plan_s: float
+    partial_reuse: bool = True
 
     @property
     def loads(self) -> dict[str, int]:
@@ -58,6 +60,8 @@ class Replan:
         for node, r in self.placement.items():
             old = self.previous.get(node)
             overlap = 0 if old is None else max(0, min(r.end, old.end) - max(r.start, old.start))
+            if not self.partial_reuse and old != r:
+                overlap = 0
             if r.num_layers - overlap:
                 out[node] = r.num_layers - overlap
         return out
@@ -92,10 +96,11 @@ def replan(
 ) -> Replan:
     """Warm-started plan of the live `members` of `cluster` from `previous`."""
     live = restrict(cluster, members)
-    warm = WarmStart(previous, tuple(sorted(previous_members)), settings.move_weight)
+    warm = WarmStart(previous, tuple(sorted(previous_members)), settings.move_weight, settings.partial_reuse)
     started = time.perf_counter()
     result = plan(live, model, PlannerOptions(time_limit_s=settings.time_limit_s, warm_start=warm), capacity)
-    return Replan(tuple(sorted(members)), previous, result.placement, result, time.perf_counter() - started)
+    elapsed = time.perf_counter() - started
+    return Replan(tuple(sorted(members)), previous, result.placement, result, elapsed, settings.partial_reuse)
 
 
 def switch(

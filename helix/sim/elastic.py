@@ -12,7 +12,7 @@ re-plans from what is served. At the switch, requests on changed nodes re-prefil
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -80,7 +80,7 @@ class ElasticState:
             self.spec.cluster, self.members, sim.model, self.capacity, served, before, self.spec.settings
         )
         plan_s = new.plan_s if self.spec.plan_time_s is None else self.spec.plan_time_s
-        new = Replan(new.members, new.previous, new.placement, new.result, plan_s)
+        new = replace(new, plan_s=plan_s)
         self.generation += 1
         ready_s = now_s + new.ready_after_s(sim.model, self.spec.settings)
         sim.loop.schedule(ready_s, EventKind.MEMBERSHIP, _Switch(self.generation, new, trigger, now_s))

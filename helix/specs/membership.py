@@ -31,3 +31,16 @@ def restrict(cluster: ClusterSpec, members: Iterable[str]) -> ClusterSpec:
         nodes=tuple(n for n in cluster.nodes if n.name in keep),
         links=tuple(link for link in cluster.links if link.src in live and link.dst in live),
     )
+
+
+def rename(cluster: ClusterSpec, names: dict[str, str]) -> ClusterSpec:
+    """`cluster` with nodes renamed by `names` (others keep their names); links follow."""
+
+    def new(name: str) -> str:
+        return names.get(name, name)
+
+    return replace(
+        cluster,
+        nodes=tuple(replace(n, name=new(n.name)) for n in cluster.nodes),
+        links=tuple(replace(link, src=new(link.src), dst=new(link.dst)) for link in cluster.links),
+    )
