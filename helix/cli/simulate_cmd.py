@@ -28,6 +28,7 @@ from helix.reference import reference_file
 from helix.scheduling.base import SCHEDULERS
 from helix.scheduling.kv import KVParameters
 from helix.sim.config import KV_PARAMS, MODES, SimConfig
+from helix.sim.elastic import elastic_settings, write_membership_plot
 from helix.sim.plots import write_plots
 from helix.sim.run import simulate
 from helix.sim.workload import (
@@ -155,6 +156,16 @@ def simulate_command(
         "--events",
         help="Membership trace: JSON/YAML list of {time_s, kind: fail, node} (e.g. a T4 failing at 600 s).",
     ),
+    membership_trace: Path | None = typer.Option(
+        None,
+        "--membership",
+        help="Elastic membership trace: JSON/YAML list of {time_s, kind: fail|join|drain, node}; every "
+        "event re-plans warm-started (modelled planning + load times); writes membership.png.",
+    ),
+    move_weight: float = typer.Option(
+        1e-3, "--move-weight", help="Re-plan: flow (fraction) given up per moved layer."
+    ),
+    load_gbps: float = typer.Option(8.0, "--load-gbps", help="Re-plan: read speed of new layers (Gbit/s)."),
     output: Path = typer.Option(Path("sim-out"), "--output", "-o", help="Output directory."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG plots."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
@@ -189,6 +200,14 @@ def simulate_command(
     )
     horizon = warmup + duration
     membership = _membership_events(events, cluster_spec.node_names)
+    elastic = None
+    if membership_trace is not None:
+        if events is not None:
+            raise HelixInputError(
+                "give either --events or --membership", field="--membership", fix="merge the two traces"
+            )
+        membership = _membership_events(membership_trace, cluster_spec.node_names, "--membership")
+        elastic = elastic_settings(cluster_spec, move_weight, load_gbps)
     with Progress(
         TextColumn("simulating"),
         BarColumn(),
@@ -211,6 +230,7 @@ def simulate_command(
             partial_overlap=plan_record.partial_overlap,
             progress=lambda t: bar.update(task, completed=t, t=t),
             membership_events=membership,
+            elastic=elastic,
         )
         bar.update(task, completed=horizon, t=horizon)
     output.mkdir(parents=True, exist_ok=True)
@@ -225,6 +245,8 @@ def simulate_command(
     (output / "result.json").write_text(json.dumps(record, indent=1) + "\n")
     if plots:
         write_plots(result, output)
+        if elastic is not None:
+            write_membership_plot(result, output / "membership.png")
     s = result["summary"]
     console.print(
         f"decode {s['decode_tokens_per_s']:.1f} tok/s ({s['decode_efficiency'] or 0:.2f} of the "
@@ -236,7 +258,7 @@ def simulate_command(
     )
 
 
-def _membership_events(path: Path | None, nodes: tuple[str, ...]) -> list:
+def _membership_events(path: Path | None, nodes: tuple[str, ...], flag: str = "--events") -> list:
     """Failure events from a JSON or YAML file (validated: time_s, kind, node)."""
     if path is None:
         return []
@@ -247,9 +269,7 @@ def _membership_events(path: Path | None, nodes: tuple[str, ...]) -> list:
     try:
         raw = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
-        raise HelixInputError(
-            f"cannot read the events file: {exc}", where=str(path), field="--events"
-        ) from None
+        raise HelixInputError(f"cannot read the events file: {exc}", where=str(path), field=flag) from None
     return load_membership_events(raw, nodes, where=str(path))
 
 

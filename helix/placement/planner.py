@@ -84,4 +84,8 @@ def plan(
         raise HelixInputError("must be > 0", field="--time-limit", fix="give a positive number of seconds")
     capacity = capacity or capacity_model_for(cluster, model)
     check_fits(cluster, model, capacity)
+    if options.warm_start is not None:
+        from helix.placement.warm_start import warm_plan
+
+        return warm_plan(cluster, model, capacity, options, options.warm_start)
     return METHODS[options.method](cluster, model, capacity, options)

@@ -28,6 +28,9 @@ class PlannerOptions:
             (milp only): among the max-flow optimum and KV-aware stage pipelines, the placement with the
             best estimated serving throughput (max flow under a KV-cache / pipeline-depth bound,
             docs/planner.md); the result still reports its max flow and the proven max-flow bound.
+        warm_start: a `helix.placement.warm_start.WarmStart` (the placement being served): re-plan
+            from it, trading flow for moved layers by its ``move_weight``; ``method`` plans the fresh
+            candidate.
     """
 
     method: str = "milp"
@@ -39,6 +42,7 @@ class PlannerOptions:
     solver: str = "highs"
     progress: Callable[[dict[str, Any]], None] | None = None
     objective: str = "max-flow"
+    warm_start: Any = None
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,11 @@ class WorkerActor:
         self.loop.start(peers)
         return True
 
+    def add_peers(self, peers: dict[str, str]) -> bool:
+        """Learn the addresses of workers started later (a re-plan's new workers)."""
+        self.loop.add_peers(peers)
+        return True
+
     def stats(self) -> dict[str, Any]:
         if not self.loop.is_alive():
             raise RuntimeError(f"worker {self.loop.worker.name}: its step loop stopped")

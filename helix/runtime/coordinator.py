@@ -178,6 +178,41 @@ class Coordinator:
         """Called by the health monitor: fence `name` and re-route every request whose pipeline uses it."""
         self._commands.put(lambda: self._fail_worker(name, reason))
 
+    def switch_plan(
+        self, source: TopologySource, changed: set[str], addresses: dict[str, str], timeout_s: float = 30.0
+    ) -> dict[str, int]:
+        """Atomically serve a new plan (`helix.runtime.elastic`); blocks until the coordinator did it."""
+        done, out = threading.Event(), {}
+
+        def run() -> None:
+            try:
+                out.update(self._switch_plan(source, changed, addresses))
+            finally:
+                done.set()
+
+        self._commands.put(run)
+        if not done.wait(timeout_s):
+            raise TimeoutError("the coordinator did not switch plans in time")
+        return out
+
+    def _switch_plan(self, source: TopologySource, changed: set[str], addresses: dict[str, str]) -> dict:
+        from helix.scheduling.replan import switch
+
+        self._addresses.update(addresses)
+        self.topology_source = source
+        self.scheduler, decision = switch(self.scheduler, source, changed, time.time())
+        self._admission.scheduler = self.scheduler
+        running = {s.seq_id: s for s in self._requests.values() if s.pipeline is not None}
+        moved = 0
+        for state in reversed([running[i] for i in decision.resume if i in running]):
+            if state.cancelled:
+                self._finish(state, "cancelled")
+                continue
+            moved += 1
+            self._requeue(state)
+        self.counters["moved"] = self.counters.get("moved", 0) + moved
+        return {"moved": moved, "kept": len(decision.keep)}
+
     def fail_all(self, message: str) -> None:
         """Fail every waiting and running request with a 503 (the deployment is shutting down)."""
         self._commands.put(lambda: self._fail_all(message))

@@ -54,6 +54,7 @@ class WorkerSpec:
     slowdown: float = 1.0
     require_node_resource: bool = False
     step_timer: StepTimer | None = None
+    resource_node: str = ""  # plan node whose Ray resource places it (default: `name`)
 
 
 def start_ray(address: str | None, *, num_cpus: int = 2) -> None:
@@ -103,13 +104,14 @@ class Deployment:
 
         report = progress or (lambda name, status: None)
         self._ray = ray
+        self.keys = keys
         remote_cls = ray.remote(num_cpus=0, max_restarts=0, max_concurrency=4)(_PinnedWorkerActor)
         self.specs = {s.name: s for s in specs}
         self.actors: dict[str, Any] = {}
         for spec in specs:
             options: dict[str, Any] = {}
             if spec.require_node_resource:
-                options["resources"] = {node_resource(spec.name): 0.01}
+                options["resources"] = {node_resource(spec.resource_node or spec.name): 0.01}
             if spec.stage.device == "cuda":
                 options["num_gpus"] = 1
             self.actors[spec.name] = remote_cls.options(**options).remote(
@@ -152,6 +154,13 @@ class Deployment:
             except Exception as exc:  # RayActorError and friends: the actor died
                 gone[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
         return gone
+
+    def adopt(self, other: Deployment) -> None:
+        """Take over the (started) actors of `other` (workers added by a re-plan)."""
+        self.specs.update(other.specs)
+        self.info.update(other.info)
+        self.addresses.update(other.addresses)
+        self.actors.update(other.actors)
 
     def kill(self, name: str) -> None:
         """Kill one worker (failure drills and tests)."""

@@ -60,6 +60,10 @@ class WorkerLoop:
         )
         self._thread.start()
 
+    def add_peers(self, peers: dict[str, str]) -> None:
+        """More peers (from any thread): the step loop sees the new mapping at its next send."""
+        self._peers = {**self._peers, **peers}
+
     def stop(self) -> None:
         self._stopped.set()
         if self._thread is not None:

@@ -20,12 +20,15 @@ from helix.scheduling.kv import KVParameters
 from helix.scheduling.recovery import MembershipEvent, TopologySource
 from helix.scheduling.topology import Topology
 from helix.sim.config import SimConfig
+from helix.sim.elastic import ElasticSim, throughput_series
 from helix.sim.metrics import latency_stats
 from helix.sim.simulator import Simulator
 from helix.sim.workload import Lengths
 from helix.specs.cluster import ClusterSpec
 from helix.specs.model import ModelSpec
 from helix.specs.placement import Placement
+
+ELASTIC_BIN_S = 5.0  # bins of the throughput-over-time series of elastic runs
 
 
 def check_workload_fits(topology: Topology, lengths: Lengths) -> None:
@@ -69,6 +72,7 @@ def simulate(
     progress: Callable[[float], None] | None = None,
     trace_memory: bool = False,
     membership_events: Sequence[MembershipEvent] = (),
+    elastic: ElasticSim | None = None,
 ) -> dict[str, Any]:
     """Simulate and return {"summary", "config", "timeline", "wall_s", ...} (see docs/simulator.md).
 
@@ -111,6 +115,7 @@ def simulate(
         arrival_times_s,
         topology_source=source,
         membership_events=list(membership_events),
+        elastic=elastic,
     )
     summary = sim.run(progress)
     wall_s = time.perf_counter() - started
@@ -141,6 +146,15 @@ def simulate(
             "serving_nodes": sorted(sim.scheduler.topology.ranges),
             "max_flow_after_tokens_per_s": sim.scheduler.topology.max_flow_tokens_per_s,
             "resume_delay_s": latency_stats(np.asarray(sim.resume_delays_s)),
+        },
+        "elastic": None
+        if sim.elastic is None
+        else {
+            "replans": sim.elastic.replans,
+            "members_at_end": sorted(sim.elastic.members),
+            "throughput": throughput_series(
+                [*rec.decode_return_s, *rec.prompt_return_s], sim.start_s, sim.window[1], ELASTIC_BIN_S
+            ),
         },
         "_recorder": rec,
     }

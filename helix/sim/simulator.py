@@ -38,6 +38,7 @@ from helix.scheduling.preemption import AdmissionHold, Resident, choose_victims,
 from helix.scheduling.recovery import MembershipEvent, TopologySource, recover
 from helix.sim.config import SimConfig
 from helix.sim.core import EventKind, EventLoop
+from helix.sim.elastic import ElasticSim, ElasticState, extra_nodes
 from helix.sim.metrics import Recorder, summarize
 from helix.sim.network import Network
 from helix.sim.node import ComputeNode, NodeTiming, Query
@@ -68,28 +69,36 @@ class Simulator:
         *,
         topology_source: TopologySource | None = None,
         membership_events: list[MembershipEvent] | tuple[MembershipEvent, ...] = (),
+        elastic: ElasticSim | None = None,
     ) -> None:
         topo = scheduler.topology
         self.scheduler, self.config, self.model = scheduler, config, model
         self.rng = np.random.default_rng(config.seed)
         self.lengths = lengths
         self.arrivals = arrival_times_s
-        self.names = sorted(topo.ranges)
+        idle = extra_nodes(elastic.cluster, set(topo.ranges), capacity) if elastic else {}
+        self.names = sorted([*topo.ranges, *idle])
+        shape = {n: (topo.gpus[n], topo.ranges[n].num_layers, topo.limits[n]) for n in topo.ranges}
+        shape.update({n: (gpu, 1, limits) for n, (gpu, limits) in idle.items()})
         self.nodes = [
             ComputeNode(
                 i,
                 n,
-                topo.ranges[n].num_layers,
-                topo.limits[n],
-                _timing(capacity, topo.gpus[n], config.double_single_decode),
+                shape[n][1],
+                shape[n][2],
+                _timing(capacity, shape[n][0], config.double_single_decode),
                 model.activation_bytes_per_token,
             )
             for i, n in enumerate(self.names)
         ]
+        for n in idle:
+            self.nodes[self.names.index(n)].dead = True  # until it joins
+        self.elastic = ElasticState(elastic, capacity, set(topo.ranges)) if elastic is not None else None
         self.index = {n: i for i, n in enumerate(self.names)}
         policy = config.bandwidth
         if policy == "helix":
             policy = "helix-flow" if scheduler.name == "maxflow" else "helix-fair"
+        self._bandwidth_policy = policy
         self.network = Network(
             topo, model.token_bytes, model.activation_bytes_per_token, policy, config.nic_queueing
         )
@@ -111,12 +120,14 @@ class Simulator:
         self.topology_source = topology_source
         self.membership_events = tuple(membership_events)
         for event in self.membership_events:
-            if event.kind != "fail":
+            if event.kind != "fail" and elastic is None:
                 raise HelixInputError(
-                    f"membership event {event.kind!r} is not simulated", field="kind", fix="use `fail` events"
+                    f"membership event {event.kind!r} needs re-planning",
+                    field="kind",
+                    fix="give the cluster spec to re-plan on (elastic), or use `fail` events",
                 )
-            if event.node not in scheduler.topology.ranges:
-                raise HelixInputError(f"node {event.node!r} is not in the plan", field="node")
+            if event.node not in self.names:
+                raise HelixInputError(f"node {event.node!r} is not in the cluster", field="node")
         if self.membership_events and topology_source is None:
             raise ValueError("membership events need a topology_source to re-plan on the survivors")
         self.lost: set[str] = set()
@@ -284,7 +295,32 @@ class Simulator:
             self.loop.schedule(now_s, EventKind.WAKE, node)
 
     def _on_membership(self, now_s: float, event: MembershipEvent) -> None:
-        """A node fails: drop its work, re-plan on the survivors, re-route the queries it carried."""
+        """A node fails, joins or drains; or a re-plan is ready to take traffic (`helix.sim.elastic`)."""
+        if self.elastic is not None and not isinstance(event, MembershipEvent):
+            self.elastic.on_switch(self, now_s, event)
+            return
+        if event.kind == "fail":
+            self._on_fail(now_s, event)
+        if self.elastic is not None:
+            self.elastic.on_event(self, now_s, event)
+
+    def rebuild_network(self) -> None:
+        """Links of the current scheduler's topology; carried-over queries get their new link ids."""
+        self.network = Network(
+            self.scheduler.topology,
+            self.model.token_bytes,
+            self.model.activation_bytes_per_token,
+            self._bandwidth_policy,
+            self.config.nic_queueing,
+        )
+        self._routes = {}
+        for q in self.in_flight.values():
+            route = self.scheduler.active.get(q)
+            if route is not None and not q.dead:
+                q.route, q.layers, q.links = self._route_arrays(route.pipeline)
+
+    def _on_fail(self, now_s: float, event: MembershipEvent) -> None:
+        """A node fails: drop its work, re-route on the survivors the queries it carried."""
         assert self.topology_source is not None
         node = self.nodes[self.index[event.node]]
         if node.dead:
