@@ -27,9 +27,10 @@ class PlannerOptions:
         objective: ``served`` (default, milp only): the placement expected to serve the most decode
             tokens/s under the scheduler's KV admission (`helix.placement.served`), candidates checked
             by `checker` when given (docs/planner.md). ``max-flow``: the placement with the largest max
-            flow (Helix's formulation and its proofs). ``throughput`` (milp only): among the max-flow optimum and KV-aware stage pipelines, the placement with the
-            best estimated serving throughput (max flow under a KV-cache / pipeline-depth bound,
-            docs/planner.md); the result still reports its max flow and the proven max-flow bound.
+            flow (Helix's formulation and its proofs). ``throughput`` (milp only): among the max-flow
+            optimum and KV-aware stage pipelines, the placement with the best estimated serving
+            throughput (max flow under a KV-cache / pipeline-depth bound, docs/planner.md);
+            the result still reports its max flow and the proven max-flow bound.
         serving: the workload's length statistics and the admission policy for ``served``.
         checker: for ``served``: called with the best candidate placements (by estimate), returns their
             decode tokens/s (e.g. short simulations, `helix.sim.select.simulation_checker`); the best
