@@ -87,7 +87,21 @@ def plan_command(
     seed: int = typer.Option(0, "--seed"),
     mip_gap: float = typer.Option(1e-4, "--mip-gap", help="Stop at this relative gap."),
     objective: str = typer.Option(
-        "max-flow", "--objective", help="milp: max-flow, or throughput (accounts for KV cache and depth)."
+        "served",
+        "--objective",
+        help="milp: served (expected decode tokens/s under KV admission, checked in the simulator), "
+        "max-flow (Helix's formulation, with its proofs), or throughput.",
+    ),
+    workload: str = typer.Option(
+        "azure_conversation", "--workload", help="served: request lengths (dataset name or CSV)."
+    ),
+    fidelity: str = typer.Option("improved", "--fidelity", help="served: simulator preset (helix|improved)."),
+    check: int = typer.Option(
+        3, "--check", help="served: simulate this many best candidates before choosing (0: estimate only)."
+    ),
+    check_duration: float = typer.Option(180.0, "--check-duration", help="Seconds simulated per check."),
+    solver_log: Path | None = typer.Option(
+        None, "--solver-log", help="HiGHS console log (default: <output>.solver.log)."
     ),
     helix_units: bool = HelixUnitsOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q"),
@@ -107,7 +121,15 @@ def plan_command(
     check_output_path("--output", output)
     check_output_path("--plot", plot)
     cluster_spec, model_spec, capacity_model = load_inputs(cluster, model, profiles, capacity, helix_units)
+    serving, checker, description = _served_inputs(
+        cluster_spec, model_spec, capacity_model, workload, fidelity, check, check_duration, partial_overlap
+    )
     options = PlannerOptions(
+        serving=serving,
+        checker=checker,
+        checker_description=description,
+        check_candidates=check,
+        solver_log=str(solver_log or output.with_suffix(".solver.log")),
         method=method,
         time_limit_s=time_limit,
         threads=threads,
@@ -151,9 +173,14 @@ def plan_command(
         )
     summary = {
         "method": method,
+        "objective": result.details.get("objective", objective) if method == "milp" else None,
         "max_flow_tokens_per_s": round(result.flow_tokens_per_s, 3),
         "upper_bound_tokens_per_s": result.upper_bound_tokens_per_s,
+        "bound_source": result.bound_source,
         "gap": result.gap,
+        "expected": _expected(result, serving),
+        "stopped_by": result.details.get("stopped_by"),
+        "solver_log": result.details.get("solver_log"),
         "nodes_used": len(result.placement),
         "nodes": len(cluster_spec.nodes),
         "stopped_by": result.details.get("stopped_by"),
@@ -162,6 +189,56 @@ def plan_command(
         "solver_log": str(solver_log),
     }
     typer.echo(json.dumps(summary))
+
+
+def _served_inputs(cluster, model, capacity, workload, fidelity, check, duration_s, partial_overlap):
+    """(ServingSetup, checker or None, checker description) for the served objective."""
+    from helix.scheduling.kv import KVParameters
+    from helix.sim.config import KV_PARAMS, SimConfig
+    from helix.sim.select import serving_setup, simulation_checker
+    from helix.sim.workload import load_lengths
+
+    if fidelity not in KV_PARAMS:
+        raise HelixInputError(
+            f"unknown fidelity {fidelity!r}", field="--fidelity", fix="use `helix` or `improved`"
+        )
+    if check < 0 or not duration_s > 0:
+        raise HelixInputError("must be >= 0 (and a positive duration)", field="--check")
+    lengths = load_lengths(workload)
+    setup = serving_setup(lengths, fidelity)
+    if check == 0:
+        return setup, None, ""
+    config = SimConfig.preset(fidelity, warmup_s=60.0, duration_s=duration_s)
+    checker = simulation_checker(
+        cluster,
+        model,
+        capacity,
+        lengths,
+        config,
+        seeds=(0,),
+        kv_params=KVParameters(*KV_PARAMS[fidelity]),
+        partial_overlap=partial_overlap,
+    )
+    return setup, checker, f"offline simulation, {fidelity} preset, 60 s + {duration_s:g} s, seed 0"
+
+
+def _expected(result, serving) -> dict[str, Any] | None:
+    """What the plan is expected to serve, and the bound on decode tokens/s that the max-flow bound implies
+    (every request's prompt and decode tokens cross every layer: decode ≤ F* · D / (I + D))."""
+    served = result.details.get("served")
+    if not served:
+        return None
+    bound = result.upper_bound_tokens_per_s
+    share = serving.decode_iterations / (serving.prompt_tokens + serving.decode_iterations)
+    return {
+        "decode_tokens_per_s_estimate": served["decode_tokens_per_s"],
+        "decode_tokens_per_s_simulated": served.get("checked_decode_tokens_per_s"),
+        "checked_by": result.details.get("checked_by"),
+        "ttft_s_estimate": served["ttft_s"],
+        "tpot_s_estimate": served["tpot_s"],
+        "binding": served["binding"],
+        "decode_upper_bound_tokens_per_s": None if bound is None else round(bound * share, 3),
+    }
 
 
 def evaluate_command(

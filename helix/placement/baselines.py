@@ -1,4 +1,5 @@
-"""Baseline placements (placement.md §6): Petals, Swarm, homogeneous pipelines, separate pipelines.
+"""Baseline placements (placement.md §6): Petals, Swarm, homogeneous pipelines, separate pipelines, and
+Parallax-style disjoint pipelines (parallax.py).
 
 All use the same node capacities cap(i, k) as the planner. Each is a pure function
 ``(cluster, model, capacity, *, seed) -> Placement``; randomness comes only from `random.Random(seed)`.
@@ -189,9 +190,14 @@ def separate_pipelines_placement(
     return Placement(ranges)
 
 
+# parallax.py builds on the helpers above; importing it here keeps one registry of baselines
+from helix.placement.parallax import parallax_greedy_placement, parallax_placement  # noqa: E402
+
 BASELINES: dict[str, Baseline] = {
     "petals": petals_placement,
     "swarm": swarm_placement,
     "homogeneous": homogeneous_placement,
     "separate": separate_pipelines_placement,
+    "parallax": parallax_placement,
+    "parallax-greedy": parallax_greedy_placement,
 }

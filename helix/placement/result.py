@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from helix.flow.graph import DEFAULT_PARTIAL_OVERLAP
 from helix.flow.maxflow import FlowResult
+from helix.placement.served import ServingSetup
 from helix.specs.placement import Placement
 
 
@@ -24,10 +25,18 @@ class PlannerOptions:
         partial_overlap: allow links where the next node skips layers it already holds (s_j ≤ e_i < e_j).
         solver: MILP backend (``highs`` default; ``cpsat`` where supported).
         progress: called with a dict (incumbent, bound, gap, elapsed_s) as search improves.
-        objective: ``max-flow`` (default): the placement with the largest max flow. ``throughput``
-            (milp only): among the max-flow optimum and KV-aware stage pipelines, the placement with the
-            best estimated serving throughput (max flow under a KV-cache / pipeline-depth bound,
-            docs/planner.md); the result still reports its max flow and the proven max-flow bound.
+        objective: ``served`` (default, milp only): the placement expected to serve the most decode
+            tokens/s under the scheduler's KV admission (`helix.placement.served`), candidates checked
+            by `checker` when given (docs/planner.md). ``max-flow``: the placement with the largest max
+            flow (Helix's formulation and its proofs). ``throughput`` (milp only): among the max-flow
+            optimum and KV-aware stage pipelines, the placement with the best estimated serving
+            throughput (max flow under a KV-cache / pipeline-depth bound, docs/planner.md);
+            the result still reports its max flow and the proven max-flow bound.
+        serving: the workload's length statistics and the admission policy for ``served``.
+        checker: for ``served``: called with the best candidate placements (by estimate), returns their
+            decode tokens/s (e.g. short simulations, `helix.sim.select.simulation_checker`); the best
+            checked one is chosen. checker_description says what it ran; check_candidates how many.
+        solver_log: file that receives the MILP solver's console output (milp; default: discarded).
         warm_start: a `helix.placement.warm_start.WarmStart` (the placement being served): re-plan
             from it, trading flow for moved layers by its ``move_weight``; ``method`` plans the fresh
             candidate.
@@ -41,7 +50,12 @@ class PlannerOptions:
     partial_overlap: bool = DEFAULT_PARTIAL_OVERLAP
     solver: str = "highs"
     progress: Callable[[dict[str, Any]], None] | None = None
-    objective: str = "max-flow"
+    objective: str = "served"
+    serving: ServingSetup | None = None
+    checker: Callable[[Sequence[Placement]], Sequence[float]] | None = None
+    checker_description: str = ""
+    check_candidates: int = 4
+    solver_log: str | None = None
     warm_start: Any = None
 
 

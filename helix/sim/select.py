@@ -14,11 +14,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from helix.flow.graph import DEFAULT_PARTIAL_OVERLAP
+from helix.flow.graph import DEFAULT_PARTIAL_OVERLAP, FlowOptions
+from helix.flow.maxflow import evaluate_placement
 from helix.perf.base import CapacityModel
 from helix.placement.result import PlanResult
+from helix.placement.served import ServingSetup
 from helix.scheduling.kv import KVParameters
-from helix.sim.config import SimConfig
+from helix.sim.config import KV_PARAMS, SimConfig
 from helix.sim.run import simulate
 from helix.sim.workload import Lengths
 from helix.specs.cluster import ClusterSpec
@@ -85,3 +87,66 @@ def rank_by_simulation(
             )
     rows.sort(key=lambda row: -row["decode_tokens_per_s"])  # stable: ties keep candidate order
     return rows
+
+
+def simulation_checker(
+    cluster: ClusterSpec,
+    model: ModelSpec,
+    capacity: CapacityModel,
+    lengths: Lengths,
+    config: SimConfig,
+    *,
+    seeds: Sequence[int] = (0,),
+    scheduler: str = "maxflow",
+    kv_params: KVParameters | None = None,
+    partial_overlap: bool = False,
+    max_tokens: float = 2e6,
+):
+    """A `PlannerOptions.checker`: each placement's mean offline decode tokens/s over `seeds`.
+
+    Simulation cost grows with the tokens simulated: where max flow × (warm-up + duration) exceeds
+    `max_tokens` (small models on fast clusters), both windows shrink in proportion."""
+
+    def window(placement: Placement) -> SimConfig:
+        flow = evaluate_placement(
+            cluster, model, placement, capacity, FlowOptions(partial_overlap=partial_overlap)
+        ).value_tokens_per_s
+        scale = min(1.0, max_tokens / max(1e-9, flow * (config.warmup_s + config.duration_s)))
+        return replace(config, warmup_s=config.warmup_s * scale, duration_s=config.duration_s * scale)
+
+    def check(placements: Sequence[Placement]) -> list[float]:
+        out = []
+        for placement in placements:
+            base = window(placement)
+            values = [
+                simulate(
+                    cluster,
+                    model,
+                    placement,
+                    capacity,
+                    lengths,
+                    replace(base, mode="offline", seed=seed),
+                    scheduler=scheduler,
+                    kv_params=kv_params,
+                    partial_overlap=partial_overlap,
+                )["summary"]["decode_tokens_per_s"]
+                for seed in seeds
+            ]
+            out.append(sum(values) / len(values))
+        return out
+
+    return check
+
+
+def serving_setup(lengths: Lengths, fidelity: str = "improved") -> ServingSetup:
+    """The served objective's inputs for `lengths` and a fidelity preset's offline admission policy."""
+    h, r = KV_PARAMS[fidelity]
+    config = SimConfig.preset(fidelity)
+    return ServingSetup(
+        prompt_tokens=float(lengths.prompt_tokens.mean()),
+        output_tokens=float(lengths.output_tokens.mean()),
+        expected_kv_hwm=h,
+        expected_output_ratio=r,
+        feed_high_water=config.feed_high_water,
+        first_token_from_prompt=config.decodes_per_request == "output-1",
+    )

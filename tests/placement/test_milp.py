@@ -78,7 +78,7 @@ def check_reported_flow(cluster, model, capacity, result) -> None:
 
 def test_tiny_instance_reaches_the_hand_computed_optimum_and_proves_it():
     cluster = tiny_cluster()
-    result = milp_plan(cluster, TINY_MODEL, TINY, PlannerOptions(time_limit_s=10))
+    result = milp_plan(cluster, TINY_MODEL, TINY, PlannerOptions(objective="max-flow", time_limit_s=10))
     assert result.flow_tokens_per_s == pytest.approx(60.0)
     assert result.upper_bound_tokens_per_s == pytest.approx(60.0, rel=1e-6)
     assert result.gap <= 1e-4
@@ -92,7 +92,7 @@ def test_saturation_bound_of_the_tiny_instance_is_60():
 def test_model_too_big_for_total_memory_is_a_clear_input_error():
     big_model = with_overrides(TINY_MODEL, num_layers=20)  # 4 + 2 + 2 = 8 layers fit
     with pytest.raises(HelixInputError, match="can hold only 8"):
-        milp_plan(tiny_cluster(), big_model, TINY, PlannerOptions(time_limit_s=5))
+        milp_plan(tiny_cluster(), big_model, TINY, PlannerOptions(objective="max-flow", time_limit_s=5))
 
 
 def test_no_chain_covering_the_model_is_a_clear_input_error():
@@ -103,26 +103,34 @@ def test_no_chain_covering_the_model_is_a_clear_input_error():
     ]  # no links between nodes
     cluster = ClusterSpec("islands", nodes, tuple(links))
     with pytest.raises(HelixInputError, match="no chain"):
-        milp_plan(cluster, TINY_MODEL, TINY, PlannerOptions(time_limit_s=5))
+        milp_plan(cluster, TINY_MODEL, TINY, PlannerOptions(objective="max-flow", time_limit_s=5))
 
 
 def test_same_seed_gives_the_same_placement():
     runs = [
-        milp_plan(tiny_cluster(), TINY_MODEL, TINY, PlannerOptions(time_limit_s=10, seed=3)) for _ in range(2)
+        milp_plan(
+            tiny_cluster(), TINY_MODEL, TINY, PlannerOptions(objective="max-flow", time_limit_s=10, seed=3)
+        )
+        for _ in range(2)
     ]
     assert runs[0].placement == runs[1].placement
 
 
 def test_progress_reports_incumbent_bound_gap_and_time():
     rows = []
-    milp_plan(tiny_cluster(), TINY_MODEL, TINY, PlannerOptions(time_limit_s=10, progress=rows.append))
+    milp_plan(
+        tiny_cluster(),
+        TINY_MODEL,
+        TINY,
+        PlannerOptions(objective="max-flow", time_limit_s=10, progress=rows.append),
+    )
     assert rows and {"incumbent", "bound", "gap", "elapsed_s"} <= set(rows[-1])
     assert rows[-1]["incumbent"] == pytest.approx(60.0)
 
 
 def test_expired_time_limit_returns_the_best_baseline_with_a_warning(helix_setup):
     cluster, model, capacity = helix_setup("single24")
-    result = milp_plan(cluster, model, capacity, PlannerOptions(time_limit_s=1e-6))
+    result = milp_plan(cluster, model, capacity, PlannerOptions(objective="max-flow", time_limit_s=1e-6))
     assert result.details["found_by"].startswith("baseline")
     assert result.warnings and "baseline" in result.warnings[0]
     check_reported_flow(cluster, model, capacity, result)
@@ -137,7 +145,7 @@ def test_helix_clusters_beat_helix_and_agree_with_the_evaluator(helix_setup, nam
 
     monkeypatch.setattr(milp_module, "WORK", replace(milp_module.WORK, milp_probes=0, local_search_rounds=1))
     cluster, model, capacity = helix_setup(name)
-    result = milp_plan(cluster, model, capacity, PlannerOptions(time_limit_s=600))
+    result = milp_plan(cluster, model, capacity, PlannerOptions(objective="max-flow", time_limit_s=600))
     assert "time limit" not in result.details["stopped_by"]
     assert result.flow_tokens_per_s >= at_least
     check_reported_flow(cluster, model, capacity, result)
@@ -145,7 +153,9 @@ def test_helix_clusters_beat_helix_and_agree_with_the_evaluator(helix_setup, nam
 
 def test_cluster10_optimum_is_proven(helix_setup):
     cluster, model, capacity = helix_setup("cluster10")
-    result = milp_plan(cluster, model, capacity, PlannerOptions(time_limit_s=10, mip_gap=1e-6))
+    result = milp_plan(
+        cluster, model, capacity, PlannerOptions(objective="max-flow", time_limit_s=10, mip_gap=1e-6)
+    )
     assert result.flow_tokens_per_s == pytest.approx(286.587409, abs=1e-5)
     assert result.gap <= 1e-6
     assert "MILP" in result.bound_source
@@ -153,7 +163,7 @@ def test_cluster10_optimum_is_proven(helix_setup):
 
 def test_geo_cluster_beats_helix_quickly(helix_setup):
     cluster, model, capacity = helix_setup("3cluster24")
-    result = milp_plan(cluster, model, capacity, PlannerOptions(time_limit_s=2))
+    result = milp_plan(cluster, model, capacity, PlannerOptions(objective="max-flow", time_limit_s=2))
     assert result.flow_tokens_per_s >= 1212.2
     check_reported_flow(cluster, model, capacity, result)
 
@@ -179,7 +189,12 @@ def test_geo_runs_are_deterministic_and_stop_on_their_work_budget():
     cluster = small_geo_cluster()
     assert build_problem(cluster, TINY_MODEL, TINY).zones == 2
     runs = [
-        milp_plan(cluster, TINY_MODEL, TINY, PlannerOptions(time_limit_s=60, seed=5, mip_gap=0.0))
+        milp_plan(
+            cluster,
+            TINY_MODEL,
+            TINY,
+            PlannerOptions(objective="max-flow", time_limit_s=60, seed=5, mip_gap=0.0),
+        )
         for _ in range(2)
     ]
     assert runs[0].placement == runs[1].placement
@@ -192,7 +207,9 @@ def test_geo_runs_are_deterministic_and_stop_on_their_work_budget():
 
 
 def test_proven_optimum_stops_at_once():
-    result = milp_plan(tiny_cluster(), TINY_MODEL, TINY, PlannerOptions(time_limit_s=60))
+    result = milp_plan(
+        tiny_cluster(), TINY_MODEL, TINY, PlannerOptions(objective="max-flow", time_limit_s=60)
+    )
     assert result.details["stopped_by"].startswith("gap reached")
     assert result.elapsed_s < 10
 
@@ -213,7 +230,8 @@ def test_bundled_geo_cluster_beats_the_baselines_on_a_small_work_budget(monkeypa
     cluster, model = load_cluster("geo-mixed"), builtin_model("llama-3-70b")
     capacity = capacity_model_for(cluster, model)
     assert build_problem(cluster, model, capacity).zones == 1
-    runs = [milp_plan(cluster, model, capacity, PlannerOptions(time_limit_s=600.0)) for _ in range(2)]
+    options = PlannerOptions(objective="max-flow", time_limit_s=600.0)
+    runs = [milp_plan(cluster, model, capacity, options) for _ in range(2)]
     result = runs[0]
     assert result.details["stopped_by"].startswith("work budget")
     assert result.details["milp_solves"] == 0

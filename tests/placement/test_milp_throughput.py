@@ -76,7 +76,14 @@ def test_throughput_objective_picks_the_shallow_pipeline_and_keeps_max_flow_repo
     assert any(c["source"] == "max-flow optimum" for c in result.details["candidates"])
 
 
-def test_default_objective_is_max_flow():
-    result = milp_plan(tiny_cluster(), TINY_MODEL, KV_POOR_T4, PlannerOptions())
+def test_max_flow_objective_keeps_the_max_flow_optimum():
+    result = milp_plan(tiny_cluster(), TINY_MODEL, KV_POOR_T4, PlannerOptions(objective="max-flow"))
     assert result.flow_tokens_per_s == pytest.approx(60.0)
     assert "candidates" not in result.details
+
+
+def test_default_objective_is_served_throughput():
+    result = milp_plan(tiny_cluster(), TINY_MODEL, KV_POOR_T4, PlannerOptions())
+    assert result.details["objective"] == "served"
+    assert result.details["served"]["decode_tokens_per_s"] > 0
+    assert result.upper_bound_tokens_per_s == pytest.approx(60.0, rel=1e-6)  # the max-flow bound

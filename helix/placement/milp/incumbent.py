@@ -47,6 +47,8 @@ class Incumbent:
     bound: float = float("inf")
     bound_source: str = ""
     history: list[dict[str, Any]] = field(default_factory=list)
+    seen: list[tuple[Placement, str]] = field(default_factory=list)  # offered placements with flow > 0
+    max_seen: int = 500
 
     @property
     def value(self) -> float:
@@ -63,6 +65,8 @@ class Incumbent:
     def offer(self, placement: Placement, source: str, flow: FlowResult | None = None) -> float:
         """Evaluate `placement`; keep it if strictly better. Returns its evaluated value."""
         flow = flow or self.evaluate(placement)
+        if flow.value_tokens_per_s > 0 and len(self.seen) < self.max_seen:
+            self.seen.append((placement, source))
         if flow.value_tokens_per_s > self.value + 1e-9:
             self.placement, self.flow, self.source = placement, flow, source
             self.found_at_s = self.clock.elapsed()

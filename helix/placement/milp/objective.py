@@ -18,7 +18,7 @@ from helix.placement.milp.throughput import ThroughputModel, kv_latency_estimate
 from helix.placement.result import PlanResult
 from helix.specs.placement import Placement
 
-OBJECTIVES = ("max-flow", "throughput")
+OBJECTIVES = ("served", "max-flow", "throughput")
 KEEP_CANDIDATES = 6
 
 

@@ -31,6 +31,8 @@ from helix.placement.milp.incumbent import Clock, Incumbent
 from helix.placement.milp.objective import OBJECTIVES, choose_for_throughput
 from helix.placement.milp.problem import Problem, build_problem, check_feasible
 from helix.placement.milp.search import local_search
+from helix.placement.milp.served_objective import choose_for_served
+from helix.placement.milp.solver_log import solver_output_to
 from helix.placement.milp.stages import solve_stages, stages_to_placement
 from helix.placement.milp.zones import solve_zone_chain
 from helix.placement.result import PlannerOptions, PlanResult
@@ -206,7 +208,19 @@ def _boundary_phase(problem: Problem, incumbent: Incumbent, options: PlannerOpti
 def milp_plan(
     cluster: ClusterSpec, model: ModelSpec, capacity: CapacityModel, options: PlannerOptions
 ) -> PlanResult:
-    """Plan a placement (module docstring); returns the best evaluated placement and a proven bound."""
+    """Plan a placement (module docstring); returns the best evaluated placement and a proven bound.
+
+    The solver's console output goes to ``options.solver_log`` (or nowhere), never to the terminal."""
+    with solver_output_to(options.solver_log):
+        result = _milp_plan(cluster, model, capacity, options)
+    if options.solver_log:
+        result = replace(result, details={**result.details, "solver_log": str(options.solver_log)})
+    return result
+
+
+def _milp_plan(
+    cluster: ClusterSpec, model: ModelSpec, capacity: CapacityModel, options: PlannerOptions
+) -> PlanResult:
     if options.objective not in OBJECTIVES:
         raise HelixInputError(
             f"unknown planner objective {options.objective!r}",
@@ -225,7 +239,12 @@ def milp_plan(
     _stage_phase(problem, incumbent, options)
     if problem.zones > 1:
         _parallel_zones_phase(problem, incumbent, options)
-    stats = _boundary_phase(problem, incumbent, options)
+    # the served objective needs candidates, not a max-flow proof: the boundary MILP is skipped there
+    stats = (
+        _boundary_phase(problem, incumbent, options)
+        if options.objective != "served"
+        else {"milp_solves": 0, "milp_undecided": 0}
+    )
     evals = 0
     if not _done(incumbent, options) and incumbent.placement is not None:
         evals = local_search(
@@ -246,6 +265,8 @@ def milp_plan(
     result = _result(problem, incumbent, options, baseline_value, stats, stopped_by)
     if options.objective == "throughput":
         return choose_for_throughput(problem, result, incumbent, capacity)
+    if options.objective == "served":
+        return choose_for_served(problem, result, incumbent, capacity, options)
     return result
 
 

@@ -175,9 +175,11 @@ def _best_pipeline(
     flow_hint: float,
     steps: int,
     max_size: int,
+    tables: list[StageTable] | None = None,
 ) -> tuple[float, list[Stage]] | None:
     """Bisect on F for a pipeline of ≤ `depth` stages meeting capacity F and KV F·depth/γ per stage."""
-    tables = [StageTable.build(problem, kv, zone, max_size) for zone in range(problem.zones)]
+    if tables is None:
+        tables = [StageTable.build(problem, kv, zone, max_size) for zone in range(problem.zones)]
     lo, hi, best = 0.0, flow_hint, None
     for _ in range(steps):
         target = (lo + hi) / 2
@@ -214,9 +216,10 @@ def _best_residual_pipeline(
     if not rest.classes or sum(c.count * c.max_layers for c in rest.classes) < rest.num_layers:
         return None
     kv = class_kv_tables(rest, capacity)
+    tables = [StageTable.build(rest, kv, zone, max_size) for zone in range(rest.zones)]
     best = None
     for d in range(depth, 3 * depth + 1, 4):
-        found = _best_pipeline(rest, kv, gamma, d, flow_hint, steps, max_size)
+        found = _best_pipeline(rest, kv, gamma, d, flow_hint, steps, max_size, tables)
         if found is not None and (best is None or found[0] > best[0]):
             best = found
     return None if best is None else stages_to_placement(rest, best[1])
@@ -231,6 +234,7 @@ def throughput_candidates(
     max_size: int = 4,
     bisection_steps: int = 10,
     max_pipelines: int = 3,
+    max_depth: int | None = None,
 ) -> list[tuple[int, float, Placement]]:
     """For each depth H, the stage pipeline with the largest F meeting the KV bound at depth H, plus up to
     `max_pipelines` − 1 more side by side on the nodes left (each at its own best depth ≥ H).
@@ -243,10 +247,11 @@ def throughput_candidates(
     nodes = sum(c.count for c in problem.classes)
     shallowest = -(-problem.num_layers // max(c.max_layers for c in problem.classes))
     out = []
-    for depth in range(shallowest, min(nodes, problem.num_layers) + 1):
-        first = _best_pipeline(
-            problem, class_kv_tables(problem, capacity), gamma, depth, flow_hint, bisection_steps, max_size
-        )
+    kv = class_kv_tables(problem, capacity)
+    tables = [StageTable.build(problem, kv, zone, max_size) for zone in range(problem.zones)]
+    deepest = min(nodes, problem.num_layers, max_depth or problem.num_layers)
+    for depth in range(shallowest, deepest + 1):
+        first = _best_pipeline(problem, kv, gamma, depth, flow_hint, bisection_steps, max_size, tables)
         if first is None:
             continue
         pipeline = stages_to_placement(problem, first[1])
