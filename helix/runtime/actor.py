@@ -52,6 +52,7 @@ class WorkerActor:
             "kv_blocks": backend.num_kv_blocks,
             "max_model_len": backend.max_model_len,
             "pid": os.getpid(),
+            "rank_pids": backend.rank_pids,
             "stage": asdict(self.stage),
         }
 
@@ -62,10 +63,13 @@ class WorkerActor:
     def stats(self) -> dict[str, Any]:
         if not self.loop.is_alive():
             raise RuntimeError(f"worker {self.loop.worker.name}: its step loop stopped")
+        if self.loop.worker.backend.failure is not None:  # a tensor-parallel rank died: the node is down
+            raise RuntimeError(f"worker {self.loop.worker.name}: {self.loop.worker.backend.failure}")
         return asdict(self.loop.worker.stats)  # counters only: no lock, so a long step never delays it
 
     def stop(self) -> bool:
         self.loop.stop()
+        self.loop.worker.backend.close()
         return True
 
 

@@ -24,6 +24,7 @@ from helix.runtime.coordinator import Coordinator, CoordinatorConfig
 from helix.runtime.deploy import Deployment, HealthMonitor, WorkerSpec, start_ray
 from helix.runtime.emulation import EMULATION_MODES, StepTimer, capacity_model, slowdowns, step_timers
 from helix.runtime.stage_backend import StageConfig
+from helix.runtime.tp_node import tp_size_for
 from helix.scheduling import KVParameters, Topology, create_scheduler
 from helix.specs.cluster import ClusterSpec
 from helix.specs.loading import load_cluster
@@ -33,7 +34,8 @@ from helix.specs.placement import Placement
 
 @dataclass(frozen=True)
 class ServeOptions:
-    """Everything `helix serve` needs. `devices`: node → torch device (default ``cpu``).
+    """Everything `helix serve` needs. `devices`: node → torch device (default ``cpu``); a list such as
+    ``cuda:0,1``, or else the node type's GPU count, sets its tensor-parallel ranks (`tp_node`).
 
     `emulation` (when `emulate`): ``relative`` or ``profile`` (see `helix.runtime.emulation`).
     """
@@ -106,6 +108,7 @@ class ServingRuntime:
                     options.kv_cache_bytes,
                     options.max_model_len,
                     options.threads_per_worker,
+                    tp_size_for(cluster.node(name), options.devices.get(name, "cpu")),
                 ),
                 factors.get(name, 1.0),
                 require_node_resource=options.ray_address is not None,

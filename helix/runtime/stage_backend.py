@@ -38,6 +38,7 @@ class StageConfig:
     kv_cache_bytes: int | None = 256 << 20
     max_model_len: int | None = 2048
     threads: int = 1
+    tp_size: int = 1  # tensor-parallel ranks of the node (`helix.runtime.tp_node`)
 
 
 class StageBackend:
@@ -62,6 +63,22 @@ class StageBackend:
     @property
     def max_model_len(self) -> int:
         return self.runner.max_model_len
+
+    @property
+    def failure(self) -> str | None:
+        """Why the stage cannot run any more (a tensor-parallel rank died), or None."""
+        return getattr(self.runner, "failure", None)
+
+    @property
+    def rank_pids(self) -> list[int]:
+        """PIDs of the tensor-parallel rank processes this worker started (rank 0 is itself)."""
+        return list(getattr(self.runner, "rank_pids", []))
+
+    def close(self) -> None:
+        """Stop the stage's rank processes, if any."""
+        close = getattr(self.runner, "close", None)
+        if close is not None:
+            close()
 
     def reserve(self, item: StageItem) -> str | None:
         """Take the KV blocks `item` needs now; a reason string if it cannot run here."""
@@ -120,6 +137,10 @@ def kv_blocks(model_config, num_layers: int, kv_cache_bytes: int, dtype: torch.d
 
 def load_backend(config: StageConfig) -> StageBackend:
     """Load layers [start, end) of `config.model` on `config.device` and size its KV cache."""
+    if config.tp_size > 1:
+        from helix.runtime.tp_node import load_tp_backend
+
+        return load_tp_backend(config)
     if config.device == "cpu":
         torch.set_num_threads(max(1, config.threads))
     dtype = _DTYPES[config.dtype]
