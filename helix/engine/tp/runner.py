@@ -18,7 +18,8 @@ from __future__ import annotations
 import pickle
 import subprocess
 import threading
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,6 +32,7 @@ from helix.engine.tp.group import TPGroup, destroy_group
 
 WATCH_INTERVAL_S = 0.1
 STOP_TIMEOUT_S = 10.0
+RANK_EXIT_WAIT_S = 2.0  # after a failed collective: how long to wait for a peer's exit to show
 
 
 @dataclass(slots=True)
@@ -51,9 +53,10 @@ class StopOp:
 
 @dataclass(slots=True)
 class RankProcess:
+    """A rank process started by rank 0."""
+
     rank: int
     proc: subprocess.Popen
-    reason: list[str] = field(default_factory=list)  # filled by the launcher's error probe
 
     @property
     def pid(self) -> int:
@@ -174,8 +177,12 @@ class TPRunner:
             self.group.broadcast(inputs)
             return self.local.execute(batch, inputs)
         except BaseException as exc:  # the ranks are now out of step: the node is down
-            self._fail(f"tensor-parallel step failed on rank 0: {type(exc).__name__}: {exc}")
-            raise
+            dead = self._dead_rank(wait_s=RANK_EXIT_WAIT_S)  # a collective fails when a peer dies
+            if dead is not None:
+                self._fail(self._death_reason(dead))
+            else:
+                self._fail(f"tensor-parallel step failed on rank 0: {type(exc).__name__}: {exc}")
+            raise RuntimeError(self.failure) from exc
 
     # ---- failure and shutdown ----
     def _check(self) -> None:
@@ -184,14 +191,25 @@ class TPRunner:
         if self._closing:
             raise RuntimeError("the tensor-parallel stage is shut down")
 
+    def _dead_rank(self, wait_s: float = 0.0) -> RankProcess | None:
+        deadline = time.monotonic() + wait_s
+        while True:
+            for rank in self.ranks:
+                if rank.proc.poll() is not None:
+                    return rank
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(WATCH_INTERVAL_S / 2)
+
+    def _death_reason(self, rank: RankProcess) -> str:
+        return f"tensor-parallel rank {rank.rank} (pid {rank.pid}) {self._describe_exit(rank)}"
+
     def _watch(self) -> None:
         while not self._closing and self.failure is None:
-            for rank in self.ranks:
-                if rank.proc.poll() is not None and not self._closing:
-                    self._fail(
-                        f"tensor-parallel rank {rank.rank} (pid {rank.pid}) {self._describe_exit(rank)}"
-                    )
-                    return
+            dead = self._dead_rank()
+            if dead is not None and not self._closing:
+                self._fail(self._death_reason(dead))
+                return
             threading.Event().wait(WATCH_INTERVAL_S)
 
     def _fail(self, reason: str) -> None:
