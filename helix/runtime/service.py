@@ -153,6 +153,9 @@ class ServingRuntime:
             "slowdown": self.slowdown,
             "max_flow_tokens_per_s": self.topology.max_flow_tokens_per_s,
             "scheduler": self.options.scheduler,
+            "tensor_parallel": {
+                n: s.stage.tp_size for n, s in self.deployment.specs.items() if s.stage.tp_size > 1
+            },
         }
 
 

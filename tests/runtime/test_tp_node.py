@@ -99,6 +99,7 @@ def test_the_two_gpu_node_runs_two_ranks(served):
     runtime, _, pids = served
     assert len(pids) == 1 and all(_alive(p) for p in pids)  # rank 1; rank 0 is the worker itself
     assert runtime.deployment.info["n0"]["rank_pids"] == []
+    assert runtime.describe()["tensor_parallel"] == {"n1": 2}
 
 
 def test_greedy_completion_through_the_api_equals_the_single_process_engine(served):

@@ -63,8 +63,10 @@ def child_environment(device: str, threads: int) -> dict[str, str]:
     if device.startswith("cuda"):
         index = int(device.split(":", 1)[1]) if ":" in device else 0
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        ids = [v.strip() for v in visible.split(",")] if visible else [str(i) for i in range(64)]
-        env["CUDA_VISIBLE_DEVICES"] = ids[index]
+        ids = [v.strip() for v in visible.split(",")] if visible else None
+        if ids is not None and index >= len(ids):
+            raise RuntimeError(f"{device} is not among this process's GPUs (CUDA_VISIBLE_DEVICES={visible})")
+        env["CUDA_VISIBLE_DEVICES"] = ids[index] if ids is not None else str(index)
     return env
 
 
