@@ -139,20 +139,3 @@ def check_output_path(flag: str, path: Path | None, *, directory: bool = False) 
             field=flag,
             fix="choose a path in a directory you can write to",
         ) from None
-
-
-@contextlib.contextmanager
-def stdout_to_file(path: Path) -> Iterator[None]:
-    """Send file descriptor 1 to a log file for a while: solver libraries printing banners and logs from C
-    code then reach neither the command's JSON on stdout nor the progress line on stderr."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.dup2(log, 1)
-        yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
-        os.close(log)

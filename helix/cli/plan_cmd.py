@@ -24,7 +24,6 @@ from helix.cli.common import (
     check_number,
     check_output_path,
     load_inputs,
-    stdout_to_file,
 )
 from helix.errors import HelixInputError
 from helix.flow.graph import FlowOptions
@@ -138,11 +137,10 @@ def plan_command(
         objective=objective,
         partial_overlap=partial_overlap,
     )
-    solver_log = output.with_name(output.name + ".solver.log")
     display = PlanProgress(console, time_limit) if not quiet else contextlib.nullcontext()
     if not quiet:
         options = replace(options, progress=display.update)
-    with display, stdout_to_file(solver_log):
+    with display:  # the planner sends HiGHS's console output to --solver-log
         result = plan(cluster_spec, model_spec, options, capacity_model)
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
@@ -183,10 +181,8 @@ def plan_command(
         "solver_log": result.details.get("solver_log"),
         "nodes_used": len(result.placement),
         "nodes": len(cluster_spec.nodes),
-        "stopped_by": result.details.get("stopped_by"),
         "plan": str(output),
         "plot": str(plot) if plot else None,
-        "solver_log": str(solver_log),
     }
     typer.echo(json.dumps(summary))
 

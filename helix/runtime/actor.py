@@ -58,6 +58,7 @@ class WorkerActor:
             "max_model_len": backend.max_model_len,
             "pid": os.getpid(),
             "hostname": socket.gethostname(),
+            "rank_pids": backend.rank_pids,
             "stage": asdict(self.stage),
             "node_ip": _node_ip(),
         }
@@ -74,6 +75,8 @@ class WorkerActor:
     def stats(self) -> dict[str, Any]:
         if not self.loop.is_alive():
             raise RuntimeError(f"worker {self.loop.worker.name}: its step loop stopped")
+        if self.loop.worker.backend.failure is not None:  # a tensor-parallel rank died: the node is down
+            raise RuntimeError(f"worker {self.loop.worker.name}: {self.loop.worker.backend.failure}")
         stats = asdict(self.loop.worker.stats)  # counters only: no lock, so a long step never delays it
         stats["pending_batches"] = self.loop.num_pending
         stats["since_last_step_s"] = time.monotonic() - self.loop.last_step_s
@@ -86,6 +89,7 @@ class WorkerActor:
 
     def stop(self) -> bool:
         self.loop.stop()
+        self.loop.worker.backend.close()
         return True
 
 

@@ -113,7 +113,7 @@ class Deployment:
             if spec.require_node_resource:
                 options["resources"] = {node_resource(spec.resource_node or spec.name): 0.01}
             if spec.stage.device == "cuda":
-                options["num_gpus"] = 1
+                options["num_gpus"] = spec.stage.tp_size
             self.actors[spec.name] = remote_cls.options(**options).remote(
                 spec.name,
                 spec.stage,
@@ -152,6 +152,8 @@ class Deployment:
             try:
                 self.last_stats[name] = self._ray.get(ref)
             except Exception as exc:  # RayActorError and friends: the actor died
+                cause = getattr(exc, "cause", None)  # a RayTaskError carries the actor's own error
+                exc = cause if isinstance(cause, Exception) else exc
                 gone[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
         return gone
 

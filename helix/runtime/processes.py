@@ -21,7 +21,6 @@ import multiprocessing as mp
 import os
 import random
 import time
-import zlib
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -31,6 +30,7 @@ from helix.engine.config import EngineConfig, LayerRange, ModelConfig
 from helix.engine.loader import build_stage
 from helix.engine.model.llama import LlamaStage
 from helix.engine.model_runner import ModelRunner
+from helix.engine.tp.shard import split_invariant_seed
 from helix.runtime.coordinator import Coordinator, CoordinatorConfig
 from helix.runtime.keys import WireKeys
 from helix.runtime.kv_capacity import with_real_kv
@@ -74,7 +74,7 @@ def init_split_invariant_weights(model: LlamaStage, seed: int, std: float = 0.02
             param.fill_(1.0)
             continue
         generator = torch.Generator(device=device)
-        generator.manual_seed(seed * 1_000_003 + zlib.crc32("|".join(parts).encode()))
+        generator.manual_seed(split_invariant_seed(seed, parts))
         param.normal_(0.0, std, generator=generator)
 
 
@@ -82,6 +82,10 @@ def build_backend(spec: ProcessWorkerSpec) -> StageBackend:
     """The worker's stage: `load_backend` for a model path, or random split-invariant weights."""
     if spec.random_hf_config is None:
         return load_backend(spec.stage)
+    if spec.stage.tp_size > 1:
+        from helix.runtime.tp_node import load_tp_backend
+
+        return load_tp_backend(spec.stage, spec.random_hf_config, spec.seed)
     stage = spec.stage
     config = ModelConfig.from_hf_dict(spec.random_hf_config, where="random model config")
     layer_range = LayerRange(stage.start, stage.end).validate(config.num_layers)
@@ -117,6 +121,7 @@ def _worker_main(spec: ProcessWorkerSpec, conn, keys: WireKeys | None = None) ->
                 "kv_block_size": backend.kv_block_size,
                 "max_model_len": backend.max_model_len,
                 "pid": os.getpid(),
+                "rank_pids": backend.rank_pids,
                 "device": str(spec.stage.device),
                 "visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
                 "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -131,9 +136,12 @@ def _worker_main(spec: ProcessWorkerSpec, conn, keys: WireKeys | None = None) ->
             loop.start(arg)
             conn.send(True)
         elif command == "stats":
-            conn.send(asdict(loop.worker.stats) | {"alive": loop.is_alive()})
+            failure = backend.failure
+            alive = loop.is_alive() and failure is None
+            conn.send(asdict(loop.worker.stats) | {"alive": alive, "failure": failure})
         else:
             loop.stop()
+            backend.close()
             conn.send(True)
             return
 

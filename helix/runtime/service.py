@@ -33,6 +33,7 @@ from helix.runtime.emulation import EMULATION_MODES, StepTimer, capacity_model, 
 from helix.runtime.keys import WireKeys
 from helix.runtime.kv_capacity import real_kv_token_layers
 from helix.runtime.stage_backend import StageConfig
+from helix.runtime.tp_node import tp_size_for
 from helix.scheduling import KVParameters, Topology, create_scheduler
 from helix.scheduling.recovery import TopologySource
 from helix.specs.cluster import ClusterSpec
@@ -43,7 +44,8 @@ from helix.specs.placement import Placement
 
 @dataclass(frozen=True)
 class ServeOptions:
-    """Everything `helix serve` needs. `devices`: node → torch device (default ``cpu``).
+    """Everything `helix serve` needs. `devices`: node → torch device (default ``cpu``); a list such as
+    ``cuda:0,1``, or else the node type's GPU count, sets its tensor-parallel ranks (`tp_node`).
 
     `emulation` (when `emulate`): ``relative`` or ``profile`` (see `helix.runtime.emulation`).
     """
@@ -127,6 +129,7 @@ class ServingRuntime:
                     options.kv_cache_bytes,
                     options.max_model_len,
                     options.threads_per_worker,
+                    tp_size_for(cluster.node(name), options.devices.get(name, "cpu")),
                 ),
                 factors.get(name, 1.0),
                 require_node_resource=options.ray_address is not None,
@@ -195,6 +198,9 @@ class ServingRuntime:
             "max_flow_tokens_per_s": self.topology.max_flow_tokens_per_s,
             "scheduler": self.options.scheduler,
             "addresses": {**self.deployment.addresses, "coordinator": self.coordinator.address},
+            "tensor_parallel": {
+                n: s.stage.tp_size for n, s in self.deployment.specs.items() if s.stage.tp_size > 1
+            },
         }
 
 

@@ -41,6 +41,7 @@ class StageConfig:
     max_model_len: int | None = 2048
     threads: int = 1
     block_size: int = DEFAULT_BLOCK_SIZE
+    tp_size: int = 1  # tensor-parallel ranks of the node (`helix.runtime.tp_node`)
 
 
 def pin_device(stage: StageConfig) -> StageConfig:
@@ -90,6 +91,22 @@ class StageBackend:
     def num_blocks_held(self, seq_id: int) -> int:
         manager = self.runner.block_manager
         return len(manager.block_table(seq_id)) if manager.has(seq_id) else 0
+
+    @property
+    def failure(self) -> str | None:
+        """Why the stage cannot run any more (a tensor-parallel rank died), or None."""
+        return getattr(self.runner, "failure", None)
+
+    @property
+    def rank_pids(self) -> list[int]:
+        """PIDs of the tensor-parallel rank processes this worker started (rank 0 is itself)."""
+        return list(getattr(self.runner, "rank_pids", []))
+
+    def close(self) -> None:
+        """Stop the stage's rank processes, if any."""
+        close = getattr(self.runner, "close", None)
+        if close is not None:
+            close()
 
     def reserve(self, item: StageItem) -> str | None:
         """Take the KV blocks `item` needs now; a reason string if it cannot run here."""
@@ -168,6 +185,10 @@ def kv_blocks(
 
 def load_backend(config: StageConfig) -> StageBackend:
     """Load layers [start, end) of `config.model` on `config.device` and size its KV cache."""
+    if config.tp_size > 1:
+        from helix.runtime.tp_node import load_tp_backend
+
+        return load_tp_backend(config)
     if config.device == "cpu":
         torch.set_num_threads(max(1, config.threads))
     dtype = _DTYPES[config.dtype]

@@ -104,11 +104,18 @@ class Worker:
 
     def step(self, batches: list[HopBatch]) -> StepOutput:
         """Run one step over every request in `batches`; see the module docstring."""
+        if self.backend.failure is not None:  # the node is down (a tensor-parallel rank died): like a
+            return StepOutput({}, [])  # lost node it answers nothing; its health check reports it
         started = time.perf_counter()
         items, inputs, errors = self._admit(batches)
         if not items:
             return StepOutput({}, errors)
-        hidden = self.backend.forward(items, inputs)
+        try:
+            hidden = self.backend.forward(items, inputs)
+        except Exception:
+            if self.backend.failure is None:
+                raise
+            return StepOutput({}, [])
         sampled = self.backend.sample(items, hidden) if self.backend.is_last else []
         self._account(items, time.perf_counter() - started)  # pads first: stage-done stamps include it
         if self.backend.is_last:
