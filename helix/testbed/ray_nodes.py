@@ -47,6 +47,8 @@ class RayTestCluster:
             "RAY_AUTH_MODE": "token",
             "RAY_AUTH_TOKEN": self.token,
             "RAY_USAGE_STATS_ENABLED": "0",
+            # a raylet waits this long for its agents to start (slow on a loaded machine)
+            "RAY_agent_register_timeout_ms": "180000",
         }
 
     @classmethod
@@ -65,21 +67,30 @@ class RayTestCluster:
         custom resources); returns once all nodes joined."""
         cluster = cls(bed, head, token or secrets.token_hex(32), state_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
-        cluster._start_node(head, resources.get(head, {}), num_cpus, is_head=True)
-        cluster.wait_for_nodes(1)
+        head_proc = {head: cluster._start_node(head, resources.get(head, {}), num_cpus, is_head=True)}
         workers = {host: res for host, res in resources.items() if host != head}
+        cluster._wait_restarting(
+            head_proc, {head: resources.get(head, {})}, 1, num_cpus, restarts, is_head=True
+        )
         procs = {
             host: cluster._start_node(host, res, num_cpus, is_head=False) for host, res in workers.items()
         }
+        cluster._wait_restarting(procs, workers, 1 + len(workers), num_cpus, restarts, is_head=False)
+        return cluster
+
+    def _wait_restarting(self, procs, resources, count: int, num_cpus: int, restarts: int, *, is_head: bool):
+        """Wait for `count` nodes; on a loaded machine a Ray node can time out while it starts (its
+        `ray start` exits): start it again, up to `restarts` times."""
         for _ in range(restarts + 1):
             try:
-                cluster.wait_for_nodes(1 + len(workers), gone=lambda: [p for p in procs.values() if p.poll()])
-                return cluster
-            except _NodeDied:  # on a loaded machine a raylet can time out while it starts: start it again
+                self.wait_for_nodes(count, gone=lambda: [p for p in procs.values() if p.poll() is not None])
+                return
+            except _NodeDied:
                 for host, proc in list(procs.items()):
                     if proc.poll() is not None:
-                        procs[host] = cluster._start_node(host, workers[host], num_cpus, is_head=False)
-        raise RuntimeError(f"Ray nodes on {sorted(workers)} did not all start (see {state_dir}/ray-*.log)")
+                        self.bed.stop_host(host)  # what the failed start left behind
+                        procs[host] = self._start_node(host, resources[host], num_cpus, is_head=is_head)
+        raise RuntimeError(f"Ray nodes on {sorted(procs)} did not all start (see {self.state_dir}/ray-*.log)")
 
     def _start_node(self, host: str, resources: dict[str, float], num_cpus: int, *, is_head: bool):
         ray = shutil.which("ray") or str(Path(sys.executable).with_name("ray"))
