@@ -158,7 +158,7 @@ def _build(schema: _Schema, values: Any, buffers: _Buffers, where: str) -> Any:
     decoded: list = []
     name = ""
     try:
-        for (name, decode), value in zip(fields, values, strict=True):
+        for (name, decode), value in zip(fields, values, strict=True):  # noqa: B007 (named on error)
             decoded.append(decode(value, buffers))
     except _Mismatch as exc:
         raise WireError(f"{where}.{name}: {exc}") from None

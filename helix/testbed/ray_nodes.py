@@ -22,6 +22,7 @@ from pathlib import Path
 from helix.testbed.netns import TestBed
 
 RAY_PORT = 6379
+STARTED_MARK = b"Ray runtime started"  # what `ray start` prints once its node is up and registered
 
 
 class _NodeDied(RuntimeError):
@@ -47,6 +48,8 @@ class RayTestCluster:
             "RAY_AUTH_MODE": "token",
             "RAY_AUTH_TOKEN": self.token,
             "RAY_USAGE_STATS_ENABLED": "0",
+            # a raylet waits this long for its agents to start (slow on a loaded machine)
+            "RAY_agent_register_timeout_ms": "180000",
         }
 
     @classmethod
@@ -59,27 +62,36 @@ class RayTestCluster:
         state_dir: Path,
         num_cpus: int = 1,
         token: str | None = None,
-        restarts: int = 2,
+        restarts: int = 4,
     ) -> RayTestCluster:
         """Start a head on `head` and a worker node on every other host named in `resources` (host →
         custom resources); returns once all nodes joined."""
         cluster = cls(bed, head, token or secrets.token_hex(32), state_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
-        cluster._start_node(head, resources.get(head, {}), num_cpus, is_head=True)
-        cluster.wait_for_nodes(1)
+        head_proc = {head: cluster._start_node(head, resources.get(head, {}), num_cpus, is_head=True)}
         workers = {host: res for host, res in resources.items() if host != head}
+        cluster._wait_restarting(
+            head_proc, {head: resources.get(head, {})}, 1, num_cpus, restarts, is_head=True
+        )
         procs = {
             host: cluster._start_node(host, res, num_cpus, is_head=False) for host, res in workers.items()
         }
+        cluster._wait_restarting(procs, workers, 1 + len(workers), num_cpus, restarts, is_head=False)
+        return cluster
+
+    def _wait_restarting(self, procs, resources, count: int, num_cpus: int, restarts: int, *, is_head: bool):
+        """Wait for `count` nodes; on a loaded machine a Ray node can time out while it starts (its
+        `ray start` exits, e.g. Ray's raylet gives up waiting for its metrics agent): start it again."""
         for _ in range(restarts + 1):
             try:
-                cluster.wait_for_nodes(1 + len(workers), gone=lambda: [p for p in procs.values() if p.poll()])
-                return cluster
-            except _NodeDied:  # on a loaded machine a raylet can time out while it starts: start it again
+                self._wait_started(procs)
+                return
+            except _NodeDied:
                 for host, proc in list(procs.items()):
                     if proc.poll() is not None:
-                        procs[host] = cluster._start_node(host, workers[host], num_cpus, is_head=False)
-        raise RuntimeError(f"Ray nodes on {sorted(workers)} did not all start (see {state_dir}/ray-*.log)")
+                        self.bed.stop_host(host)  # what the failed start left behind
+                        procs[host] = self._start_node(host, resources[host], num_cpus, is_head=is_head)
+        raise RuntimeError(f"Ray nodes on {sorted(procs)} did not all start (see {self.state_dir}/ray-*.log)")
 
     def _start_node(self, host: str, resources: dict[str, float], num_cpus: int, *, is_head: bool):
         ray = shutil.which("ray") or str(Path(sys.executable).with_name("ray"))
@@ -97,11 +109,35 @@ class RayTestCluster:
             argv += ["--head", f"--port={RAY_PORT}", "--include-dashboard=false"]
         else:
             argv += [f"--address={self.address}"]
-        return self.bed.spawn(host, argv, env=self.env, log=self.state_dir / f"ray-{host}.log")
+        log = self.state_dir / f"ray-{host}.log"
+        offset = log.stat().st_size if log.exists() else 0
+        proc = self.bed.spawn(host, argv, env=self.env, log=log)
+        proc.log_offset = offset  # where this attempt's output starts
+        return proc
 
-    def wait_for_nodes(self, count: int, timeout_s: float = 180.0, gone=lambda: []) -> None:
-        """Block until `count` Ray nodes are alive (asked from the head's host); raises `_NodeDied` as
-        soon as `gone()` names a node process that exited."""
+    def _wait_started(self, procs: dict, timeout_s: float = 300.0) -> None:
+        """Block until every `ray start` in `procs` (host → Popen) printed that its node runs (it has
+        registered with the head); raises `_NodeDied` when one exited first. Reading the logs costs
+        nothing, unlike asking Ray, which on a loaded machine can take longer than the start itself."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if any(p.poll() is not None for p in procs.values()):
+                raise _NodeDied()
+            if all(self._printed_started(host, p) for host, p in procs.items()):
+                return
+            time.sleep(0.5)
+        raise RuntimeError(f"Ray nodes {sorted(procs)} did not start within {timeout_s:.0f} s")
+
+    def _printed_started(self, host: str, proc) -> bool:
+        log = self.state_dir / f"ray-{host}.log"
+        if not log.exists():
+            return False
+        with open(log, "rb") as f:
+            f.seek(proc.log_offset)
+            return STARTED_MARK in f.read()
+
+    def wait_for_nodes(self, count: int, timeout_s: float = 300.0) -> None:
+        """Block until Ray itself (asked from the head's host) lists `count` alive nodes."""
         probe = (
             "import ray, sys\n"
             f"ray.init(address={self.address!r}, logging_level='ERROR', log_to_driver=False)\n"
@@ -110,8 +146,6 @@ class RayTestCluster:
         deadline = time.monotonic() + timeout_s
         last = ""
         while time.monotonic() < deadline:
-            if gone():
-                raise _NodeDied()
             try:
                 result = self.bed.run(self.head, [sys.executable, "-c", probe], env=self.env, timeout_s=90)
             except subprocess.TimeoutExpired:  # a loaded machine: ask again
