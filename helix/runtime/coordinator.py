@@ -207,7 +207,10 @@ class Coordinator:
             return
         prompt = tuple(state.prompt_ids)
         penalty_ids = prompt if state.params.repetition_penalty != 1.0 else None
-        item = StageItem(state.seq_id, 0, len(prompt), prompt, state.route, state.params, (), penalty_ids)
+        starts = tuple(hop.start for hop in pipeline.hops)
+        item = StageItem(
+            state.seq_id, 0, len(prompt), prompt, state.route, state.params, (), penalty_ids, starts
+        )
         self._send(state, item)
 
     def _send(self, state: RequestState, item: StageItem) -> None:

@@ -2,10 +2,10 @@
 
 `ServingRuntime.start(options)` resolves the model (tokenizer, context window), loads the cluster and the
 plan (or plans on start with `helix.placement.plan`), builds the scheduler's `Topology` from the plan
-(the same code the simulator uses; links chain ranges exactly, since a worker runs its whole
-range) with each node's KV capacity replaced by what its worker really
-allocated, starts one Ray actor per used node, wires their ZeroMQ sockets, and starts the coordinator
-and a health monitor that reports dead workers to it.
+(the same code the simulator uses, with the plan's chaining rule: with partial overlap a worker runs
+only the suffix of its range a route needs, Helix's layer skip) with each node's KV capacity replaced
+by what its worker really allocated, starts one Ray actor per used node, wires their ZeroMQ sockets,
+and starts the coordinator and a health monitor that reports dead workers to it.
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ class ServingRuntime:
         ]
         deployment = Deployment(specs)
         topology = with_real_kv(
-            Topology.build(cluster, spec, plan.placement, capacity, partial_overlap=False),
+            Topology.build(cluster, spec, plan.placement, capacity, partial_overlap=plan.partial_overlap),
             deployment.info,
         )
         scheduler = create_scheduler(
