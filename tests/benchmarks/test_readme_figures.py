@@ -197,7 +197,13 @@ FIGURES: list[tuple[str, list[tuple[Callable[[], Any], Callable[[Any], str]]]]] 
         "| 4 stages back to back / 1 stage, decode at batch 64 | {} |",
         [(at(ENG, "summary.four_stage_over_single_by_batch.64"), f2)],
     ),
-    ("vs Hugging Face `generate` at batch 32 (", []),
+    (
+        "| vs Hugging Face `generate` at batch 32 ({} tokens/s) | {}× |",
+        [
+            (at(ENG, "hf_generate.tokens_per_s"), f0),
+            (at(ENG, "summary.speedup_over_hf_generate_at_batch.32"), f1),
+        ],
+    ),
 ]
 
 
