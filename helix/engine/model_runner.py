@@ -170,19 +170,25 @@ class ModelRunner:
 
     # ---- execution ----
     @torch.inference_mode()
-    def execute(self, batch: StepBatch, inputs: torch.Tensor) -> torch.Tensor:
-        """Run one step (see the module docstring for shapes)."""
+    def execute(self, batch: StepBatch, inputs: torch.Tensor, skip_layers: int = 0) -> torch.Tensor:
+        """Run one step (see the module docstring for shapes); `skip_layers` > 0 runs only the stage's
+        layers from that local index on (inputs are then hidden states)."""
         self.reserve(batch)
         inputs = inputs.to(self.device)
         graphs = self.graphs
-        if graphs is not None and batch.is_pure_decode and graphs.bucket_for(len(batch.chunks)):
+        if (
+            graphs is not None
+            and skip_layers == 0
+            and batch.is_pure_decode
+            and graphs.bucket_for(len(batch.chunks))
+        ):
             size = self.block_size
             positions = [c.num_cached_tokens for c in batch.chunks]
             tables = [self.block_manager.block_table(c.seq_id) for c in batch.chunks]
             slots = [t[p // size] * size + p % size for t, p in zip(tables, positions, strict=True)]
             return graphs.run(inputs, positions, slots, tables)
         positions_t, meta = self.prepare(batch)
-        hidden = self.model(inputs, positions_t, self.kv_caches, meta)
+        hidden = self.model(inputs, positions_t, self.kv_caches, meta, skip_layers)
         if not self.model.is_last:
             return hidden
         rows = torch.tensor(batch.last_token_rows(), device=self.device)

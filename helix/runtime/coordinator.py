@@ -341,6 +341,7 @@ class Coordinator:
             penalty_output_ids=tuple(state.output_ids)
             if state.params.has_penalties and state.output_ids
             else None,
+            route_starts=tuple(hop.start for hop in pipeline.hops),
         )
         self._send(state, item)
 

@@ -44,6 +44,7 @@ class StageItem:
     penalty_prompt_ids: tuple[int, ...] | None = None  # prompt only, with a repetition penalty
     admission: int = 0
     penalty_output_ids: tuple[int, ...] | None = None  # a resumed request's tokens so far, with penalties
+    route_starts: tuple[int, ...] | None = None  # prompt only: first layer each hop runs (layer skip)
 
 
 @dataclass(slots=True)

@@ -31,6 +31,7 @@ from helix.engine.loader import build_stage
 from helix.engine.model.llama import LlamaStage
 from helix.engine.model_runner import ModelRunner
 from helix.engine.tp.shard import split_invariant_seed
+from helix.flow.graph import DEFAULT_PARTIAL_OVERLAP
 from helix.runtime.coordinator import Coordinator, CoordinatorConfig
 from helix.runtime.keys import WireKeys
 from helix.runtime.kv_capacity import with_real_kv
@@ -217,9 +218,10 @@ def start_coordinator(
     scheduler: str = "maxflow",
     max_waiting: int = 1 << 20,
     seed: int = 0,
+    partial_overlap: bool = DEFAULT_PARTIAL_OVERLAP,
 ) -> Coordinator:
     """Scheduler over the plan (real KV per node), a started `Coordinator`, and started workers."""
-    topology = Topology.build(cluster, model, placement, capacity, partial_overlap=False)
+    topology = Topology.build(cluster, model, placement, capacity, partial_overlap=partial_overlap)
     topology = with_real_kv(topology, deployment.info)
     kv = KVParameters(expected_kv_hwm=0.9, expected_output_length_ratio=0.6)
     coordinator = Coordinator(

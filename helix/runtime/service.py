@@ -2,11 +2,12 @@
 
 `ServingRuntime.start(options)` resolves the model (tokenizer, context window), loads the cluster and the
 plan (or plans on start with `helix.placement.plan`), builds the scheduler's `Topology` from the plan
-(the same code the simulator uses; links chain ranges exactly, since a worker runs its whole
-range) with each node's KV capacity replaced by what its worker really
-allocated, starts one Ray actor per used node, wires their ZeroMQ sockets, and starts the coordinator
-and a health monitor that reports dead workers to it; the coordinator then re-routes around them on the
-topology the same `TopologySource` rebuilds on the survivors (`helix.scheduling.recovery`).
+(the same code the simulator uses, with the plan's chaining rule: with partial overlap a worker runs
+only the suffix of its range a route needs, Helix's layer skip) with each node's KV capacity replaced
+by what its worker really allocated, starts one Ray actor per used node, wires their ZeroMQ sockets,
+and starts the coordinator and a health monitor that reports dead workers to it; the coordinator then
+re-routes around them on the topology the same `TopologySource` rebuilds on the survivors
+(`helix.scheduling.recovery`).
 
 Addressing: a local run (no `ray_address`) binds and advertises loopback only. Joining a cluster, each
 worker advertises its Ray node's IP and the coordinator advertises `advertise_host` (default: the Ray
@@ -140,7 +141,7 @@ class ServingRuntime:
         keys = WireKeys.generate()
         deployment = Deployment(specs, keys, progress)
         real_kv = real_kv_token_layers(deployment.info, plan.placement)
-        source = TopologySource(cluster, spec, plan.placement, capacity, False, real_kv)
+        source = TopologySource(cluster, spec, plan.placement, capacity, plan.partial_overlap, real_kv)
         topology = source.surviving()
         scheduler = create_scheduler(
             options.scheduler, topology, options.kv_params, random.Random(options.seed)

@@ -141,10 +141,15 @@ class StageBackend:
         if prompt_ids:
             self._prompt_ids[seq_id] = prompt_ids
 
-    def forward(self, items: list[StageItem], inputs: torch.Tensor) -> torch.Tensor:
-        """Hidden states [T, H], or last-token logits [len(items), V] on the last stage."""
+    def forward(self, items: list[StageItem], inputs: torch.Tensor, skip_layers: int = 0) -> torch.Tensor:
+        """Hidden states [T, H], or last-token logits [len(items), V] on the last stage; `skip_layers`:
+        leading layers of the range these requests skip (they already ran them elsewhere)."""
         chunks = tuple(SeqChunk(i.seq_id, i.num_cached_tokens, i.num_new_tokens) for i in items)
-        return self.runner.execute(StepBatch(chunks), inputs)
+        return self.runner.execute(StepBatch(chunks), inputs, skip_layers)
+
+    @property
+    def layer_start(self) -> int:
+        return self.runner.model.layer_range.start
 
     def sample(self, items: list[StageItem], logits: torch.Tensor) -> list[TokenResult]:
         params = [self._params.get(i.seq_id) or SamplingParams(temperature=0.0) for i in items]

@@ -82,6 +82,7 @@ class Worker:
         self._next_hop: dict[int, str] = {}
         self._admission: dict[int, int] = {}  # request → admission number of the KV it holds here
         self._fenced: set[str] = set()
+        self._skip: dict[int, int] = {}  # requests that enter this range past its start (partial overlap)
         self.stats = WorkerStats(kv_total_blocks=backend.num_kv_blocks)
 
     def free(self, seq_ids: list[int], admissions: list[int] | None = None) -> None:
@@ -99,6 +100,7 @@ class Worker:
 
     def _drop(self, seq_id: int) -> None:
         self._next_hop.pop(seq_id, None)
+        self._skip.pop(seq_id, None)
         self._admission.pop(seq_id, None)
         self.backend.free(seq_id)
 
@@ -111,7 +113,7 @@ class Worker:
         if not items:
             return StepOutput({}, errors)
         try:
-            hidden = self.backend.forward(items, inputs)
+            hidden = self._forward(items, inputs)
         except Exception:
             if self.backend.failure is None:
                 raise
@@ -122,9 +124,11 @@ class Worker:
             return StepOutput({}, errors + self._stamp(items, sampled))
         return StepOutput(self._split_by_next_hop(items, hidden), errors)
 
-    def _admit(self, batches: list[HopBatch]) -> tuple[list[StageItem], torch.Tensor, list[TokenResult]]:
-        """Items ordered prompts first, their packed inputs, and results for requests that cannot run
-        (errors, preemptions)."""
+    def _admit(
+        self, batches: list[HopBatch]
+    ) -> tuple[list[StageItem], list[torch.Tensor], list[TokenResult]]:
+        """Items ordered prompts first, their inputs, and results for requests that cannot run (errors,
+        preemptions)."""
         admitted: dict[int, tuple[StageItem, torch.Tensor]] = {}
         results: list[TokenResult] = []
         for batch in batches:
@@ -148,8 +152,8 @@ class Worker:
         prompts = [p for p in admitted.values() if not _is_decode(p[0])]
         ordered = prompts + [p for p in admitted.values() if _is_decode(p[0])]
         if not ordered:
-            return [], torch.empty(0), results
-        return [i for i, _ in ordered], torch.cat([r for _, r in ordered]), results
+            return [], [], results
+        return [i for i, _ in ordered], [r for _, r in ordered], results
 
     def _accept(self, item: StageItem, results: list[TokenResult]) -> bool:
         """Whether `item` belongs to the admission this worker serves (learning the route of a prompt)."""
@@ -189,9 +193,27 @@ class Worker:
                 results.append(TokenResult(victim, admission=admission, preempted=True))
         return item.seq_id not in victims
 
+    def _forward(self, items: list[StageItem], in_rows: list[torch.Tensor]) -> torch.Tensor:
+        """One forward pass, or one per distinct layer skip (Helix's partial overlap), outputs in order.
+        (A node holding layer 0 may get token ids from the coordinator and, for requests entering it
+        past its start, hidden states in the same step.)"""
+        skips = [self._skip.get(i.seq_id, 0) for i in items]
+        if not any(skips):
+            return self.backend.forward(items, torch.cat(in_rows))
+        out_rows: list[torch.Tensor | None] = [None] * len(items)
+        for skip in sorted(set(skips)):
+            group = [k for k, s in enumerate(skips) if s == skip]
+            out = self.backend.forward(
+                [items[k] for k in group], torch.cat([in_rows[k] for k in group]), skip
+            )
+            sizes = [1 if self.backend.is_last else items[k].num_new_tokens for k in group]
+            for k, rows in zip(group, torch.split(out, sizes), strict=True):
+                out_rows[k] = rows
+        return torch.cat(out_rows)  # type: ignore[arg-type]
+
     def _rows(self, batch: HopBatch) -> list[torch.Tensor]:
         """Per item, its slice of the batch's inputs (token ids on the first stage, else hidden rows)."""
-        if self.backend.is_first:
+        if batch.hidden is None and self.backend.is_first:
             return [torch.tensor(item.token_ids, dtype=torch.long) for item in batch.items]
         assert batch.hidden is not None, f"worker {self.name} got a batch without hidden states"
         sizes = [item.num_new_tokens for item in batch.items]
@@ -201,6 +223,8 @@ class Worker:
         route = item.route or ()
         index = route.index(self.name)
         self._next_hop[item.seq_id] = route[index + 1] if index + 1 < len(route) else COORDINATOR_HOP
+        if item.route_starts is not None and item.route_starts[index] > self.backend.layer_start:
+            self._skip[item.seq_id] = item.route_starts[index] - self.backend.layer_start
         if self.backend.is_last:
             self.backend.register_sampling(
                 item.seq_id, item.sampling, item.penalty_prompt_ids, item.penalty_output_ids
@@ -213,18 +237,7 @@ class Worker:
         for item, rows in zip(items, torch.split(hidden, [i.num_new_tokens for i in items]), strict=True):
             hop = self._next_hop[item.seq_id]
             done = (*item.stage_done_s, now) if item.route is not None else ()
-            forwarded = StageItem(
-                item.seq_id,
-                item.num_cached_tokens,
-                item.num_new_tokens,
-                None,
-                item.route,
-                item.sampling,
-                done,
-                item.penalty_prompt_ids,
-                item.admission,
-                item.penalty_output_ids,
-            )
+            forwarded = replace(item, token_ids=None, stage_done_s=done)
             grouped_items[hop].append(forwarded)
             grouped_rows[hop].append(rows)
         return {

@@ -56,8 +56,7 @@ def model_name(server):
 
 
 class _Records(logging.Handler):
-    """Keeps the server's log records (pytest's caplog is not used: its handler deadlocks with the
-    server thread here)."""
+    """Keeps the records of the server's loggers (which the server thread writes)."""
 
     def __init__(self) -> None:
         super().__init__(logging.INFO)

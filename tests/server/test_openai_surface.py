@@ -165,10 +165,14 @@ def test_models_retrieve_and_access_log(client, model_name, server, server_logs)
         client.models.retrieve("gpt-17")
     client.completions.create(model=model_name, prompt="Hi", max_tokens=3, temperature=0)
     httpx.post(
-        server[1] + "/v1/completions", json={"model": model_name, "prompt": "Hi", "frob": 1}, timeout=30
+        server[1] + "/v1/completions",
+        json={"model": model_name, "prompt": "Hi", "max_tokens": 2, "frob": 1},
+        timeout=30,
     )
     httpx.post(
-        server[1] + "/v1/completions", json={"model": model_name, "prompt": "Hi", "frob": 2}, timeout=30
+        server[1] + "/v1/completions",
+        json={"model": model_name, "prompt": "Hi", "max_tokens": 2, "frob": 2},
+        timeout=30,
     )
     lines = [r.getMessage() for r in server_logs if r.name == "helix.server.access"]
     assert any(f"route=/v1/models/{model_name} status=200" in line for line in lines)
