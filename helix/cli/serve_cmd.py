@@ -83,8 +83,20 @@ def serve(
         max_waiting=max_waiting,
     )
     started = time.perf_counter()
-    with StartupDisplay() as display:
-        runtime = ServingRuntime.start(options, progress=display.update)
+    try:
+        with StartupDisplay() as display:
+            runtime = ServingRuntime.start(options, progress=display.update)
+    except (HelixInputError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # the environment failed (Ray did not start, a worker died while loading)
+        log = _write_traceback("serve-start")
+        first = (str(exc).splitlines() or [""])[0][:300]
+        typer.secho(
+            f"error: helix serve: start-up failed ({type(exc).__name__}: {first}); the traceback is in {log}",
+            err=True,
+            fg=typer.colors.RED,
+        )
+        raise typer.Exit(1) from None
     typer.echo(f"ready in {time.perf_counter() - started:.1f} s: {json.dumps(runtime.describe())}", err=True)
     try:
         _run_server(runtime, host, port, api_key, once)
@@ -109,6 +121,22 @@ def _check_options(*, dtype: str, port: int, max_waiting: int, scheduler: str, e
     check_choice("--scheduler", scheduler, tuple(sorted(SCHEDULERS)))
     check_number("--port", port, low=1, high=65535, fix="pass --port in 1..65535")
     check_number("--max-waiting", max_waiting, low=1, high=1_000_000)
+
+
+def _write_traceback(name: str) -> str:
+    """Save the current exception's traceback under ~/.cache/helix/logs and return the file's path."""
+    import tempfile
+    import traceback
+    from pathlib import Path
+
+    folder = Path.home() / ".cache" / "helix" / "logs"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        folder = Path(tempfile.gettempdir())
+    path = folder / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    path.write_text(traceback.format_exc())
+    return str(path)
 
 
 class StartupDisplay:

@@ -33,7 +33,7 @@ from helix.reference import BUNDLED_PROFILES_NAME
 from helix.specs.cluster import COORDINATOR, ClusterSpec, LinkSpec, NodeSpec, RegionSpec, validate_cluster
 from helix.specs.gpu import GPUCatalog, default_catalog, parse_gpu_types
 from helix.specs.limits import (
-    MAX_CONFIG_FILE_BYTES,
+    MAX_YAML_FILE_BYTES,
     check_node_count,
     finite_number,
     load_yaml_text,
@@ -294,7 +294,7 @@ def cluster_from_dict(
 
 def load_cluster_yaml(path: str | Path, catalog: GPUCatalog | None = None) -> ClusterSpec:
     path = Path(path)
-    text = read_input_text(path, what="cluster file", max_bytes=MAX_CONFIG_FILE_BYTES)
+    text = read_input_text(path, what="cluster file", max_bytes=MAX_YAML_FILE_BYTES)
     data = load_yaml_text(text, where=str(path))
     return cluster_from_dict(data, where=str(path), catalog=catalog, base_dir=path.parent)
 

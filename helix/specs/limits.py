@@ -10,13 +10,15 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import re
 import zlib
 from pathlib import Path
 from typing import Any
 
 from helix.errors import HelixInputError
 
-MAX_CONFIG_FILE_BYTES = 8 << 20  # cluster YAML / INI, plan JSON, profile tables
+MAX_CONFIG_FILE_BYTES = 16 << 20  # Helix INI (a full mesh of links grows with nodes²), plan JSON, profiles
+MAX_YAML_FILE_BYTES = 1 << 20  # cluster YAML (links come from regions; PyYAML reads ~ 100 kB/s)
 MAX_TRACE_FILE_BYTES = 512 << 20  # workload traces (a day of Azure's trace is ~ 100 MB), after unzipping
 MAX_NODES = 512  # nodes of one cluster (every pair of nodes gets a link: 262k links)
 MAX_NESTING_DEPTH = 32  # nested mappings / lists in a YAML or JSON file
@@ -165,6 +167,7 @@ def load_yaml_text(text: str, *, where: str) -> Any:
     (a few-line "billion laughs" file names one list a billion times), no deeper than `MAX_NESTING_DEPTH`."""
     import yaml
 
+    _check_flow_nesting(text, where)
     try:
         loader = yaml.SafeLoader(text)
     except yaml.YAMLError as exc:
@@ -196,6 +199,27 @@ def load_yaml_text(text: str, *, where: str) -> Any:
             raise HelixInputError(f"invalid YAML value ({problem[:300]})", where=where) from None
     finally:
         loader.dispose()
+
+
+_QUOTED = re.compile(r"'[^'\n]*'|\"(?:[^\"\\\n]|\\.)*\"|#[^\n]*")
+
+
+def _check_flow_nesting(text: str, where: str) -> None:
+    """Refuse deeply nested ``[...]`` / ``{...}`` before the parser recurses into them (its recursion is
+    slow to fail); quoted strings and comments are skipped. Block nesting is checked after composing."""
+    depth = deepest = 0
+    for char in _QUOTED.sub("", text):
+        if char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > MAX_NESTING_DEPTH:
+                raise HelixInputError(
+                    f"nested more than {MAX_NESTING_DEPTH} levels deep",
+                    where=where,
+                    fix="flatten the file: no real config nests this deep",
+                )
+        elif char in "]}":
+            depth = max(0, depth - 1)
 
 
 def _check_yaml_graph(root: Any, where: str) -> None:

@@ -415,3 +415,23 @@ def test_bench_exits_1_when_every_request_failed(capsys):
     captured = capsys.readouterr()
     assert '"completed": 0' in captured.out
     assert "every request failed" in captured.err
+
+
+def test_serve_start_up_failure_is_one_line_and_a_saved_traceback(monkeypatch, tmp_path, capsys):
+    from helix.runtime import service
+
+    def fail(options, progress=None):
+        progress("runtime", "starting Ray")
+        raise RuntimeError("The current node timed out during startup.")
+
+    monkeypatch.setattr(service.ServingRuntime, "start", staticmethod(fail))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", "--demo"])
+    assert exc.value.code == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    line = next(line for line in err.splitlines() if line.startswith("error: "))
+    assert "start-up failed (RuntimeError: The current node timed out" in line
+    log = line.rsplit(" ", 1)[1]
+    assert "RuntimeError" in open(log).read()
