@@ -106,8 +106,8 @@ class Worker:
 
     def step(self, batches: list[HopBatch]) -> StepOutput:
         """Run one step over every request in `batches`; see the module docstring."""
-        if self.backend.failure is not None:  # the node is down (a tensor-parallel rank died): like a
-            return StepOutput({}, [])  # lost node it answers nothing; its health check reports it
+        if getattr(self.backend, "failure", None) is not None:  # the node is down (a tensor-parallel
+            return StepOutput({}, [])  # rank died): like a lost node it answers nothing; health reports it
         started = time.perf_counter()
         items, inputs, errors = self._admit(batches)
         if not items:
@@ -115,7 +115,7 @@ class Worker:
         try:
             hidden = self._forward(items, inputs)
         except Exception:
-            if self.backend.failure is None:
+            if getattr(self.backend, "failure", None) is None:
                 raise
             return StepOutput({}, [])
         sampled = self.backend.sample(items, hidden) if self.backend.is_last else []
