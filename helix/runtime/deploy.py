@@ -188,7 +188,7 @@ class HealthMonitor:
         on_gone: Callable[[str, str], None],
         interval_s: float = 0.1,
         liveness_timeout_s: float = 5.0,
-        step_timeout_s: float = 30.0,
+        step_timeout_s: float = 100.0,
         on_control_plane_lost: Callable[[str], None] | None = None,
         control_plane_timeout_s: float = 10.0,
     ) -> None:
