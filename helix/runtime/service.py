@@ -187,6 +187,7 @@ class ServingRuntime:
             "slowdown": self.slowdown,
             "max_flow_tokens_per_s": self.topology.max_flow_tokens_per_s,
             "scheduler": self.options.scheduler,
+            "addresses": {**self.deployment.addresses, "coordinator": self.coordinator.address},
         }
 
 

@@ -155,12 +155,13 @@ def _build(schema: _Schema, values: Any, buffers: _Buffers, where: str) -> Any:
     if not isinstance(values, list) or len(values) != len(fields):
         got = len(values) if isinstance(values, list) else type(values).__name__
         raise WireError(f"{where}: expected {len(fields)} fields, got {got}")
-    decoded = []
-    for (name, decode), value in zip(fields, values, strict=True):
-        try:
+    decoded: list = []
+    name = ""
+    try:
+        for (name, decode), value in zip(fields, values, strict=True):  # noqa: B007 (named on error)
             decoded.append(decode(value, buffers))
-        except _Mismatch as exc:
-            raise WireError(f"{where}.{name}: {exc}") from None
+    except _Mismatch as exc:
+        raise WireError(f"{where}.{name}: {exc}") from None
     try:
         return schema.cls(*decoded)
     except WireError:

@@ -168,13 +168,23 @@ class TestBed:
             timeout=timeout_s,
         )
 
-    def processes(self) -> list[int]:
-        """PIDs of every process inside one of this test bed's namespaces."""
+    def processes(self, namespaces: list[str] | None = None) -> list[int]:
+        """PIDs of every process inside one of this test bed's namespaces (or of `namespaces`)."""
         pids: list[int] = []
-        for ns in self.namespaces:
+        for ns in self.namespaces if namespaces is None else namespaces:
             result = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
             pids += [int(p) for p in result.stdout.split()]
         return pids
+
+    def stop_host(self, host: str, grace_s: float = 5.0) -> None:
+        """Stop every process inside `host`'s namespace, by PID (e.g. before starting it again)."""
+        ns = [self.namespace(host)]
+        for pid in self.processes(ns):
+            _signal(pid, signal.SIGTERM)
+        _wait_gone(lambda: self.processes(ns), grace_s)
+        for pid in self.processes(ns):
+            _signal(pid, signal.SIGKILL)
+        _wait_gone(lambda: self.processes(ns), grace_s)
 
     def down(self, grace_s: float = 5.0) -> None:
         """Stop our processes (process groups we started, then anything left in our namespaces), by PID,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import secrets
 import shutil
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -21,6 +22,10 @@ from pathlib import Path
 from helix.testbed.netns import TestBed
 
 RAY_PORT = 6379
+
+
+class _NodeDied(RuntimeError):
+    """A `ray start` process exited before its node joined."""
 
 
 @dataclass
@@ -42,6 +47,8 @@ class RayTestCluster:
             "RAY_AUTH_MODE": "token",
             "RAY_AUTH_TOKEN": self.token,
             "RAY_USAGE_STATS_ENABLED": "0",
+            # a raylet waits this long for its agents to start (slow on a loaded machine)
+            "RAY_agent_register_timeout_ms": "180000",
         }
 
     @classmethod
@@ -54,19 +61,38 @@ class RayTestCluster:
         state_dir: Path,
         num_cpus: int = 1,
         token: str | None = None,
+        restarts: int = 2,
     ) -> RayTestCluster:
         """Start a head on `head` and a worker node on every other host named in `resources` (host →
         custom resources); returns once all nodes joined."""
         cluster = cls(bed, head, token or secrets.token_hex(32), state_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
-        cluster._start_node(head, resources.get(head, {}), num_cpus, is_head=True)
-        for host, res in resources.items():
-            if host != head:
-                cluster._start_node(host, res, num_cpus, is_head=False)
-        cluster.wait_for_nodes(len({head, *resources}))
+        head_proc = {head: cluster._start_node(head, resources.get(head, {}), num_cpus, is_head=True)}
+        workers = {host: res for host, res in resources.items() if host != head}
+        cluster._wait_restarting(
+            head_proc, {head: resources.get(head, {})}, 1, num_cpus, restarts, is_head=True
+        )
+        procs = {
+            host: cluster._start_node(host, res, num_cpus, is_head=False) for host, res in workers.items()
+        }
+        cluster._wait_restarting(procs, workers, 1 + len(workers), num_cpus, restarts, is_head=False)
         return cluster
 
-    def _start_node(self, host: str, resources: dict[str, float], num_cpus: int, *, is_head: bool) -> None:
+    def _wait_restarting(self, procs, resources, count: int, num_cpus: int, restarts: int, *, is_head: bool):
+        """Wait for `count` nodes; on a loaded machine a Ray node can time out while it starts (its
+        `ray start` exits): start it again, up to `restarts` times."""
+        for _ in range(restarts + 1):
+            try:
+                self.wait_for_nodes(count, gone=lambda: [p for p in procs.values() if p.poll() is not None])
+                return
+            except _NodeDied:
+                for host, proc in list(procs.items()):
+                    if proc.poll() is not None:
+                        self.bed.stop_host(host)  # what the failed start left behind
+                        procs[host] = self._start_node(host, resources[host], num_cpus, is_head=is_head)
+        raise RuntimeError(f"Ray nodes on {sorted(procs)} did not all start (see {self.state_dir}/ray-*.log)")
+
+    def _start_node(self, host: str, resources: dict[str, float], num_cpus: int, *, is_head: bool):
         ray = shutil.which("ray") or str(Path(sys.executable).with_name("ray"))
         argv = [
             ray,
@@ -82,10 +108,11 @@ class RayTestCluster:
             argv += ["--head", f"--port={RAY_PORT}", "--include-dashboard=false"]
         else:
             argv += [f"--address={self.address}"]
-        self.bed.spawn(host, argv, env=self.env, log=self.state_dir / f"ray-{host}.log")
+        return self.bed.spawn(host, argv, env=self.env, log=self.state_dir / f"ray-{host}.log")
 
-    def wait_for_nodes(self, count: int, timeout_s: float = 180.0) -> None:
-        """Block until `count` Ray nodes are alive (asked from the head's host)."""
+    def wait_for_nodes(self, count: int, timeout_s: float = 180.0, gone=lambda: []) -> None:
+        """Block until `count` Ray nodes are alive (asked from the head's host); raises `_NodeDied` as
+        soon as `gone()` names a node process that exited."""
         probe = (
             "import ray, sys\n"
             f"ray.init(address={self.address!r}, logging_level='ERROR', log_to_driver=False)\n"
@@ -94,7 +121,13 @@ class RayTestCluster:
         deadline = time.monotonic() + timeout_s
         last = ""
         while time.monotonic() < deadline:
-            result = self.bed.run(self.head, [sys.executable, "-c", probe], env=self.env, timeout_s=60)
+            if gone():
+                raise _NodeDied()
+            try:
+                result = self.bed.run(self.head, [sys.executable, "-c", probe], env=self.env, timeout_s=90)
+            except subprocess.TimeoutExpired:  # a loaded machine: ask again
+                last = "the probe timed out"
+                continue
             lines = result.stdout.strip().splitlines()
             if result.returncode == 0 and lines and lines[-1].isdigit() and int(lines[-1]) >= count:
                 return
