@@ -4,8 +4,8 @@ The demo as a user runs it: local Ray, SmolLM2-135M-Instruct on the emulated six
 (2 × H100, 2 × A10G, 2 × T4, relative emulation, the demo's two-stage placement), behind the HTTP API;
 streamed completions of `--prompt-words` words and exactly `--output-tokens` tokens (``ignore_eos``).
 
-1. Capacity probe: an open-loop burst well over capacity for `--probe-s`; capacity = decode tokens/s in
-   its second half; capacity in requests/s = that ÷ output tokens.
+1. Capacity probe: Poisson arrivals above capacity (`--probe-rate`) for `--probe-s`; capacity = decode
+   tokens/s in the second half of the run (backlog still queued); requests/s = that ÷ output tokens.
 2. 2× overload: Poisson arrivals at 2 × capacity for `--overload-s`: accepted / completed / failed /
    preempted (HTTP 429 before acceptance is allowed).
 3. Failover: Poisson arrivals at 0.7 × capacity for `--duration-s`; `kill -9` of one worker (``t4-1``)
@@ -184,8 +184,9 @@ def simulated_prediction(runtime, survivors: Placement, args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration-s", type=float, default=180.0)
-    parser.add_argument("--overload-s", type=float, default=60.0)
+    parser.add_argument("--overload-s", type=float, default=45.0)
     parser.add_argument("--probe-s", type=float, default=30.0)
+    parser.add_argument("--probe-rate", type=float, default=2.0, help="req/s, above the demo's capacity")
     parser.add_argument("--prompt-words", type=int, default=32)
     parser.add_argument("--output-tokens", type=int, default=32)
     parser.add_argument("--liveness-timeout-s", type=float, default=5.0)
@@ -221,8 +222,7 @@ def main() -> None:
         rng = np.random.default_rng(args.seed)
 
         # 1. capacity probe
-        probe_rate = 4.0 * coordinator.config.max_waiting / args.probe_s
-        arrivals = np.sort(rng.uniform(0, args.probe_s / 2, int(probe_rate * args.probe_s / 2)))
+        arrivals = poisson_arrivals(args.probe_rate, args.probe_s, rng)
         samples, _ = asyncio.run(drive(url, runtime.model_name, arrivals, args))
         probe_end = max(t for s in samples for t in s.token_times_s)
         capacity_tps = tokens_per_s(samples, probe_end / 2, probe_end)

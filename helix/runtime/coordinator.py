@@ -12,7 +12,8 @@ One thread owns the coordinator's sockets and state. Each loop iteration it
 
 Every iteration returns through the coordinator, so a cancelled request is freed when its in-flight
 iteration comes back: nothing of it is left in flight, and its KV is freed on every worker exactly once.
-A request in flight for longer than `stall_timeout_s` without progress fails instead of hanging.
+A request in flight for longer than `stall_timeout_s` without progress is re-admitted (at most
+`MAX_STALLS` times, then it fails with a 504 instead of hanging).
 
 No accepted request is lost to KV pressure or to a lost worker:
 
@@ -52,6 +53,7 @@ from helix.scheduling.preemption import AdmissionHold, requeue_front
 from helix.scheduling.recovery import TopologySource, has_pipeline, max_request_tokens, recover
 
 POLL_S = 0.002
+MAX_STALLS = 2  # re-admissions after a stall before a request fails with a timeout
 
 
 class QueueFullError(RuntimeError):
@@ -123,6 +125,7 @@ class Coordinator:
             "preempted": 0,
             "rerouted": 0,
             "fenced_frames": 0,
+            "stall_requeued": 0,
         }
 
     @property
@@ -485,20 +488,28 @@ class Coordinator:
             self._requeue(state)
 
     def _watchdog(self) -> None:
+        """An iteration without progress for `stall_timeout_s` (its workers still answer heartbeats, or
+        the health monitor would have re-routed it) is re-admitted to re-prefill, not failed; a request
+        that stalls `MAX_STALLS` times fails with a 504."""
         now = time.monotonic()
         for seq_id, since in list(self._last_progress.items()):
             state = self._requests.get(seq_id)
-            if state is not None and state.in_flight and now - since > self.config.stall_timeout_s:
-                self._finish(
-                    state,
-                    None,
-                    ErrorEvent(
-                        f"no progress for {self.config.stall_timeout_s:.0f} s "
-                        f"on pipeline {list(state.route)}",
-                        504,
-                        "timeout",
-                    ),
-                )
+            if state is None or not state.in_flight or now - since <= self.config.stall_timeout_s:
+                continue
+            state.stalls += 1
+            if state.stalls <= MAX_STALLS and not state.cancelled:
+                self.counters["stall_requeued"] += 1
+                self._requeue(state)
+                continue
+            self._finish(
+                state,
+                None,
+                ErrorEvent(
+                    f"no progress for {self.config.stall_timeout_s:.0f} s on pipeline {list(state.route)}",
+                    504,
+                    "timeout",
+                ),
+            )
 
     def _flush(self, outbox: Outbox) -> None:
         """Controls and frees first: on each socket they precede the new iterations sent after them."""

@@ -42,6 +42,7 @@ from helix.runtime.keys import WireKeys
 from helix.runtime.stage_backend import StageConfig, pin_device
 
 NODE_RESOURCE_PREFIX = "helix_node_"
+LOCAL_START_ATTEMPTS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +70,15 @@ def start_ray(address: str | None, *, num_cpus: int = 2) -> None:
         return
     if "RAY_AUTH_MODE" not in os.environ:
         _enable_local_token_auth()
-    ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    for attempt in range(LOCAL_START_ATTEMPTS):  # a loaded host can miss Ray's fixed 30 s raylet wait
+        try:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+            return
+        except Exception:
+            ray.shutdown()  # stops what this attempt started
+            if attempt + 1 == LOCAL_START_ATTEMPTS:
+                raise
+            time.sleep(5.0)
 
 
 def _enable_local_token_auth() -> None:
@@ -211,7 +220,7 @@ class HealthMonitor:
         on_gone: Callable[[str, str], None],
         interval_s: float = 0.1,
         liveness_timeout_s: float = 5.0,
-        step_timeout_s: float = 30.0,
+        step_timeout_s: float = 100.0,
         on_control_plane_lost: Callable[[str], None] | None = None,
         control_plane_timeout_s: float = 10.0,
     ) -> None:

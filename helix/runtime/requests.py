@@ -58,6 +58,7 @@ class RequestState:
     admission: int = 0  # number of the current admission (grows with each re-admission)
     preemptions: int = 0
     reroutes: int = 0
+    stalls: int = 0
     lost_at_s: float | None = None  # when its pipeline was lost; cleared at its first resumed token
 
     @property
