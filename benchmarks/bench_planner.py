@@ -26,7 +26,8 @@ from helix.specs.model import builtin_model
 INSTANCES = {
     "single24": ("single24", "llama-2-70b", 1289.556, 476, 1289.6, 60, False),
     "3cluster24": ("3cluster24", "llama-2-70b", 1212.177, 2655, 1212.2, 60, False),
-    "cluster42": ("cluster42", "llama-2-70b", 4137.548, 2875, 4892.2, 60, False),
+    # cluster42's target: 1.2 × the Swarm plan the search starts from (4892.242), not the start itself
+    "cluster42": ("cluster42", "llama-2-70b", 4137.548, 2875, 5870.7, 60, False),
     "cluster10": ("cluster10", "llama-1-30b", 286.587, 277, 286.587, 10, True),
 }
 SYNTHETIC_TYPES = ("A100-40GB", "L4", "L4x2", "T4", "T4x4")

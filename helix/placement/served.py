@@ -127,6 +127,23 @@ def _nodes(placement, flow, paths, cluster, capacity) -> dict[str, _Node]:
     return out
 
 
+def _decode_time(capacity: CapacityModel, gpu: str, batch: int) -> float:
+    """Per-layer decode time at `batch`; past a profiled range, extended along the slope between the
+    largest batch within it and half that batch."""
+    size = batch
+    while size >= 2:
+        try:
+            at = capacity.decode_layer_time_s(gpu, size)
+        except ValueError:
+            size //= 2
+            continue
+        if size == batch:
+            return at
+        half = capacity.decode_layer_time_s(gpu, size // 2)
+        return at + (at - half) * (batch - size) / (size - size // 2)
+    return capacity.decode_layer_time_s(gpu, 1)
+
+
 def kv_limit(placement: Placement, nodes: dict[str, _Node], num_layers: int, setup: ServingSetup):
     """(N, binding): requests in flight allowed by the feed rule and per-node admission."""
     e = setup.reserved_tokens
@@ -162,8 +179,7 @@ def estimate_served(
     share = np.array([nodes[n].share for n in names])
     decode_pass = np.array(
         [
-            nodes[n].layers
-            * capacity.decode_layer_time_s(nodes[n].gpu, max(1, round(n_flight * nodes[n].share)))
+            nodes[n].layers * _decode_time(capacity, nodes[n].gpu, max(1, round(n_flight * nodes[n].share)))
             for n in names
         ]
     )

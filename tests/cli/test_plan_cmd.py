@@ -125,12 +125,31 @@ def test_unknown_method_and_bad_flags(tmp_path):
 
 def test_default_milp_and_throughput_objective(tmp_path):
     out = helix(
-        "plan", "-c", "demo", "-m", "smollm2-135m", "--mip-gap", "0.01", "-o", str(tmp_path / "p.json"), "-q"
+        "plan",
+        "-c",
+        "demo",
+        "-m",
+        "smollm2-135m",
+        "--mip-gap",
+        "0.01",
+        "--check",
+        "1",
+        "--check-duration",
+        "20",
+        "-o",
+        str(tmp_path / "p.json"),
+        "-q",
     )
     assert out.returncode == 0, out.stderr
     default = json.loads(out.stdout)
     assert default["method"] == "milp" and default["gap"] is not None
+    assert default["objective"] == "served" and default["stopped_by"]
     assert default["max_flow_tokens_per_s"] <= default["upper_bound_tokens_per_s"] + 1e-6
+    expected = default["expected"]
+    assert 0 < expected["decode_tokens_per_s_estimate"] <= expected["decode_upper_bound_tokens_per_s"]
+    assert expected["decode_tokens_per_s_simulated"] > 0 and expected["ttft_s_estimate"] > 0
+    assert "Running HiGHS" not in out.stdout + out.stderr  # the banner goes to the solver log
+    assert (tmp_path / "p.solver.log").exists()
     out = helix(
         "plan",
         "-c",

@@ -140,10 +140,14 @@ def test_expired_time_limit_returns_the_best_baseline_with_a_warning(helix_setup
     "name, at_least", [("single24", 2045.0), ("cluster10", 286.587), ("cluster42", 5500.0)]
 )
 def test_helix_clusters_beat_helix_and_agree_with_the_evaluator(helix_setup, name, at_least, monkeypatch):
-    # a small deterministic work budget, not a short clock: the outcome does not depend on the machine's load
-    import helix.placement.milp.plan as milp_module
+    """A small deterministic work budget (stage IP and a short local search, no boundary MILP) instead of
+    a short wall-clock limit, so the result does not depend on the machine's load."""
+    import helix.placement.milp.plan as plan_module
 
-    monkeypatch.setattr(milp_module, "WORK", replace(milp_module.WORK, milp_probes=0, local_search_rounds=1))
+    small = plan_module.WorkBudget(
+        milp_probes=0, inexact_probes=0, local_search_rounds=1, local_search_patience=100
+    )
+    monkeypatch.setattr(plan_module, "WORK", small)
     cluster, model, capacity = helix_setup(name)
     result = milp_plan(cluster, model, capacity, PlannerOptions(objective="max-flow", time_limit_s=600))
     assert "time limit" not in result.details["stopped_by"]
@@ -161,9 +165,16 @@ def test_cluster10_optimum_is_proven(helix_setup):
     assert "MILP" in result.bound_source
 
 
-def test_geo_cluster_beats_helix_quickly(helix_setup):
+def test_geo_cluster_beats_helix_quickly(helix_setup, monkeypatch):
+    """Quickly = a small deterministic work budget (no MILP, a short local search), not a wall clock."""
+    import helix.placement.milp.plan as plan_module
+
+    small = plan_module.WorkBudget(
+        milp_probes=0, inexact_probes=0, local_search_rounds=1, local_search_patience=100
+    )
+    monkeypatch.setattr(plan_module, "WORK", small)
     cluster, model, capacity = helix_setup("3cluster24")
-    result = milp_plan(cluster, model, capacity, PlannerOptions(objective="max-flow", time_limit_s=2))
+    result = milp_plan(cluster, model, capacity, PlannerOptions(objective="max-flow", time_limit_s=600))
     assert result.flow_tokens_per_s >= 1212.2
     check_reported_flow(cluster, model, capacity, result)
 

@@ -7,6 +7,8 @@ tokens/s with the scheduler's real admission policy, checked in the simulator wh
 2. Each is scored by the served estimate (`helix.placement.served`), computed from its evaluated max flow.
 3. Local search on the estimate (the max-flow search's moves, `search._neighbour`) from the best few,
    a fixed number of evaluations (deterministic for a seed).
+   Past ``options.time_limit_s`` (a safety cap) steps 1's pipelines and 3 are skipped: the estimate
+   then ranks only the placements already evaluated, which include every baseline.
 4. With ``options.checker`` (a callable that simulates placements and returns their decode tokens/s,
    e.g. `helix.sim.select.simulation_checker`), the best ``options.check_candidates`` by estimate are
    checked and the best checked one is returned; without it, the best estimate.
@@ -65,7 +67,9 @@ def _pool(problem, result, incumbent, capacity) -> list[tuple[str, Placement]]:
     for placement, source in incumbent.seen:
         pool.setdefault(placement, source)
     pool.setdefault(result.placement, "max-flow optimum")
-    if problem.zones == 1:  # stage pipelines assume links inside a zone never bind
+    if (
+        problem.zones == 1 and incumbent.clock.left() > 0
+    ):  # stage pipelines assume links inside a zone never bind
         for gamma_scale in GAMMA_SCALES:
             model = ThroughputModel(hop_time_s=ThroughputModel().hop_time_s / gamma_scale)
             for depth, _, placement in throughput_candidates(
@@ -96,7 +100,8 @@ def choose_for_served(
     rng = random.Random(options.seed)
     evals = min(300, SEARCH_WORK // max(1, sum(c.count for c in problem.classes)))
     searched = []
-    for row in scored[:SEARCH_STARTS]:
+    starts = scored[:SEARCH_STARTS] if clock.left() > 0 else []  # past the time limit: no search
+    for row in starts:
         placement, est, flow = _search(problem, incumbent, row[2], row[4], setup, rng, evals)
         if flow is not None and placement != row[2]:
             searched.append(
