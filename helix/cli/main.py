@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "helix.cli.profile_cmd",
     "helix.cli.serve_cmd",
     "helix.cli.bench_cmd",
+    "helix.cli.admin_cmd",
 )
 
 

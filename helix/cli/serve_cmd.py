@@ -82,6 +82,9 @@ def serve(
     typer.echo("starting workers ...", err=True)
     started = time.perf_counter()
     runtime = ServingRuntime.start(options)
+    from helix.runtime.elastic import ElasticController
+
+    runtime.elastic = ElasticController(runtime)  # re-plans after a loss; `helix admin drain|join`
     typer.echo(f"ready in {time.perf_counter() - started:.1f} s: {json.dumps(runtime.describe())}", err=True)
     try:
         _run_server(runtime, host, port, api_key, once)

@@ -15,7 +15,7 @@ import uuid
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from helix.server import chat, completions
+from helix.server import admin, chat, completions
 from helix.server.errors import APIError, error_response, install_error_handlers
 from helix.server.metrics import ServerMetrics
 
@@ -78,4 +78,5 @@ def create_app(runtime, *, api_key: str | None = None) -> FastAPI:
 
     app.include_router(completions.router)
     app.include_router(chat.router)
+    app.include_router(admin.router)
     return app
