@@ -32,6 +32,7 @@ COMMAND_MODULES = (
     "helix.cli.serve_cmd",
     "helix.cli.bench_cmd",
     "helix.cli.testbed_cmd",
+    "helix.cli.admin_cmd",
 )
 
 USAGE_EXIT_CODE = 2

@@ -97,6 +97,9 @@ def serve(
             fg=typer.colors.RED,
         )
         raise typer.Exit(1) from None
+    from helix.runtime.elastic import ElasticController
+
+    runtime.elastic = ElasticController(runtime)  # re-plans after a loss; `helix admin drain|join`
     typer.echo(f"ready in {time.perf_counter() - started:.1f} s: {json.dumps(runtime.describe())}", err=True)
     try:
         _run_server(runtime, host, port, api_key, once)

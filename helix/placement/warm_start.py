@@ -53,6 +53,7 @@ ORDER_SWEEPS = 1  # passes of pairwise stage swaps when aligning a fresh plan
 SEARCH_EVALS = 4000  # local-search evaluations (each one max flow) at most
 SEARCH_PATIENCE = 400  # stop after this many evaluations without improvement
 BISECTION_STEPS = 16  # stage-IP bisection steps of the fresh candidate (2^-16 relative resolution)
+REUSE_MIN_SHARE = 0.25  # the reuse IP gets at least this share of the time limit
 REUSE_TARGETS = (1.0, 0.98)  # targets of the stage-reuse IP, as shares of the fresh plan's flow
 
 
@@ -319,7 +320,10 @@ def _fresh(
     per step); elsewhere the configured method on part of the time limit."""
     if problem.zones == 1:
         lo, hi, best = 0.0, saturation_bound(problem), None
+        stop_at = time.perf_counter() + FRESH_SHARE * options.time_limit_s
         for _ in range(BISECTION_STEPS):
+            if best is not None and time.perf_counter() >= stop_at:
+                break  # the wall clock is a cap (a loaded machine); the work budget is the steps
             target = (lo + hi) / 2
             stages = solve_stages(problem, target, time_limit_s=options.time_limit_s, seed=options.seed)
             if stages is None:
@@ -370,14 +374,16 @@ def warm_plan(
     phase_s["align"] = time.perf_counter() - started
     fresh_flow = scorer.flow(fresh)
     fresh_stages = as_stages(problem, candidates["fresh relabelled"])
-    for share in REUSE_TARGETS:
+    for i, share in enumerate(REUSE_TARGETS):
         left_s = deadline - time.perf_counter()
+        if i and left_s <= 0:
+            break  # the first target (the fresh plan's flow) always runs
         target = share * fresh_flow
         chosen = reuse_stages(
             problem,
             warm.previous,
             target,
-            time_limit_s=left_s / 4,
+            time_limit_s=max(left_s / 2, REUSE_MIN_SHARE * options.time_limit_s),
             start=fresh_stages,
             partial=warm.partial_reuse,
         )

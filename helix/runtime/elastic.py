@@ -203,11 +203,12 @@ class ElasticController:
         fresh = Deployment(list(specs.values()), rt.deployment.keys)
         load_s = time.perf_counter() - started
         dep = rt.deployment
-        peers = {**dep.addresses, **fresh.addresses, "coordinator": rt.coordinator.address}
-        fresh.start(peers)
-        for actor in dep.actors.values():
+        fresh.start(rt.coordinator.address)  # knows the coordinator and the other new workers
+        refs = [a.add_peers.remote(dict(dep.addresses)) for a in fresh.actors.values()]
+        refs += [a.add_peers.remote(dict(fresh.addresses)) for a in dep.actors.values()]
+        for ref in refs:  # every worker knows every peer before the switch routes through them
             try:
-                actor.add_peers.remote(fresh.addresses)
+                dep._ray.get(ref, timeout=60)
             except Exception:  # a dead actor: the health monitor reports it
                 pass
         dep.adopt(fresh)

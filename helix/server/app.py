@@ -16,7 +16,7 @@ import uuid
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from helix.server import chat, completions
+from helix.server import admin, chat, completions
 from helix.server.errors import APIError, error_response, install_error_handlers
 from helix.server.logs import access_line, access_log, error_log
 from helix.server.metrics import ServerMetrics
@@ -136,4 +136,5 @@ def create_app(runtime, *, api_key: str | None = None) -> FastAPI:
 
     app.include_router(completions.router)
     app.include_router(chat.router)
+    app.include_router(admin.router)
     return app
