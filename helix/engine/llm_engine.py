@@ -2,12 +2,22 @@
 
 This is the whole pipeline in one process (one or several stages, on one device or several); the
 distributed runtime drives `ModelRunner`s the same way with its own transport between stages.
+
+Asynchronous scheduling (`EngineConfig.async_scheduling`, on by default): `step()` schedules and
+launches step t + 1 before it reads back the tokens of step t, so the host's scheduling, input
+preparation and output processing overlap the GPU's work instead of following it. A token not yet read
+back stands in the sequence as `PENDING_TOKEN`; the next step takes its input straight from the device
+tensor of sampled tokens. Outputs come one `step()` later than they are computed; a sequence that
+stops on a stop token has had one more (discarded) step launched. Greedy results are identical to
+synchronous scheduling, and so are seeded samples (each request keeps its own generator).
 """
 
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 
@@ -18,7 +28,7 @@ from helix.engine.model_runner import ModelRunner
 from helix.engine.sampler import Sampler
 from helix.engine.sampling_params import SamplingParams
 from helix.engine.scheduler import Scheduler
-from helix.engine.sequence import FinishReason, RequestOutput, Sequence
+from helix.engine.sequence import PENDING_TOKEN, FinishReason, RequestOutput, Sequence
 from helix.errors import HelixInputError
 
 
@@ -26,6 +36,18 @@ def even_split(num_layers: int, num_stages: int) -> list[LayerRange]:
     """`num_stages` contiguous layer ranges covering the model, sizes differing by at most one."""
     bounds = [round(i * num_layers / num_stages) for i in range(num_stages + 1)]
     return [LayerRange(a, b) for a, b in zip(bounds, bounds[1:], strict=False)]
+
+
+@dataclass(slots=True)
+class _InFlight:
+    """A launched step whose sampled tokens are still on their way to the host."""
+
+    seqs: list[Sequence]
+    out_index: list[int]  # index of each sequence's pending token in its output list
+    tokens: torch.Tensor  # [N] int64 on the device
+    host: torch.Tensor  # [N] int64 on the host (filled when `event` completes)
+    event: torch.cuda.Event | None
+    logprobs: list[dict[int, float] | None]
 
 
 class LLMEngine:
@@ -54,6 +76,9 @@ class LLMEngine:
         self._seed_source = random.Random(seed)
         self._next_seq_id = 0
         self._sequences: dict[int, Sequence] = {}
+        self._inflight: _InFlight | None = None
+        self.host_s = 0.0  # host time inside step(), waits for the device excluded
+        self.wait_s = 0.0  # time step() spent waiting for sampled tokens
 
     @classmethod
     def from_model(
@@ -111,12 +136,109 @@ class LLMEngine:
             self.scheduler.remove(seq)
 
     def has_unfinished(self) -> bool:
-        return self.scheduler.has_unfinished()
+        inflight = self._inflight
+        return self.scheduler.has_unfinished() or (
+            inflight is not None and any(not s.is_finished for s in inflight.seqs)
+        )
 
     # ---- stepping ----
     @torch.inference_mode()
     def step(self) -> list[RequestOutput]:
-        """Run one step through all stages; return the requests that got a token this step."""
+        """Run one step through all stages; return the requests that got a token (see module doc)."""
+        started = time.perf_counter()
+        waited = self.wait_s
+        try:
+            if not self.config.async_scheduling:
+                previous, self._inflight = self._inflight, None
+                resolved = self._resolve(previous) if previous is not None else []
+                return resolved + self._step_sync()
+            launched = self._launch()
+            previous, self._inflight = self._inflight, launched
+            return self._resolve(previous) if previous is not None else []
+        finally:
+            self.host_s += time.perf_counter() - started - (self.wait_s - waited)
+
+    # ---- asynchronous path ----
+    def _launch(self) -> _InFlight | None:
+        seqs, batch = self.scheduler.schedule()
+        if not seqs:
+            return None
+        x = self._step_inputs(seqs, batch)
+        for runner in self.runners:
+            x = runner.execute(batch, x, clone_output=False)
+        for seq, chunk in zip(seqs, batch.chunks, strict=True):
+            seq.num_computed_tokens += chunk.num_new_tokens
+        done = [i for i, s in enumerate(seqs) if s.num_pending_tokens == 0]
+        if not done:
+            return None
+        ready = [seqs[i] for i in done]
+        logits = x if len(done) == len(seqs) else x[done]
+        params = [s.params for s in ready]
+        logprobs: list[dict[int, float] | None]
+        if all(p.is_greedy and p.logprobs is None for p in params):
+            tokens, logprobs = logits.argmax(dim=-1), [None] * len(ready)
+        else:
+            token_list, logprobs = self.sampler(logits, params, [s.generator for s in ready])
+            tokens = torch.tensor(token_list, dtype=torch.int64, device=logits.device)
+        out_index = []
+        for seq in ready:
+            seq.output_token_ids.append(PENDING_TOKEN)
+            out_index.append(len(seq.output_token_ids) - 1)
+            full = len(seq.output_token_ids) >= seq.params.max_tokens
+            seq.last_step_pending = full or seq.num_tokens >= self.max_model_len
+        event = None
+        if tokens.is_cuda:
+            host = torch.empty(tokens.shape, dtype=torch.int64, pin_memory=True)
+            host.copy_(tokens, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+        else:
+            host = tokens
+        return _InFlight(ready, out_index, tokens, host, event, logprobs)
+
+    def _step_inputs(self, seqs: list[Sequence], batch) -> torch.Tensor:
+        """Token ids of the step; pending tokens come from the previous step's device tensor."""
+        previous = self._inflight
+        pending_row = {}
+        if previous is not None:
+            pending_row = {id(s): row for row, s in enumerate(previous.seqs)}
+        tokens: list[int] = []
+        dst, src = [], []
+        for seq, chunk in zip(seqs, batch.chunks, strict=True):
+            part = seq.token_slice(chunk.num_cached_tokens, chunk.num_total_tokens)
+            if part[-1] == PENDING_TOKEN:
+                row = pending_row[id(seq)]
+                dst.append(len(tokens) + len(part) - 1)
+                src.append(row)
+                part = part[:-1] + [0]
+            tokens.extend(part)
+        device = self.runners[0].device
+        if not dst:
+            return torch.tensor(tokens, dtype=torch.int64).to(device, non_blocking=True)
+        assert previous is not None
+        rows = previous.tokens.index_select(0, torch.tensor(src).to(device, non_blocking=True))
+        if len(dst) == len(tokens):  # every input is a pending token (decode after decode)
+            return rows
+        x = torch.tensor(tokens, dtype=torch.int64).to(device, non_blocking=True)
+        x[torch.tensor(dst).to(device, non_blocking=True)] = rows
+        return x
+
+    def _resolve(self, step: _InFlight) -> list[RequestOutput]:
+        if step.event is not None:
+            started = time.perf_counter()
+            step.event.synchronize()
+            self.wait_s += time.perf_counter() - started
+        outputs = []
+        rows = zip(step.seqs, step.out_index, step.host.tolist(), step.logprobs, strict=True)
+        for seq, index, token, lp in rows:
+            if seq.is_finished:
+                continue  # cancelled, or stopped on the token before
+            seq.output_token_ids[index] = token
+            outputs.append(self._append(seq, token, lp, index))
+        return outputs
+
+    # ---- synchronous path ----
+    def _step_sync(self) -> list[RequestOutput]:
         seqs, batch = self.scheduler.schedule()
         if not seqs:
             return []
@@ -133,24 +255,32 @@ class LLMEngine:
             return []
         ready = [seqs[i] for i in done]
         new_tokens, logprobs = self.sampler(x[done], [s.params for s in ready], [s.generator for s in ready])
-        return [self._append(s, t, lp) for s, t, lp in zip(ready, new_tokens, logprobs, strict=True)]
+        outputs = []
+        for seq, token, lp in zip(ready, new_tokens, logprobs, strict=True):
+            seq.output_token_ids.append(token)
+            outputs.append(self._append(seq, token, lp, len(seq.output_token_ids) - 1))
+        return outputs
 
-    def _append(self, seq: Sequence, token: int, logprobs: dict[int, float] | None) -> RequestOutput:
-        seq.output_token_ids.append(token)
+    def _append(
+        self, seq: Sequence, token: int, logprobs: dict[int, float] | None, index: int
+    ) -> RequestOutput:
+        """Account output token `index` (already in place); later entries may still be pending."""
         if logprobs is not None:
             seq.output_logprobs.append(logprobs)
+        num_out = index + 1
         stops = seq.params.stop_token_ids + (() if seq.params.ignore_eos else self.eos_token_ids)
         if token in stops:
             seq.finish(FinishReason.STOP)
-        elif len(seq.output_token_ids) >= seq.params.max_tokens or seq.num_tokens >= self.max_model_len:
+        elif num_out >= seq.params.max_tokens or len(seq.prompt_token_ids) + num_out >= self.max_model_len:
             seq.finish(FinishReason.LENGTH)
         if seq.is_finished:
+            del seq.output_token_ids[num_out:]  # a pending token launched after this one
             self.scheduler.remove(seq)
             self._sequences.pop(seq.seq_id, None)
         return RequestOutput(
             seq.seq_id,
             seq.prompt_token_ids,
-            list(seq.output_token_ids),
+            seq.output_token_ids[:num_out],
             list(seq.output_logprobs) if seq.params.logprobs is not None else None,
             seq.finish_reason,
         )

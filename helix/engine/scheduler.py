@@ -47,8 +47,8 @@ class Scheduler:
         decodes: list[Sequence] = []
         prompts: list[tuple[Sequence, int]] = []
         for seq in list(self.running):
-            if seq.status is not SequenceStatus.RUNNING:
-                continue  # preempted while making room for an earlier one
+            if seq.status is not SequenceStatus.RUNNING or seq.last_step_pending:
+                continue  # preempted while making room for an earlier one, or about to finish
             num_new = min(seq.num_pending_tokens, budget)
             if num_new == 0 or not self._grow(seq, num_new):
                 continue

@@ -9,6 +9,9 @@ import torch
 
 from helix.engine.sampling_params import SamplingParams
 
+#: Stands in an output list for a token still being computed (asynchronous scheduling).
+PENDING_TOKEN = -1
+
 
 class SequenceStatus(Enum):
     WAITING = "waiting"
@@ -39,6 +42,7 @@ class Sequence:
     status: SequenceStatus = SequenceStatus.WAITING
     num_computed_tokens: int = 0
     finish_reason: FinishReason | None = None
+    last_step_pending: bool = False  # its pending token ends it (length): schedule it no more
 
     @property
     def token_ids(self) -> list[int]:
