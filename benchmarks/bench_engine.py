@@ -616,8 +616,13 @@ def main() -> None:
         )
         release()
     if device.type == "cuda":
+        from helix.engine.model.triton_attention import DECODE_CHOOSER
         from helix.engine.model.triton_gemm import CHOOSER
 
+        result["decode_attention_choices"] = {str(k): str(v) for k, v in DECODE_CHOOSER.choices.items()}
+        result["decode_attention_timings_ms"] = {str(k): v for k, v in DECODE_CHOOSER.timings.items()}
+        for key, choice in DECODE_CHOOSER.choices.items():
+            print("attention", key[0], choice, round(min(DECODE_CHOOSER.timings[key].values()), 4))
         result["gemm_choices"] = {str(k): str(v) for k, v in CHOOSER.choices.items()}
         result["gemm_timings_ms"] = {str(k): v for k, v in CHOOSER.timings.items()}
         for key, timing in CHOOSER.timings.items():

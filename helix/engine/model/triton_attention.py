@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
@@ -41,7 +43,7 @@ def _paged_decode_kernel(
     GROUP_PAD: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     BLOCK_N: tl.constexpr,
-    SPLITS: tl.constexpr,
+    SPLITS,
 ):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -105,6 +107,74 @@ def decode_splits(batch: int, num_kv_heads: int, num_sms: int, max_splits: int =
     return max(1, min(max_splits, triton.next_power_of_2(want)))
 
 
+@dataclass(frozen=True, slots=True)
+class DecodeConfig:
+    splits: int
+    block_n: int = 64
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+class DecodeChooser:
+    """Per decode shape, the fastest of a few tile shapes and split counts, measured once.
+
+    Measured outside graph capture, inside a CUDA graph, on a synthetic cache of `CONTEXT` tokens per
+    sequence (the captured graphs serve every context length, so one representative length decides).
+    """
+
+    CONTEXT = 512
+
+    def __init__(self) -> None:
+        self.choices: dict[tuple, DecodeConfig] = {}
+        self.timings: dict[tuple, dict[str, float]] = {}
+
+    def choose(self, q: torch.Tensor, k_cache: torch.Tensor) -> DecodeConfig:
+        batch, num_heads, head_dim = q.shape
+        key = (batch, num_heads, *k_cache.shape[1:], q.dtype)
+        if key in self.choices:
+            return self.choices[key]
+        num_sms = torch.cuda.get_device_properties(q.device).multi_processor_count
+        default = DecodeConfig(decode_splits(batch, k_cache.shape[2], num_sms))
+        if torch.cuda.is_current_stream_capturing():
+            return default
+        self.choices[key] = self._measure(key, q, k_cache, default)
+        return self.choices[key]
+
+    def _measure(self, key, q, k_cache, default: DecodeConfig) -> DecodeConfig:
+        from helix.engine.model.kernel_timing import graph_time_ms
+
+        batch, _, head_dim = q.shape
+        block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
+        per_seq = -(-self.CONTEXT // block_size)
+        shape = (batch * per_seq, block_size, num_kv_heads, head_dim)
+        k = torch.randn(shape, dtype=q.dtype, device=q.device)
+        v = torch.randn_like(k)
+        tables = torch.randperm(batch * per_seq, device=q.device).int().view(batch, per_seq)
+        lens = torch.full((batch,), self.CONTEXT, dtype=torch.int32, device=q.device)
+        qs = torch.randn_like(q)
+        splits = sorted({max(1, default.splits // 2), default.splits, min(32, 2 * default.splits)})
+        timings, best, best_ms = {}, default, float("inf")
+        for block_n in (32, 64, 128):
+            for warps, stages in ((4, 2), (4, 3), (8, 3)):
+                for split in splits:
+                    config = DecodeConfig(split, block_n, warps, stages)
+                    try:
+                        ms = graph_time_ms(
+                            lambda _, c=config: paged_decode_attention(qs, k, v, tables, lens, 1.0, config=c)
+                        )
+                    except (triton.runtime.errors.OutOfResources, RuntimeError):
+                        continue
+                    timings[str(config)] = ms
+                    if ms < best_ms:
+                        best, best_ms = config, ms
+        self.timings[key] = timings
+        return best
+
+
+#: One chooser per process (kernel choices depend only on the device and the shape).
+DECODE_CHOOSER = DecodeChooser()
+
+
 def paged_decode_attention(
     q: torch.Tensor,  # [B, Hq, D]
     k_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
@@ -112,26 +182,29 @@ def paged_decode_attention(
     block_tables: torch.Tensor,  # [B, max_blocks] int32
     context_lens: torch.Tensor,  # [B] int32, >= 1
     scale: float,
-    block_n: int = 64,
     splits: int | None = None,
+    config: DecodeConfig | None = None,
 ) -> torch.Tensor:  # [B, Hq, D]
-    """Attention of one new token per sequence over its paged context."""
+    """Attention of one new token per sequence over its paged context.
+
+    `config` fixes the kernel's shape; otherwise `splits` (if given) with the default tiles, else
+    the measured choice for this shape (`DECODE_CHOOSER`)."""
     batch, num_heads, head_dim = q.shape
     num_kv_heads = k_cache.shape[2]
     group = num_heads // num_kv_heads
     assert k_cache.stride() == v_cache.stride() and k_cache.stride(-1) == 1 and q.stride(-1) == 1
-    if splits is None:
-        num_sms = torch.cuda.get_device_properties(q.device).multi_processor_count
-        splits = decode_splits(batch, num_kv_heads, num_sms)
+    if config is None:
+        config = DecodeConfig(splits) if splits is not None else DECODE_CHOOSER.choose(q, k_cache)
+    splits = config.splits
     part = torch.empty(batch, num_heads, splits, head_dim, dtype=torch.float32, device=q.device)
     lse = torch.empty(batch, num_heads, splits, dtype=torch.float32, device=q.device)
     _paged_decode_kernel[(batch, num_kv_heads, splits)](
         q, k_cache, v_cache, block_tables, context_lens, part, lse, scale,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        block_tables.stride(0),
+        block_tables.stride(0), splits,
         NUM_HEADS=num_heads, BLOCK_SIZE=k_cache.shape[1], GROUP=group,
-        GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim, BLOCK_N=block_n,
-        SPLITS=splits, num_warps=4, num_stages=2,
+        GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim, BLOCK_N=config.block_n,
+        num_warps=config.num_warps, num_stages=config.num_stages,
     )  # fmt: skip
     out = torch.empty_like(q)
     _merge_splits_kernel[(batch, num_heads)](

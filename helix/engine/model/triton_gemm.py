@@ -8,9 +8,10 @@ multiprocessors) and reaches 0.76-0.86 of the floor on an H200. Here the K dimen
 no atomics), so every multiprocessor streams weights.
 
 `linear(x, weight, bias, out_dtype)` measures, the first time it sees a (M, N, K, dtype) shape outside
-graph capture, a handful of tile shapes and split factors against cuBLAS (CUDA events, over rotating
-weight copies larger than L2 so that the cache does not flatter either side) and keeps the fastest;
-shapes first seen during capture, or that no kernel beats, go to cuBLAS.
+graph capture, a handful of tile shapes and split factors against cuBLAS (inside a CUDA graph, as a
+decode step runs them, over rotating weight copies larger than L2 so that the cache does not flatter
+either side) and keeps the fastest; shapes first seen during capture, or that no kernel beats, go to
+cuBLAS.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import torch
 import triton
 import triton.language as tl
 from torch.nn import functional as F
+
+from helix.engine.model.kernel_timing import graph_time_ms
 
 MAX_ROWS = 128  # wider products are compute-bound: cuBLAS
 L2_FLUSH_BYTES = 256 << 20
@@ -127,7 +130,8 @@ def candidate_configs(m: int, n: int, k: int, num_sms: int) -> list[GemmConfig]:
     """Tile shapes and split factors worth timing for an [m, k] x [k, n] product."""
     block_m = min(max(16, triton.next_power_of_2(m)), 64 if m <= 64 else 128)
     out: list[GemmConfig] = []
-    for block_n, block_k, warps, stages in ((64, 128, 4, 4), (128, 64, 4, 4), (128, 128, 8, 3)):
+    shapes = ((32, 128, 4, 4), (64, 128, 4, 4), (64, 256, 4, 3), (128, 64, 4, 4), (128, 128, 8, 3))
+    for block_n, block_k, warps, stages in shapes:
         if k % block_k:
             continue
         tiles = triton.cdiv(n, block_n) * triton.cdiv(m, block_m)
@@ -136,23 +140,6 @@ def candidate_configs(m: int, n: int, k: int, num_sms: int) -> list[GemmConfig]:
         for split in sorted({fill[0], *(s for s in fill[1:2])}):
             out.append(GemmConfig(block_m, block_n, block_k, split, warps, stages))
     return out
-
-
-def _time_ms(fn, inputs: list, repeats: int = 20) -> float:
-    """Median time of `fn(*inputs[i % len])` over CUDA events (after two warm-up calls)."""
-    for i in range(2):
-        fn(*inputs[i % len(inputs)])
-    times = []
-    for i in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        args = inputs[i % len(inputs)]
-        start.record()
-        fn(*args)
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    times.sort()
-    return times[len(times) // 2]
 
 
 class GemmChooser:
@@ -175,12 +162,12 @@ class GemmChooser:
     def _measure(self, key, x, weight, bias, out_dtype) -> GemmConfig | None:
         m, n, k = key[:3]
         copies = max(1, min(8, math.ceil(L2_FLUSH_BYTES / (weight.numel() * weight.element_size()))))
-        inputs = [(x, weight if i == 0 else weight.clone()) for i in range(copies)]
+        weights = [weight if i == 0 else weight.clone() for i in range(copies)]
 
         def cublas(a, w):
             return F.linear(a, w, bias).to(out_dtype)
 
-        timings = {"cublas": _time_ms(cublas, inputs)}
+        timings = {"cublas": graph_time_ms(lambda i: cublas(x, weights[i % copies]))}
         best, best_ms = None, timings["cublas"]
         num_sms = torch.cuda.get_device_properties(x.device).multi_processor_count
         reference = cublas(x, weight).float()
@@ -190,14 +177,14 @@ class GemmChooser:
                 error = (got - reference).norm() / reference.norm().clamp_min(1e-30)
                 if not bool(error < 2e-2):
                     continue
-                ms = _time_ms(lambda a, w, c=config: gemm(a, w, bias, out_dtype, c), inputs)
+                ms = graph_time_ms(lambda i, c=config: gemm(x, weights[i % copies], bias, out_dtype, c))
             except (triton.runtime.errors.OutOfResources, RuntimeError):
                 continue
             timings[str(config)] = ms
             if ms < best_ms:
                 best, best_ms = config, ms
         self.timings[key] = timings
-        del inputs
+        weights.clear()
         return best
 
 
