@@ -95,8 +95,8 @@ class Worker:
 
     def _admit(self, batches: list[HopBatch]) -> tuple[list[StageItem], torch.Tensor, list[TokenResult]]:
         """Items ordered prompts first, their packed inputs, and errors for requests that cannot run."""
-        prompts: list[tuple[StageItem, torch.Tensor]] = []
-        decodes: list[tuple[StageItem, torch.Tensor]] = []
+        prompts: list[tuple[StageItem, list | torch.Tensor]] = []
+        decodes: list[tuple[StageItem, list | torch.Tensor]] = []
         errors: list[TokenResult] = []
         for batch in batches:
             rows = self._rows(batch)
@@ -117,12 +117,15 @@ class Worker:
         ordered = prompts + decodes
         if not ordered:
             return [], torch.empty(0), errors
+        if self.backend.is_first:  # one tensor for all token ids (no tensor per item)
+            ids = [t for _, row in ordered for t in row]
+            return [i for i, _ in ordered], torch.tensor(ids, dtype=torch.long), errors
         return [i for i, _ in ordered], torch.cat([r for _, r in ordered]), errors
 
-    def _rows(self, batch: HopBatch) -> list[torch.Tensor]:
-        """Per item, its slice of the batch's inputs (token ids on the first stage, else hidden rows)."""
+    def _rows(self, batch: HopBatch) -> list:
+        """Per item, its inputs: token ids (a list, first stage) or its rows of the hidden states."""
         if self.backend.is_first:
-            return [torch.tensor(item.token_ids, dtype=torch.long) for item in batch.items]
+            return [item.token_ids for item in batch.items]
         assert batch.hidden is not None, f"worker {self.name} got a batch without hidden states"
         sizes = [item.num_new_tokens for item in batch.items]
         return list(torch.split(batch.hidden, sizes))
