@@ -133,6 +133,8 @@ class DecodeChooser:
         key = (batch, num_heads, *k_cache.shape[1:], q.dtype)
         if key in self.choices:
             return self.choices[key]
+        if not q.is_cuda:  # Triton's interpreter (tests): no timing
+            return DecodeConfig(decode_splits(batch, k_cache.shape[2], 132))
         num_sms = torch.cuda.get_device_properties(q.device).multi_processor_count
         default = DecodeConfig(decode_splits(batch, k_cache.shape[2], num_sms))
         if torch.cuda.is_current_stream_capturing():
@@ -201,10 +203,10 @@ def paged_decode_attention(
     _paged_decode_kernel[(batch, num_kv_heads, splits)](
         q, k_cache, v_cache, block_tables, context_lens, part, lse, scale,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        block_tables.stride(0), splits,
+        block_tables.stride(0),
         NUM_HEADS=num_heads, BLOCK_SIZE=k_cache.shape[1], GROUP=group,
         GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim, BLOCK_N=config.block_n,
-        num_warps=config.num_warps, num_stages=config.num_stages,
+        SPLITS=splits, num_warps=config.num_warps, num_stages=config.num_stages,
     )  # fmt: skip
     out = torch.empty_like(q)
     _merge_splits_kernel[(batch, num_heads)](
