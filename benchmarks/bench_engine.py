@@ -361,7 +361,8 @@ def matmul_only(config: ModelConfig, batches: list[int], bandwidth: float, items
 
 
 def kernel_variants(engine: LLMEngine, args, device, config, bandwidth, itemsize) -> dict:
-    """The same engine re-captured with one choice undone: cuBLAS for every matmul; one-split attention."""
+    """The same engine re-captured with one choice changed: split-K Triton matmuls where measured
+    faster; decode-attention tiles measured per batch; attention without context splits."""
     from helix.engine.model.attention import Attention
 
     runner = engine.runners[0]
@@ -377,9 +378,14 @@ def kernel_variants(engine: LLMEngine, args, device, config, bandwidth, itemsize
             )
         return result
 
-    runner.model.use_fused_kernels(True, skinny_gemm=False)
-    out["cublas_matmuls"] = rows()
+    from helix.engine.model.triton_attention import DECODE_CHOOSER
+
     runner.model.use_fused_kernels(True, skinny_gemm=True)
+    out["split_k_triton_matmuls_where_faster"] = rows()
+    runner.model.use_fused_kernels(True, skinny_gemm=False)
+    DECODE_CHOOSER.enabled = True
+    out["attention_measured_tiles"] = rows()
+    DECODE_CHOOSER.enabled = False
     attentions = [m for m in runner.model.modules() if isinstance(m, Attention)]
     for module in attentions:
         module.decode_splits = 1
@@ -554,7 +560,6 @@ def bench_stages(name: str, num_stages: int, config, args, device, dtype, ceilin
             part["prefill_sdpa_per_prompt"] = prefill(engine, args, device, peak, varlen=False)
             print(name, "prefill sdpa", part["prefill_sdpa_per_prompt"], flush=True)
         if big:
-            part["matmul_only_ms"] = matmul_only(config, args.batches, bandwidth, itemsize)
             if engine.runners[0].graphs is not None:
                 part["profile"] = [profile_replay(engine, b, args, device) for b in args.profile_batches]
                 for p in part["profile"]:
@@ -562,6 +567,7 @@ def bench_stages(name: str, num_stages: int, config, args, device, dtype, ceilin
                     for r in p["top"][:8]:
                         print("   ", round(r["ms_per_step"], 3), round(r["calls_per_step"]), r["kernel"][:70])
                 part["variants"] = kernel_variants(engine, args, device, config, bandwidth, itemsize)
+            part["matmul_only_ms"] = matmul_only(config, args.variant_batches, bandwidth, itemsize)
     result[name] = part
     del engine
     release()

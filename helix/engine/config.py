@@ -192,7 +192,8 @@ class EngineConfig:
     max_graph_batch_size: int = field(default=128, metadata={"help": "largest decode batch captured"})
     attention_backend: str = field(default="auto", metadata={"help": "auto | sdpa | triton"})
     skinny_gemm: bool = field(
-        default=True, metadata={"help": "measured split-K Triton matmuls for decode-sized steps (CUDA)"}
+        default=False,
+        metadata={"help": "decode graphs may use split-K Triton matmuls where measured faster (CUDA)"},
     )
     async_scheduling: bool = field(
         default=True, metadata={"help": "schedule step t + 1 while the GPU runs step t (LLMEngine)"}

@@ -140,10 +140,16 @@ class DecodeGraphs:
 
     @torch.inference_mode()
     def _capture_all(self) -> None:
+        from helix.engine.model.triton_gemm import CHOOSER
+
         pool = torch.cuda.graph_pool_handle()
         for batch_size in reversed(self.buckets):
             self._write_padding(batch_size)
-            self._forward(batch_size)  # warm up: compile kernels, pick GEMM kernels
+            CHOOSER.tuning = True
+            try:
+                self._forward(batch_size)  # warm up: compile kernels, pick GEMM kernels
+            finally:
+                CHOOSER.tuning = False
             torch.cuda.synchronize()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):

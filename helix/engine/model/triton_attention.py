@@ -116,7 +116,8 @@ class DecodeConfig:
 
 
 class DecodeChooser:
-    """Per decode shape, the fastest of a few tile shapes and split counts, measured once.
+    """Per decode shape, the fastest of a few tile shapes and split counts, measured once (opt-in:
+    `enabled`; a choice that differs between processes would change results in the last bits).
 
     Measured outside graph capture, inside a CUDA graph, on a synthetic cache of `CONTEXT` tokens per
     sequence (the captured graphs serve every context length, so one representative length decides).
@@ -127,6 +128,7 @@ class DecodeChooser:
     def __init__(self) -> None:
         self.choices: dict[tuple, DecodeConfig] = {}
         self.timings: dict[tuple, dict[str, float]] = {}
+        self.enabled = False  # off: the default shape, the same in every process (same numerics)
 
     def choose(self, q: torch.Tensor, k_cache: torch.Tensor) -> DecodeConfig:
         batch, num_heads, head_dim = q.shape
@@ -137,7 +139,7 @@ class DecodeChooser:
             return DecodeConfig(decode_splits(batch, k_cache.shape[2], 132))
         num_sms = torch.cuda.get_device_properties(q.device).multi_processor_count
         default = DecodeConfig(decode_splits(batch, k_cache.shape[2], num_sms))
-        if torch.cuda.is_current_stream_capturing():
+        if not self.enabled or torch.cuda.is_current_stream_capturing():
             return default
         self.choices[key] = self._measure(key, q, k_cache, default)
         return self.choices[key]

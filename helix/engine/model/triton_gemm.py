@@ -148,14 +148,15 @@ class GemmChooser:
     def __init__(self) -> None:
         self.choices: dict[tuple, GemmConfig | None] = {}
         self.timings: dict[tuple, dict[str, float]] = {}
+        self.tuning = False  # measure unseen shapes (set while decode graphs warm up)
 
     def choose(self, x: torch.Tensor, weight: torch.Tensor, bias, out_dtype) -> GemmConfig | None:
         m, k = x.shape
         key = (m, weight.shape[0], k, x.dtype, out_dtype, bias is not None)
         if key in self.choices:
             return self.choices[key]
-        if torch.cuda.is_current_stream_capturing():
-            return None  # cannot measure inside a capture
+        if not self.tuning or torch.cuda.is_current_stream_capturing():
+            return None  # steps outside the decode graphs' warm-up: never a measuring stall
         self.choices[key] = self._measure(key, x, weight, bias, out_dtype)
         return self.choices[key]
 
