@@ -166,8 +166,7 @@ class LLMEngine:
         x = self._step_inputs(seqs, batch)
         for runner in self.runners:
             x = runner.execute(batch, x, clone_output=False)
-        for seq, chunk in zip(seqs, batch.chunks, strict=True):
-            seq.num_computed_tokens += chunk.num_new_tokens
+        self._computed(seqs, batch)
         done = [i for i, s in enumerate(seqs) if s.num_pending_tokens == 0]
         if not done:
             return None
@@ -195,6 +194,19 @@ class LLMEngine:
         else:
             host = tokens
         return _InFlight(ready, out_index, tokens, host, event, logprobs)
+
+    def _computed(self, seqs: list[Sequence], batch) -> None:
+        """Count the step's tokens as computed; hash the prompt blocks that just became full."""
+        managers = [r.block_manager for r in self.runners]
+        caching = self.config.enable_prefix_caching
+        size = managers[0].block_size
+        for seq, chunk in zip(seqs, batch.chunks, strict=True):
+            before = seq.num_computed_tokens
+            seq.num_computed_tokens += chunk.num_new_tokens
+            prompt_len = len(seq.prompt_token_ids)
+            if caching and before < prompt_len and seq.num_computed_tokens // size > before // size:
+                for manager in managers:
+                    manager.commit(seq.seq_id, seq.prompt_token_ids, seq.num_computed_tokens)
 
     def _step_inputs(self, seqs: list[Sequence], batch) -> torch.Tensor:
         """Token ids of the step; pending tokens come from the previous step's device tensor."""
@@ -248,8 +260,7 @@ class LLMEngine:
         x = torch.tensor(tokens, dtype=torch.int64, device=self.runners[0].device)
         for runner in self.runners:
             x = runner.execute(batch, x)
-        for seq, chunk in zip(seqs, batch.chunks, strict=True):
-            seq.num_computed_tokens += chunk.num_new_tokens
+        self._computed(seqs, batch)
         done = [i for i, s in enumerate(seqs) if s.num_pending_tokens == 0]
         if not done:
             return []

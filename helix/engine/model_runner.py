@@ -69,7 +69,9 @@ class ModelRunner:
             config, num_layers, num_blocks, self.block_size, self.dtype, self.device
         )
         self.kv_caches = [(self.kv_cache[i, 0], self.kv_cache[i, 1]) for i in range(num_layers)]
-        self.block_manager = BlockManager(num_blocks, self.block_size)
+        self.block_manager = BlockManager(
+            num_blocks, self.block_size, enable_caching=engine_config.enable_prefix_caching
+        )
         self.scratch_block = num_blocks
         self.graphs: DecodeGraphs | None = None
         self.capture_graphs()
