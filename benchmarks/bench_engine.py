@@ -147,8 +147,22 @@ def _equality_cases(runners, device) -> dict[str, torch.Tensor]:
     out["chunked_prefill_with_decode"] = _run_chain(
         runners, mixed, torch.cat([prompt[40:], torch.tensor([7])]).to(device)
     )
+    # prefix-cache hit: a prompt sharing 48 tokens (3 blocks) with one already computed
+    shared = torch.randint(0, 512, (60,), generator=generator)
+    _run_chain(runners, StepBatch((SeqChunk(60, 0, 60),)), shared.to(device))
+    tokens = shared[:48].tolist() + torch.randint(0, 512, (20,), generator=generator).tolist()
     for runner in runners:
-        for seq_id in (0, 1, 2, 50):
+        runner.block_manager.commit(60, shared.tolist(), 60)
+        assert runner.block_manager.match_prefix(tokens) == 3
+        runner.block_manager.allocate(61, 68, tokens, num_cached_blocks=3)
+    out["prefix_cache_hit"] = _run_chain(
+        runners, StepBatch((SeqChunk(61, 48, 20),)), torch.tensor(tokens[48:]).to(device)
+    )
+    out["prefix_cache_miss"] = _run_chain(
+        runners, StepBatch((SeqChunk(62, 0, 68),)), torch.tensor(tokens).to(device)
+    )
+    for runner in runners:
+        for seq_id in (0, 1, 2, 50, 60, 61, 62):
             runner.free(seq_id)
     return out
 
@@ -172,6 +186,9 @@ def gpu_equalities(device: torch.device) -> dict:
         assert runners[0].graphs is not None and runners[0].decode_backend == "triton"
         got = _equality_cases(runners, device)
         result[name] = {case: _rel_error(got[case], want) for case, want in reference.items()}
+        result[name]["prefix_hit_vs_miss_on_device"] = _rel_error(
+            got["prefix_cache_hit"], got["prefix_cache_miss"]
+        )
         prompts = [[int(t) for t in torch.randint(0, 512, (n,)).tolist()] for n in (9, 40, 3)]
         params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
         outs = {}
@@ -360,6 +377,95 @@ def matmul_only(config: ModelConfig, batches: list[int], bandwidth: float, items
     return out
 
 
+def prefix_cache_bench(engine: LLMEngine, args, device) -> dict:
+    """Shared-system-prompt workload: requests one after another, each a common system prompt and
+    its own question; TTFT and hit rate with prefix caching off, then on (same engine)."""
+    generator = torch.Generator().manual_seed(5)
+    vocab = engine.runners[0].model.config.vocab_size
+    system = torch.randint(0, vocab, (args.system_prompt_tokens,), generator=generator).tolist()
+    prompts = [system + torch.randint(0, vocab, (64,), generator=generator).tolist() for _ in range(12)]
+    managers = [r.block_manager for r in engine.runners]
+    base = engine.config
+    out = {"system_prompt_tokens": len(system), "question_tokens": 64, "requests": len(prompts)}
+    for caching in (False, True):
+        engine.config = engine.scheduler.config = EngineConfig(
+            **{**_fields(base), "enable_prefix_caching": caching}
+        )
+        for manager in managers:
+            manager.enable_caching = caching
+        hit_before, queried_before = managers[0].hit_tokens, managers[0].queried_tokens
+        ttfts = []
+        for prompt in prompts:
+            seq_id = engine.add_request(prompt, SamplingParams(temperature=0, max_tokens=1, ignore_eos=True))
+            sync(device)
+            start = time.perf_counter()
+            while not any(o.seq_id == seq_id for o in engine.step()):
+                pass
+            sync(device)
+            ttfts.append(time.perf_counter() - start)
+        queried = managers[0].queried_tokens - queried_before
+        out["on" if caching else "off"] = {
+            "ttft_ms_p50_after_first": 1000 * statistics.median(ttfts[1:]),
+            "ttft_ms_first": 1000 * ttfts[0],
+            "hit_rate": (managers[0].hit_tokens - hit_before) / max(1, queried),
+        }
+    engine.config = engine.scheduler.config = base
+    for manager in managers:
+        manager.enable_caching = base.enable_prefix_caching
+    out["ttft_speedup"] = out["off"]["ttft_ms_p50_after_first"] / out["on"]["ttft_ms_p50_after_first"]
+    print("prefix cache", out, flush=True)
+    return out
+
+
+def loader_bench(config: ModelConfig, device, dtype, num_layers: int = 4) -> dict:
+    """Load time per GB: a Hugging Face-named checkpoint of the embedding and `num_layers` layers in
+    two safetensors files, written here, then loaded as one stage onto the device."""
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    from helix.engine.weights import SafetensorsSource
+
+    h, q, kv, inter = config.hidden_size, config.q_size, config.kv_size, config.intermediate_size
+    shapes = {"model.embed_tokens.weight": (config.vocab_size, h)}
+    for i in range(num_layers):
+        p = f"model.layers.{i}."
+        shapes |= {
+            p + "self_attn.q_proj.weight": (q, h),
+            p + "self_attn.k_proj.weight": (kv, h),
+            p + "self_attn.v_proj.weight": (kv, h),
+            p + "self_attn.o_proj.weight": (h, q),
+            p + "mlp.gate_proj.weight": (inter, h),
+            p + "mlp.up_proj.weight": (inter, h),
+            p + "mlp.down_proj.weight": (h, inter),
+            p + "input_layernorm.weight": (h,),
+            p + "post_attention_layernorm.weight": (h,),
+        }
+    with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR", "/tmp")) as tmp:
+        names = list(shapes)
+        half = len(names) // 2
+        for index, part in enumerate((names[:half], names[half:])):
+            save_file(
+                {n: torch.randn(shapes[n], dtype=dtype) * 0.02 for n in part}, f"{tmp}/m{index}.safetensors"
+            )
+        size = sum(os.path.getsize(f"{tmp}/m{i}.safetensors") for i in range(2))
+        os.sync()
+        start = time.perf_counter()
+        source = SafetensorsSource(Path(tmp))
+        stage = build_stage(config, LayerRange(0, num_layers), device=device, dtype=dtype, source=source)
+        sync(device)
+        seconds = time.perf_counter() - start
+        source.close()
+        del stage
+    return {
+        "bytes": size,
+        "load_s": seconds,
+        "s_per_gb": seconds / (size / 1e9),
+        "gb_per_s": size / 1e9 / seconds,
+        "note": "files just written: read from the page cache",
+    }
+
+
 def kernel_variants(engine: LLMEngine, args, device, config, bandwidth, itemsize) -> dict:
     """The same engine re-captured with one choice changed: split-K Triton matmuls where measured
     faster; decode-attention tiles measured per batch; attention without context splits."""
@@ -520,6 +626,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--hf-batch", type=int, default=32)
     parser.add_argument("--hf-tokens", type=int, default=17)
     parser.add_argument("--no-graphs", action="store_true")
+    parser.add_argument("--system-prompt-tokens", type=int, default=1024)
     parser.add_argument("--skip-hf", action="store_true")
     parser.add_argument("--skip-four-stages", action="store_true")
     parser.add_argument("--profile-batches", type=int, nargs="*", default=[1, 64, 128])
@@ -556,6 +663,7 @@ def bench_stages(name: str, num_stages: int, config, args, device, dtype, ceilin
     part["prefill"] = prefill(engine, args, device, peak, varlen=True)
     print(name, "prefill", part["prefill"], flush=True)
     if num_stages == 1:
+        part["prefix_cache"] = prefix_cache_bench(engine, args, device)
         if engine.runners[0].decode_backend == "triton":
             part["prefill_sdpa_per_prompt"] = prefill(engine, args, device, peak, varlen=False)
             print(name, "prefill sdpa", part["prefill_sdpa_per_prompt"], flush=True)
@@ -600,6 +708,9 @@ def main() -> None:
             result, "attention_kernel", lambda: attention_splits(device, dtype, config, bandwidth, 544), out
         )
     ceilings = (bandwidth, peak)
+    if big:
+        _section(result, "loader", lambda: loader_bench(config, device, dtype), out)
+        print("loader", result.get("loader"), flush=True)
     _section(
         result,
         "single_stage",
@@ -683,10 +794,19 @@ def summarize(result: dict, args) -> dict:
         "target_four_stage_ratio_at_64": 0.97,
         "engine_best_tokens_per_s": max(r["tokens_per_s"] for r in single.values()),
     }
+    if "prefix_cache" in result["single_stage"]:
+        cache = result["single_stage"]["prefix_cache"]
+        summary["prefix_cache"] = {
+            "hit_rate": round(cache["on"]["hit_rate"], 3),
+            "ttft_ms_off": round(cache["off"]["ttft_ms_p50_after_first"], 2),
+            "ttft_ms_on": round(cache["on"]["ttft_ms_p50_after_first"], 2),
+        }
     if "prefill_sdpa_per_prompt" in result["single_stage"]:
         summary["prefill_sdpa_per_prompt_fraction_of_peak"] = round(
             result["single_stage"]["prefill_sdpa_per_prompt"]["fraction_of_peak"], 3
         )
+    if "loader" in result:
+        summary["loader_s_per_gb"] = round(result["loader"]["s_per_gb"], 3)
     if "gpu_equalities" in result:
         summary["gpu_equalities_passed"] = result["gpu_equalities"]["passed"]
     if "hf_generate" in result and args.hf_batch in single:
