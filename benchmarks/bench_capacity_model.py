@@ -4,7 +4,8 @@ For every (model, GPU type) profile: the per-layer prompt and decode batch times
 range that serving uses (prompt batches ≤ 4000 tokens, decode batches ≤ 100 sequences), and the node
 throughput tp(k) for every layer count. Fits the four roofline efficiencies by least squares on log
 time ratios over all profiles, then reports the mean absolute percentage error per GPU type for the
-default (shipped) parameters and the freshly fitted ones.
+default (shipped) parameters and the freshly fitted ones, with prefill (prompt) and decode batch-time errors
+reported separately (`summary_fitted`).
 
     python benchmarks/bench_capacity_model.py   → benchmarks/results/capacity_model.json
 """
@@ -106,6 +107,21 @@ def throughput_errors(params: RooflineParams) -> dict[str, float]:
     return out
 
 
+def summary(
+    batch_errors: dict[str, dict[str, float]], throughput: dict[str, float]
+) -> dict[str, list[float]]:
+    """[min, max] over model/GPU types of each error, prefill (prompt) and decode reported apart."""
+
+    def span(values: list[float]) -> list[float]:
+        return [min(values), max(values)]
+
+    return {
+        "prefill_time_mape_range": span([e["prompt_time_mape"] for e in batch_errors.values()]),
+        "decode_time_mape_range": span([e["decode_time_mape"] for e in batch_errors.values()]),
+        "throughput_mape_range": span(list(throughput.values())),
+    }
+
+
 def main() -> None:
     started = time.perf_counter()
     all_samples = [(m, *s) for m in MODELS for s in samples(m)]
@@ -120,8 +136,9 @@ def main() -> None:
         "batch_time_error_fitted": errors(all_samples, fitted),
         "throughput_error_shipped": throughput_errors(shipped),
         "throughput_error_fitted": throughput_errors(fitted),
-        "elapsed_s": round(time.perf_counter() - started, 1),
     }
+    result["summary_fitted"] = summary(result["batch_time_error_fitted"], result["throughput_error_fitted"])
+    result["elapsed_s"] = round(time.perf_counter() - started, 1)
     out = Path(__file__).parent / "results" / "capacity_model.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -12,6 +12,10 @@ simulator's prediction of the same runs.
 3. `helix.sim.simulate` on the same plan, cluster, profile tables, arrival times and lengths predicts
    the same numbers.
 4. The per-hop cost of the activation path (ZeroMQ PUSH/PULL vs a Ray actor call).
+5. The same without padding to the simulator's tables (`unpadded`): relative emulation (each worker
+   sleeps (slowdown_g − 1) × its measured compute, the fastest type not at all) against the simulator on
+   tables from this host's `helix profile` × slowdown_g (scale 1). Here the runtime's node speeds are
+   its real compute, not the simulator's own tables, so the agreement is not by construction.
 
 Run: python benchmarks/bench_runtime_cpu.py → benchmarks/results/runtime_cpu.json (≈ 7.5 min on 2 cores)
 """
@@ -121,15 +125,15 @@ def profile_host(out_dir: Path, model_key: str, args) -> float:
     return time.perf_counter() - started
 
 
-def emulated_cluster(work: Path, args) -> dict:
-    """Profile the host, write the emulated tables and a `demo` cluster file naming them."""
+def emulated_cluster(work: Path, args, scale: float) -> dict:
+    """Profile the host, write the emulated tables (× `scale` × slowdown) and a cluster file naming them."""
     spec = load_model_spec(MODEL)
     host_dir, emulated_dir = work / "host-profile", work / "emulated-profiles"
     profile_s = profile_host(host_dir, spec.profile_key, args)
     fit = fit_host_profile(host_dir, spec.profile_key)
     demo = load_cluster("demo")
     slow = slowdowns(demo, capacity_model(demo, spec), PLACEMENT)
-    factors = {demo.node(n).gpu.name: args.scale * s for n, s in slow.items()}
+    factors = {demo.node(n).gpu.name: scale * s for n, s in slow.items()}
     config = resolve_model(MODEL).config
     kv = {k: kv_blocks(config, k, args.kv_cache_mib << 20, torch.float32) for k in range(1, 31)}
     tables = write_emulated_profiles(emulated_dir, spec.profile_key, fit, factors, kv)
@@ -166,14 +170,14 @@ def load_spec(port: int, model_name: str, args) -> LoadSpec:
     )
 
 
-def run_scheduler(scheduler: str, cluster_file: str, args) -> dict:
+def run_scheduler(scheduler: str, cluster_file: str, args, emulation: str = "profile") -> dict:
     runtime = ServingRuntime.start(
         ServeOptions(
             model=MODEL,
             cluster=cluster_file,
             placement=PLACEMENT,
             scheduler=scheduler,
-            emulation="profile",
+            emulation=emulation,
             kv_cache_bytes=args.kv_cache_mib << 20,
             max_waiting=100_000,
         )
@@ -295,22 +299,30 @@ def main(args) -> None:
     started = time.perf_counter()
     results: dict = {"config": vars(args), "hop_overhead": measure_hop_overhead()}
     with tempfile.TemporaryDirectory(prefix="helix-bench-") as tmp:
-        emulated = emulated_cluster(Path(tmp), args)
-        results["emulation"] = {k: v for k, v in emulated.items() if k != "cluster_file"}
         prompt_tokens = prompt_token_count(args.prompt_words)
         results["prompt_tokens"] = prompt_tokens
-        results["summary"], results["schedulers"] = {}, {}
-        for name in args.schedulers.split(","):
-            measured = run_scheduler(name, emulated["cluster_file"], args)
-            predicted = simulate_scheduler(name, emulated["cluster_file"], prompt_tokens, args)
-            if measured["alone"] is not None:
-                results.setdefault("overhead", {})[name] = _overhead(
-                    measured["alone"], name, emulated["cluster_file"], prompt_tokens, args
-                )
-            results["schedulers"][name] = {"measured": measured, "simulated": predicted}
-            results["summary"][name] = brief = _brief(measured, predicted)
-            print(name, json.dumps(brief), flush=True)
-    s = results["summary"]
+        for mode in args.emulations.split(","):
+            padded = mode == "profile"
+            emulated = emulated_cluster(Path(tmp) / mode, args, args.scale if padded else 1.0)
+            # the padded run's fields stay at the top level; the unpadded run's go under "unpadded"
+            into = results if padded else results.setdefault("unpadded", {"emulation_mode": "relative"})
+            into["emulation"] = {k: v for k, v in emulated.items() if k != "cluster_file"}
+            into["summary"], into["schedulers"] = {}, {}
+            for name in args.schedulers.split(","):
+                measured = run_scheduler(name, emulated["cluster_file"], args, mode)
+                predicted = simulate_scheduler(name, emulated["cluster_file"], prompt_tokens, args)
+                if measured["alone"] is not None:
+                    into.setdefault("overhead", {})[name] = _overhead(
+                        measured["alone"], name, emulated["cluster_file"], prompt_tokens, args
+                    )
+                into["schedulers"][name] = {"measured": measured, "simulated": predicted}
+                into["summary"][name] = brief = _brief(measured, predicted)
+                print(mode, name, json.dumps(brief), flush=True)
+    if "unpadded" in results:
+        results["unpadded"]["sim_error_by_scheduler"] = {
+            n: b["sim_error"] for n, b in results["unpadded"]["summary"].items()
+        }
+    s = results.get("summary", {})
     if "maxflow" in s and "random" in s:
         results["maxflow_over_random"] = (
             s["maxflow"]["decode_tokens_per_s"] / s["random"]["decode_tokens_per_s"]
@@ -325,8 +337,9 @@ def main(args) -> None:
             ),
         }
     results["wall_s"] = time.perf_counter() - started
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(results, indent=2) + "\n")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
     keys = ("maxflow_over_random", "sim_maxflow_over_random", "targets", "wall_s")
     print(json.dumps({k: results[k] for k in keys if k in results}, indent=2))
 
@@ -345,6 +358,12 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-probe", dest="probe", action="store_false", help="skip the lone request")
     parser.add_argument("--schedulers", default="maxflow,random,swarm")
+    parser.add_argument("--out", default=str(OUT), help="results file")
+    parser.add_argument(
+        "--emulations",
+        default="profile,relative",
+        help="profile: pad to the simulator's tables; relative: pad to slowdown × measured compute",
+    )
     return parser.parse_args(argv)
 
 

@@ -98,6 +98,9 @@ def _run_server(runtime, host: str, port: int, api_key: str | None, once: str | 
     import uvicorn
 
     from helix.server.app import create_app
+    from helix.server.logs import configure_server_logs
+
+    configure_server_logs()
 
     config = uvicorn.Config(create_app(runtime, api_key=api_key), host=host, port=port, log_level="warning")
     server = uvicorn.Server(config)

@@ -1,7 +1,8 @@
 """Frozen configuration objects of the engine: the model's shape, a stage's layer range, engine limits.
 
-`ModelConfig.from_hf_dict` reads a Hugging Face `config.json` dictionary (LLaMA, Mistral and Qwen2
-families) and rejects what the engine cannot run with a `HelixInputError`; `ModelConfig.to_hf_dict`
+`ModelConfig.from_hf_dict` reads a Hugging Face `config.json` dictionary through the one reader,
+`helix.specs.hf_config.parse_hf_config`, which rejects what cannot run with a `HelixInputError`; the
+layer range is `helix.specs.placement.LayerRange`; `ModelConfig.to_hf_dict`
 gives the same keys back so other packages (e.g. `helix.specs`) can build their own model description.
 """
 
@@ -11,23 +12,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from helix.errors import HelixInputError
+from helix.specs.hf_config import SUPPORTED_ARCHITECTURES, RopeScaling, parse_hf_config
+from helix.specs.placement import LayerRange
 
-SUPPORTED_ARCHITECTURES = {
-    "LlamaForCausalLM": "llama",
-    "MistralForCausalLM": "mistral",
-    "Qwen2ForCausalLM": "qwen2",
-}
-_SUPPORTED_ROPE_TYPES = ("default", "llama3")
+__all__ = [
+    "DEFAULT_BLOCK_SIZE",
+    "LLAMA3_8B_HF_CONFIG",
+    "SUPPORTED_ARCHITECTURES",
+    "EngineConfig",
+    "LayerRange",
+    "ModelConfig",
+    "RopeScaling",
+]
 
-
-@dataclass(frozen=True, slots=True)
-class RopeScaling:
-    """LLaMA-3 style RoPE frequency scaling (`rope_type: llama3`)."""
-
-    factor: float
-    low_freq_factor: float
-    high_freq_factor: float
-    original_max_position_embeddings: int
+DEFAULT_BLOCK_SIZE = 16  # tokens per KV-cache block unless an `EngineConfig` says otherwise
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,33 +83,11 @@ class ModelConfig:
 
     @classmethod
     def from_hf_dict(cls, hf: dict[str, Any], *, where: str = "config.json") -> ModelConfig:
-        """Build from a Hugging Face config dictionary; raises `HelixInputError` on unsupported models."""
-        architecture = _architecture(hf, where)
-        _check_sliding_window(hf, where)
-        theta, scaling = _rope(hf, where)
-        num_heads = int(_required(hf, "num_attention_heads", where))
-        hidden = int(_required(hf, "hidden_size", where))
-        eos = hf.get("eos_token_id")
-        eos_ids = tuple(eos) if isinstance(eos, list | tuple) else (() if eos is None else (int(eos),))
-        default_bias = SUPPORTED_ARCHITECTURES[architecture] == "qwen2"
-        return cls(
-            architecture=architecture,
-            vocab_size=int(_required(hf, "vocab_size", where)),
-            hidden_size=hidden,
-            intermediate_size=int(_required(hf, "intermediate_size", where)),
-            num_layers=int(_required(hf, "num_hidden_layers", where)),
-            num_heads=num_heads,
-            num_kv_heads=int(hf.get("num_key_value_heads") or num_heads),
-            head_dim=int(hf.get("head_dim") or hidden // num_heads),
-            rms_norm_eps=float(hf.get("rms_norm_eps", 1e-5)),
-            rope_theta=theta,
-            rope_scaling=scaling,
-            max_position_embeddings=int(hf.get("max_position_embeddings", 4096)),
-            attention_bias=bool(hf.get("attention_bias", default_bias)),
-            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-            bos_token_id=hf.get("bos_token_id"),
-            eos_token_ids=eos_ids,
-        )
+        """Build from a Hugging Face config dictionary (`helix.specs.hf_config.parse_hf_config`, the one
+        reader); raises `HelixInputError` on unsupported models."""
+        fields = parse_hf_config(hf, where=where)
+        fields.pop("dtype_bytes")
+        return cls(**fields)
 
     def to_hf_dict(self) -> dict[str, Any]:
         """The config as Hugging Face `config.json` keys (enough to rebuild it or a transformers model)."""
@@ -151,38 +127,10 @@ class ModelConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class LayerRange:
-    """Layers [start, end) of a model held by one pipeline stage."""
-
-    start: int
-    end: int
-
-    def validate(self, num_layers: int) -> LayerRange:
-        """Return self, or raise `HelixInputError` if the range is empty or outside [0, num_layers)."""
-        if not (0 <= self.start < self.end <= num_layers):
-            raise HelixInputError(
-                f"layer range [{self.start}, {self.end}) is outside the model's {num_layers} layers",
-                field="layer_range",
-                fix=f"use 0 <= start < end <= {num_layers}",
-            )
-        return self
-
-    @property
-    def num_layers(self) -> int:
-        return self.end - self.start
-
-    def is_first(self) -> bool:
-        return self.start == 0
-
-    def is_last(self, num_layers: int) -> bool:
-        return self.end == num_layers
-
-
-@dataclass(frozen=True, slots=True)
 class EngineConfig:
     """Limits and switches of one stage's engine."""
 
-    block_size: int = field(default=16, metadata={"help": "tokens per KV-cache block"})
+    block_size: int = field(default=DEFAULT_BLOCK_SIZE, metadata={"help": "tokens per KV-cache block"})
     max_num_seqs: int = field(default=256, metadata={"help": "most sequences in one step"})
     max_num_batched_tokens: int = field(default=8192, metadata={"help": "most tokens in one step"})
     max_model_len: int | None = field(default=None, metadata={"help": "context window; model's if None"})
@@ -214,63 +162,6 @@ class EngineConfig:
         for name, ok in checks:
             if not ok:
                 raise HelixInputError(f"invalid value {getattr(self, name)!r}", field=name)
-
-
-def _required(hf: dict[str, Any], key: str, where: str) -> Any:
-    if hf.get(key) is None:
-        raise HelixInputError(f"missing key {key!r}", where=where, field=key, fix="use a complete config")
-    return hf[key]
-
-
-def _architecture(hf: dict[str, Any], where: str) -> str:
-    names = list(hf.get("architectures") or [])
-    for name in names:
-        if name in SUPPORTED_ARCHITECTURES:
-            return name
-    by_type = {v: k for k, v in SUPPORTED_ARCHITECTURES.items()}
-    if not names and hf.get("model_type") in by_type:
-        return by_type[hf["model_type"]]
-    shown = names or [hf.get("model_type")]
-    raise HelixInputError(
-        f"unsupported architecture {shown}",
-        where=where,
-        field="architectures",
-        fix=f"use one of {sorted(SUPPORTED_ARCHITECTURES)}",
-    )
-
-
-def _check_sliding_window(hf: dict[str, Any], where: str) -> None:
-    window = hf.get("sliding_window")
-    uses = hf.get("use_sliding_window", True)
-    if window is not None and uses and int(window) < int(hf.get("max_position_embeddings", 0)):
-        raise HelixInputError(
-            f"sliding-window attention ({window} tokens) is not supported",
-            where=where,
-            field="sliding_window",
-            fix="use a model version without a sliding window (e.g. Mistral v0.2+)",
-        )
-
-
-def _rope(hf: dict[str, Any], where: str) -> tuple[float, RopeScaling | None]:
-    params = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
-    theta = float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
-    rope_type = params.get("rope_type", params.get("type", "default"))
-    if rope_type not in _SUPPORTED_ROPE_TYPES:
-        raise HelixInputError(
-            f"unsupported RoPE scaling {rope_type!r}",
-            where=where,
-            field="rope_scaling",
-            fix=f"use one of {list(_SUPPORTED_ROPE_TYPES)}",
-        )
-    if rope_type == "default":
-        return theta, None
-    scaling = RopeScaling(
-        factor=float(params["factor"]),
-        low_freq_factor=float(params["low_freq_factor"]),
-        high_freq_factor=float(params["high_freq_factor"]),
-        original_max_position_embeddings=int(params["original_max_position_embeddings"]),
-    )
-    return theta, scaling
 
 
 #: The Hugging Face config of a LLaMA-3-8B-shaped model, for benchmarks with random weights.

@@ -38,6 +38,17 @@ def even_split(num_layers: int, num_stages: int) -> list[LayerRange]:
     return [LayerRange(a, b) for a, b in zip(bounds, bounds[1:], strict=False)]
 
 
+def _argmax_only(params: SamplingParams) -> bool:
+    """Greedy without log-probabilities or penalties: the token is the argmax of the logits."""
+    return (
+        params.is_greedy
+        and params.logprobs is None
+        and params.presence_penalty == 0.0
+        and params.frequency_penalty == 0.0
+        and params.repetition_penalty == 1.0
+    )
+
+
 @dataclass(slots=True)
 class _InFlight:
     """A launched step whose sampled tokens are still on their way to the host."""
@@ -120,10 +131,8 @@ class LLMEngine:
             raise KVCacheExhaustedError(needed, manager.num_blocks)
         seq_id = self._next_seq_id
         self._next_seq_id += 1
-        device = self.runners[-1].device
         seed = params.seed if params.seed is not None else self._seed_source.getrandbits(63)
-        generator = None if params.is_greedy else torch.Generator(device=device).manual_seed(seed)
-        seq = Sequence(seq_id, list(prompt_token_ids), params, generator)
+        seq = Sequence(seq_id, list(prompt_token_ids), params, seed)
         self._sequences[seq_id] = seq
         self.scheduler.add(seq)
         return seq_id
@@ -152,14 +161,17 @@ class LLMEngine:
                 previous, self._inflight = self._inflight, None
                 resolved = self._resolve(previous) if previous is not None else []
                 return resolved + self._step_sync()
-            launched = self._launch()
+            early: list[RequestOutput] = []
+            launched = self._launch(early)
             previous, self._inflight = self._inflight, launched
-            return self._resolve(previous) if previous is not None else []
+            return early + (self._resolve(previous) if previous is not None else [])
         finally:
             self.host_s += time.perf_counter() - started - (self.wait_s - waited)
 
     # ---- asynchronous path ----
-    def _launch(self) -> _InFlight | None:
+    def _launch(self, early: list[RequestOutput]) -> _InFlight | None:
+        """Schedule and launch a step. Rows that need the sampler (random, log-probabilities,
+        penalties) see every earlier token: the step in flight is resolved first, into `early`."""
         seqs, batch = self.scheduler.schedule()
         if not seqs:
             return None
@@ -174,13 +186,30 @@ class LLMEngine:
         logits = x if len(done) == len(seqs) else x[done]
         params = [s.params for s in ready]
         logprobs: list[dict[int, float] | None]
-        if all(p.is_greedy and p.logprobs is None for p in params):
+        if all(_argmax_only(p) for p in params):
             tokens, logprobs = logits.argmax(dim=-1), [None] * len(ready)
         else:
-            token_list, logprobs = self.sampler(logits, params, [s.generator for s in ready])
-            tokens = torch.tensor(token_list, dtype=torch.int64, device=logits.device)
+            if self._inflight is not None:
+                early.extend(self._resolve(self._inflight))
+                self._inflight = None
+            out = self.sampler(
+                logits,
+                params,
+                [s.seed for s in ready],
+                [s.num_tokens for s in ready],
+                [s.prompt_token_ids for s in ready],
+                [s.output_token_ids for s in ready],
+            )
+            logprobs = [
+                None if lp is None else {**(top or {}), t: lp}
+                for t, lp, top in zip(out.tokens, out.logprobs, out.top_logprobs, strict=True)
+            ]
+            tokens = torch.tensor(out.tokens, dtype=torch.int64, device=logits.device)
         out_index = []
         for seq in ready:
+            if seq.is_finished:  # stopped on the token resolved just above
+                out_index.append(-1)
+                continue
             seq.output_token_ids.append(PENDING_TOKEN)
             out_index.append(len(seq.output_token_ids) - 1)
             full = len(seq.output_token_ids) >= seq.params.max_tokens
@@ -265,10 +294,19 @@ class LLMEngine:
         if not done:
             return []
         ready = [seqs[i] for i in done]
-        new_tokens, logprobs = self.sampler(x[done], [s.params for s in ready], [s.generator for s in ready])
+        out = self.sampler(
+            x[done],
+            [s.params for s in ready],
+            [s.seed for s in ready],
+            [s.num_tokens for s in ready],
+            [s.prompt_token_ids for s in ready],
+            [s.output_token_ids for s in ready],
+        )
         outputs = []
-        for seq, token, lp in zip(ready, new_tokens, logprobs, strict=True):
+        rows = zip(ready, out.tokens, out.logprobs, out.top_logprobs, strict=True)
+        for seq, token, logprob, top in rows:
             seq.output_token_ids.append(token)
+            lp = None if logprob is None else {**(top or {}), token: logprob}
             outputs.append(self._append(seq, token, lp, len(seq.output_token_ids) - 1))
         return outputs
 

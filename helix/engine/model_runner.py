@@ -187,13 +187,21 @@ class ModelRunner:
 
     # ---- execution ----
     @torch.inference_mode()
-    def execute(self, batch: StepBatch, inputs: torch.Tensor, *, clone_output: bool = True) -> torch.Tensor:
-        """Run one step (see the module docstring for shapes).
+    def execute(
+        self, batch: StepBatch, inputs: torch.Tensor, skip_layers: int = 0, *, clone_output: bool = True
+    ) -> torch.Tensor:
+        """Run one step (see the module docstring for shapes); `skip_layers` > 0 runs only the stage's
+        layers from that local index on (inputs are then hidden states).
 
         `clone_output=False` lets a replayed decode graph hand back its static output buffer (valid
         until this stage's next step; readers on the same CUDA stream see it in order)."""
         graphs = self.graphs
-        if graphs is not None and batch.is_pure_decode and graphs.bucket_for(len(batch.chunks)):
+        if (
+            graphs is not None
+            and skip_layers == 0
+            and batch.is_pure_decode
+            and graphs.bucket_for(len(batch.chunks))
+        ):
             self._reserve_decode(batch)
             manager = self.block_manager
             seq_ids = [c.seq_id for c in batch.chunks]
@@ -203,7 +211,7 @@ class ModelRunner:
         self.reserve(batch)
         inputs = inputs.to(self.device)
         positions_t, meta = self.prepare(batch)
-        hidden = self.model(inputs, positions_t, self.kv_caches, meta)
+        hidden = self.model(inputs, positions_t, self.kv_caches, meta, skip_layers)
         if not self.model.is_last:
             return hidden
         rows = torch.tensor(batch.last_token_rows(), device=self.device)

@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
-import torch
-
 from helix.engine.sampling_params import SamplingParams
 
 #: Stands in an output list for a token still being computed (asynchronous scheduling).
@@ -36,7 +34,7 @@ class Sequence:
     seq_id: int
     prompt_token_ids: list[int]
     params: SamplingParams
-    generator: torch.Generator | None = None
+    seed: int = 0  # signed 64-bit sampling seed (see `helix.engine.sampler`)
     output_token_ids: list[int] = field(default_factory=list)
     output_logprobs: list[dict[int, float]] = field(default_factory=list)
     status: SequenceStatus = SequenceStatus.WAITING

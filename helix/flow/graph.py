@@ -22,13 +22,16 @@ from helix.specs.placement import LayerRange, Placement
 
 SOURCE = "source"
 SINK = "sink"
+#: The one default of the chaining rule (`chains`) for every consumer: flow graphs, the scheduler's
+#: topology, the simulator, plans. Strict: a hop starts exactly where the previous one ended.
+DEFAULT_PARTIAL_OVERLAP = False
 
 
 @dataclass(frozen=True, slots=True)
 class FlowOptions:
     """How the graph is built. `partial_overlap`: allow s_j ≤ e_i < e_j links (a node skips layers)."""
 
-    partial_overlap: bool = False
+    partial_overlap: bool = DEFAULT_PARTIAL_OVERLAP
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +84,8 @@ def node_capacity_tokens_per_s(
 
 
 def chains(a: LayerRange, b: LayerRange, partial_overlap: bool) -> bool:
-    """Can a token leave a node holding `a` and continue on a node holding `b`?"""
+    """Can a token leave a node holding `a` and continue on a node holding `b`? The one chaining rule:
+    strict ``e_a = s_b``, or with partial overlap ``s_b <= e_a < e_b`` (b skips the layers before e_a)."""
     if partial_overlap:
         return b.start <= a.end < b.end
     return a.end == b.start

@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from helix.errors import HelixInputError
+from helix.flow.graph import DEFAULT_PARTIAL_OVERLAP, chains
 from helix.placement.result import PlanResult
-from helix.specs.cluster import ClusterSpec
+from helix.specs.cluster import COORDINATOR, ClusterSpec
 from helix.specs.model import ModelSpec
 from helix.specs.placement import LayerRange, Placement
 
@@ -44,7 +45,7 @@ class Plan:
     cluster_name: str
     cluster_nodes: tuple[str, ...]
     method: str
-    partial_overlap: bool = False
+    partial_overlap: bool = DEFAULT_PARTIAL_OVERLAP
     max_flow_tokens_per_s: float | None = None
     upper_bound_tokens_per_s: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -127,7 +128,7 @@ def plan_from_dict(data: Any, where: str = "plan") -> Plan:
             cluster_name=str(cluster["name"]),
             cluster_nodes=tuple(cluster["nodes"]),
             method=str(data.get("method", "unknown")),
-            partial_overlap=bool(data.get("partial_overlap", False)),
+            partial_overlap=bool(data.get("partial_overlap", DEFAULT_PARTIAL_OVERLAP)),
             max_flow_tokens_per_s=data.get("max_flow_tokens_per_s"),
             upper_bound_tokens_per_s=data.get("upper_bound_tokens_per_s"),
             extra={k: v for k, v in data.items() if k not in known},
@@ -190,6 +191,38 @@ def check_plan_matches(plan: Plan, cluster: ClusterSpec, model: ModelSpec, where
             field="placement",
             fix="every layer must be held by at least one node",
         )
+    if not _has_pipeline(plan, cluster, model.num_layers, plan.partial_overlap):
+        needs = not plan.partial_overlap and _has_pipeline(plan, cluster, model.num_layers, True)
+        raise HelixInputError(
+            "no complete pipeline: no chain of linked nodes runs layers 0.."
+            f"{model.num_layers - 1} with {'partial-overlap' if plan.partial_overlap else 'strict'} chaining",
+            where=where,
+            field="partial_overlap" if needs else "placement",
+            fix='its ranges only chain with partial overlap: set "partial_overlap": true or plan with '
+            "`helix plan --partial-overlap`"
+            if needs
+            else "plan again for this cluster with `helix plan`",
+        )
+
+
+def _has_pipeline(plan: Plan, cluster: ClusterSpec, num_layers: int, partial_overlap: bool) -> bool:
+    """Is there a route coordinator → nodes → coordinator under the chaining rule (`chains`)?"""
+    ranges = dict(plan.placement.items())
+    frontier = [n for n, r in ranges.items() if r.start == 0 and cluster.link(COORDINATOR, n) is not None]
+    seen = set(frontier)
+    while frontier:
+        name = frontier.pop()
+        if ranges[name].end == num_layers and cluster.link(name, COORDINATOR) is not None:
+            return True
+        for other, r in ranges.items():
+            if (
+                other not in seen
+                and cluster.link(name, other) is not None
+                and chains(ranges[name], r, partial_overlap)
+            ):
+                seen.add(other)
+                frontier.append(other)
+    return False
 
 
 def plan_from_result(

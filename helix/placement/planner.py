@@ -59,11 +59,10 @@ def available_methods() -> list[str]:
 
 
 def _load_optional_methods() -> None:
+    """Register the MILP planner (imported lazily; an ImportError surfaces, never hides the method)."""
     if "milp" not in METHODS:
-        try:
-            from helix.placement.milp import milp_plan
-        except ImportError:
-            return
+        from helix.placement.milp import milp_plan
+
         METHODS["milp"] = milp_plan
 
 

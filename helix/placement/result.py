@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from helix.flow.graph import DEFAULT_PARTIAL_OVERLAP
 from helix.flow.maxflow import FlowResult
 from helix.specs.placement import Placement
 
@@ -34,7 +35,7 @@ class PlannerOptions:
     threads: int = 2
     seed: int = 0
     mip_gap: float = 1e-4
-    partial_overlap: bool = False
+    partial_overlap: bool = DEFAULT_PARTIAL_OVERLAP
     solver: str = "highs"
     progress: Callable[[dict[str, Any]], None] | None = None
     objective: str = "max-flow"

@@ -50,6 +50,7 @@ class WorkerActor:
             "address": self.loop.address,
             "load_s": self.load_s,
             "kv_blocks": backend.num_kv_blocks,
+            "kv_block_size": backend.kv_block_size,
             "max_model_len": backend.max_model_len,
             "pid": os.getpid(),
             "stage": asdict(self.stage),

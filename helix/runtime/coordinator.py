@@ -205,8 +205,11 @@ class Coordinator:
                 ),
             )
             return
+        prompt = tuple(state.prompt_ids)
+        penalty_ids = prompt if state.params.repetition_penalty != 1.0 else None
+        starts = tuple(hop.start for hop in pipeline.hops)
         item = StageItem(
-            state.seq_id, 0, len(state.prompt_ids), tuple(state.prompt_ids), state.route, state.params
+            state.seq_id, 0, len(prompt), prompt, state.route, state.params, (), penalty_ids, starts
         )
         self._send(state, item)
 

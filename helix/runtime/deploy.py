@@ -18,12 +18,12 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from helix.runtime.actor import WorkerActor
 from helix.runtime.emulation import StepTimer
-from helix.runtime.stage_backend import StageConfig
+from helix.runtime.stage_backend import StageConfig, pin_device
 
 NODE_RESOURCE_PREFIX = "helix_node_"
 
@@ -163,9 +163,7 @@ class _PinnedWorkerActor(WorkerActor):
         advertise_host: str = "",
         step_timer: StepTimer | None = None,
     ) -> None:
-        if stage.device.startswith("cuda:"):
-            os.environ["CUDA_VISIBLE_DEVICES"] = stage.device.split(":", 1)[1]
-            stage = replace(stage, device="cuda:0")
+        stage = pin_device(stage)
         super().__init__(name, stage, slowdown, advertise_host, step_timer)
 
 

@@ -38,6 +38,8 @@ class StageItem:
     route: tuple[str, ...] | None = None
     sampling: SamplingParams | None = None
     stage_done_s: tuple[float, ...] = ()  # prompt only: wall time each earlier stage finished it
+    penalty_prompt_ids: tuple[int, ...] | None = None  # prompt only, with a repetition penalty
+    route_starts: tuple[int, ...] | None = None  # prompt only: first layer each hop runs (layer skip)
 
 
 @dataclass(slots=True)

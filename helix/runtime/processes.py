@@ -27,12 +27,20 @@ from typing import Any
 import torch
 
 from helix.engine.config import EngineConfig, LayerRange, ModelConfig
-from helix.engine.kv_cache import kv_block_bytes
 from helix.engine.loader import build_stage
 from helix.engine.model.llama import LlamaStage
 from helix.engine.model_runner import ModelRunner
+from helix.flow.graph import DEFAULT_PARTIAL_OVERLAP
 from helix.runtime.coordinator import Coordinator, CoordinatorConfig
-from helix.runtime.stage_backend import _DTYPES, StageBackend, StageConfig, load_backend
+from helix.runtime.kv_capacity import with_real_kv
+from helix.runtime.stage_backend import (
+    _DTYPES,
+    StageBackend,
+    StageConfig,
+    kv_blocks,
+    load_backend,
+    pin_device,
+)
 from helix.runtime.worker import Worker
 from helix.runtime.worker_loop import WorkerLoop
 from helix.scheduling import KVParameters, Topology, create_scheduler
@@ -83,25 +91,18 @@ def build_backend(spec: ProcessWorkerSpec) -> StageBackend:
     init_split_invariant_weights(model, spec.seed)
     num_blocks = None
     if stage.kv_cache_bytes is not None:
-        num_blocks = max(1, stage.kv_cache_bytes // kv_block_bytes(config, layer_range.num_layers, 16, dtype))
-    return StageBackend(
-        ModelRunner(model, EngineConfig(num_kv_blocks=num_blocks, max_model_len=stage.max_model_len))
+        num_blocks = kv_blocks(config, layer_range.num_layers, stage.kv_cache_bytes, dtype, stage.block_size)
+    engine_config = EngineConfig(
+        block_size=stage.block_size, num_kv_blocks=num_blocks, max_model_len=stage.max_model_len
     )
-
-
-def _pin(stage: StageConfig) -> StageConfig:
-    """Like the Ray actor: ``cuda:<i>`` becomes ``CUDA_VISIBLE_DEVICES=<i>`` and ``cuda:0``."""
-    if stage.device.startswith("cuda:"):
-        os.environ["CUDA_VISIBLE_DEVICES"] = stage.device.split(":", 1)[1]
-        return replace(stage, device="cuda:0")
-    return stage
+    return StageBackend(ModelRunner(model, engine_config))
 
 
 def _worker_main(spec: ProcessWorkerSpec, conn) -> None:
     """Child process: load, report the inbox address, then serve start/stats/stop commands."""
     try:
         os.environ.setdefault("OMP_NUM_THREADS", str(spec.stage.threads))
-        stage = _pin(spec.stage)
+        stage = pin_device(spec.stage)
         started = time.perf_counter()
         backend = build_backend(replace(spec, stage=stage))
         loop = WorkerLoop(Worker(spec.name, backend, slowdown=spec.slowdown), "127.0.0.1")
@@ -112,6 +113,7 @@ def _worker_main(spec: ProcessWorkerSpec, conn) -> None:
                 "address": loop.address,
                 "load_s": time.perf_counter() - started,
                 "kv_blocks": backend.num_kv_blocks,
+                "kv_block_size": backend.kv_block_size,
                 "max_model_len": backend.max_model_len,
                 "pid": os.getpid(),
                 "device": str(spec.stage.device),
@@ -203,19 +205,11 @@ def start_coordinator(
     scheduler: str = "maxflow",
     max_waiting: int = 1 << 20,
     seed: int = 0,
+    partial_overlap: bool = DEFAULT_PARTIAL_OVERLAP,
 ) -> Coordinator:
     """Scheduler over the plan (real KV per node), a started `Coordinator`, and started workers."""
-    topology = Topology.build(cluster, model, placement, capacity, partial_overlap=False)
-    limits = {
-        name: replace(
-            limit,
-            kv_capacity_token_layers=deployment.info[name]["kv_blocks"]
-            * 16
-            * topology.ranges[name].num_layers,
-        )
-        for name, limit in topology.limits.items()
-    }
-    topology = replace(topology, limits=limits)
+    topology = Topology.build(cluster, model, placement, capacity, partial_overlap=partial_overlap)
+    topology = with_real_kv(topology, deployment.info)
     kv = KVParameters(expected_kv_hwm=0.9, expected_output_length_ratio=0.6)
     coordinator = Coordinator(
         create_scheduler(scheduler, topology, kv, random.Random(seed)),

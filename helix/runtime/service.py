@@ -2,10 +2,10 @@
 
 `ServingRuntime.start(options)` resolves the model (tokenizer, context window), loads the cluster and the
 plan (or plans on start with `helix.placement.plan`), builds the scheduler's `Topology` from the plan
-(the same code the simulator uses; links chain ranges exactly, since a worker runs its whole
-range) with each node's KV capacity replaced by what its worker really
-allocated, starts one Ray actor per used node, wires their ZeroMQ sockets, and starts the coordinator
-and a health monitor that reports dead workers to it.
+(the same code the simulator uses, with the plan's chaining rule: with partial overlap a worker runs
+only the suffix of its range a route needs, Helix's layer skip) with each node's KV capacity replaced
+by what its worker really allocated, starts one Ray actor per used node, wires their ZeroMQ sockets,
+and starts the coordinator and a health monitor that reports dead workers to it.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from helix.placement.plan_io import Plan, check_plan_matches, load_plan
 from helix.runtime.coordinator import Coordinator, CoordinatorConfig
 from helix.runtime.deploy import Deployment, HealthMonitor, WorkerSpec, start_ray
 from helix.runtime.emulation import EMULATION_MODES, StepTimer, capacity_model, slowdowns, step_timers
+from helix.runtime.kv_capacity import with_real_kv
 from helix.runtime.stage_backend import StageConfig
 from helix.scheduling import KVParameters, Topology, create_scheduler
 from helix.specs.cluster import ClusterSpec
@@ -114,9 +115,9 @@ class ServingRuntime:
             for name, r in plan.placement.items()
         ]
         deployment = Deployment(specs)
-        topology = _with_real_kv(
-            Topology.build(cluster, spec, plan.placement, capacity, partial_overlap=False),
-            deployment,
+        topology = with_real_kv(
+            Topology.build(cluster, spec, plan.placement, capacity, partial_overlap=plan.partial_overlap),
+            deployment.info,
         )
         scheduler = create_scheduler(
             options.scheduler, topology, options.kv_params, random.Random(options.seed)
@@ -203,16 +204,6 @@ def _plan(options: ServeOptions, cluster: ClusterSpec, spec: ModelSpec, capacity
         )
     check_plan_matches(plan, cluster, spec, where=options.plan or "plan")
     return plan
-
-
-def _with_real_kv(topology: Topology, deployment: Deployment) -> Topology:
-    """The topology with each node's KV capacity set to its worker's allocated blocks × 16 × layers."""
-    limits = {}
-    for name, limit in topology.limits.items():
-        blocks = deployment.info[name]["kv_blocks"]
-        real = blocks * 16 * topology.ranges[name].num_layers
-        limits[name] = dataclasses.replace(limit, kv_capacity_token_layers=real)
-    return dataclasses.replace(topology, limits=limits)
 
 
 def _tokenizer_eos(tokenizer: Any) -> list[int]:

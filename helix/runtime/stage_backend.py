@@ -7,16 +7,17 @@ its own seeded generator. `load_backend` builds one from a model name/path and a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
 
 import torch
 
 from helix.engine.batch import SeqChunk, StepBatch
-from helix.engine.config import EngineConfig, LayerRange
+from helix.engine.config import DEFAULT_BLOCK_SIZE, EngineConfig, LayerRange
 from helix.engine.kv_cache import kv_block_bytes
 from helix.engine.loader import resolve_model
 from helix.engine.model_runner import ModelRunner
-from helix.engine.sampler import Sampler
+from helix.engine.sampler import Sampler, to_signed_seed
 from helix.engine.sampling_params import SamplingParams
 from helix.errors import HelixInputError
 from helix.runtime.messages import StageItem, TokenResult
@@ -27,7 +28,8 @@ class StageConfig:
     """How to build one worker's stage.
 
     `kv_cache_bytes` bounds the KV cache (on CPU the engine's default is 1 GiB per stage, which adds up
-    with several workers on one machine); `threads` bounds torch's intra-op threads on CPU.
+    with several workers on one machine); `threads` bounds torch's intra-op threads on CPU;
+    `block_size` is the engine's KV block size (`EngineConfig.block_size`).
     """
 
     model: str
@@ -38,6 +40,17 @@ class StageConfig:
     kv_cache_bytes: int | None = 256 << 20
     max_model_len: int | None = 2048
     threads: int = 1
+    block_size: int = DEFAULT_BLOCK_SIZE
+
+
+def pin_device(stage: StageConfig) -> StageConfig:
+    """Pin this process to the stage's GPU before CUDA starts: ``cuda:<i>`` sets
+    ``CUDA_VISIBLE_DEVICES=<i>`` and becomes ``cuda:0`` (the one pinning rule of Ray actors and
+    worker processes)."""
+    if stage.device.startswith("cuda:"):
+        os.environ["CUDA_VISIBLE_DEVICES"] = stage.device.split(":", 1)[1]
+        return replace(stage, device="cuda:0")
+    return stage
 
 
 class StageBackend:
@@ -49,11 +62,17 @@ class StageBackend:
         self.is_last = runner.model.is_last
         self._sampler = Sampler()
         self._params: dict[int, SamplingParams] = {}
-        self._generators: dict[int, torch.Generator | None] = {}
+        self._seeds: dict[int, int] = {}
+        self._prompt_ids: dict[int, tuple[int, ...]] = {}  # only for requests with a repetition penalty
+        self._output_ids: dict[int, list[int]] = {}
 
     @property
     def num_kv_blocks(self) -> int:
         return self.runner.block_manager.num_blocks
+
+    @property
+    def kv_block_size(self) -> int:
+        return self.runner.block_size
 
     @property
     def num_used_kv_blocks(self) -> int:
@@ -89,42 +108,62 @@ class StageBackend:
             return exc.problem
         return None
 
-    def register_sampling(self, seq_id: int, params: SamplingParams | None) -> None:
+    def register_sampling(
+        self, seq_id: int, params: SamplingParams | None, prompt_ids: tuple[int, ...] | None = None
+    ) -> None:
+        """Remember a request's sampling settings (and its prompt when it has a repetition penalty)."""
         params = params or SamplingParams(temperature=0.0)
         self._params[seq_id] = params
-        generator = None
-        if not params.is_greedy:
-            generator = torch.Generator(device=self.runner.device)
-            generator.manual_seed(params.seed if params.seed is not None else seq_id)
-        self._generators[seq_id] = generator
+        self._seeds[seq_id] = to_signed_seed(params.seed if params.seed is not None else seq_id)
+        self._output_ids[seq_id] = []
+        if prompt_ids:
+            self._prompt_ids[seq_id] = prompt_ids
 
-    def forward(self, items: list[StageItem], inputs: torch.Tensor) -> torch.Tensor:
-        """Hidden states [T, H], or last-token logits [len(items), V] on the last stage."""
+    def forward(self, items: list[StageItem], inputs: torch.Tensor, skip_layers: int = 0) -> torch.Tensor:
+        """Hidden states [T, H], or last-token logits [len(items), V] on the last stage; `skip_layers`:
+        leading layers of the range these requests skip (they already ran them elsewhere)."""
         chunks = tuple(SeqChunk(i.seq_id, i.num_cached_tokens, i.num_new_tokens) for i in items)
-        return self.runner.execute(StepBatch(chunks), inputs)
+        return self.runner.execute(StepBatch(chunks), inputs, skip_layers)
+
+    @property
+    def layer_start(self) -> int:
+        return self.runner.model.layer_range.start
 
     def sample(self, items: list[StageItem], logits: torch.Tensor) -> list[TokenResult]:
         params = [self._params.get(i.seq_id) or SamplingParams(temperature=0.0) for i in items]
-        generators = [self._generators.get(i.seq_id) for i in items]
-        tokens, logprobs = self._sampler(logits, params, generators)
+        seeds = [self._seeds.get(i.seq_id, i.seq_id) for i in items]
+        positions = [i.num_cached_tokens + i.num_new_tokens for i in items]
+        outputs = [self._output_ids.setdefault(i.seq_id, []) for i in items]
+        prompts = [self._prompt_ids.get(i.seq_id, ()) for i in items]
+        out = self._sampler(logits, params, seeds, positions, prompts, outputs)
         results = []
-        for item, token, lp in zip(items, tokens, logprobs, strict=True):
-            chosen = None if lp is None else lp.get(token)
-            results.append(TokenResult(item.seq_id, token, chosen, lp))
+        for item, token, lp, top, history in zip(
+            items, out.tokens, out.logprobs, out.top_logprobs, outputs, strict=True
+        ):
+            history.append(token)
+            results.append(TokenResult(item.seq_id, token, lp, top))
         return results
 
     def free(self, seq_id: int) -> None:
         self.runner.free(seq_id)
         self._params.pop(seq_id, None)
-        self._generators.pop(seq_id, None)
+        self._seeds.pop(seq_id, None)
+        self._prompt_ids.pop(seq_id, None)
+        self._output_ids.pop(seq_id, None)
 
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def kv_blocks(model_config, num_layers: int, kv_cache_bytes: int, dtype: torch.dtype) -> int:
-    """KV blocks (16 tokens) a stage of `num_layers` layers gets from a `kv_cache_bytes` budget."""
-    return max(1, kv_cache_bytes // kv_block_bytes(model_config, num_layers, 16, dtype))
+def kv_blocks(
+    model_config,
+    num_layers: int,
+    kv_cache_bytes: int,
+    dtype: torch.dtype,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+) -> int:
+    """KV blocks (`block_size` tokens each) a stage of `num_layers` layers gets from `kv_cache_bytes`."""
+    return max(1, kv_cache_bytes // kv_block_bytes(model_config, num_layers, block_size, dtype))
 
 
 def load_backend(config: StageConfig) -> StageBackend:
@@ -139,6 +178,10 @@ def load_backend(config: StageConfig) -> StageBackend:
     )
     num_blocks = None
     if config.kv_cache_bytes is not None:
-        num_blocks = kv_blocks(resolved.config, layer_range.num_layers, config.kv_cache_bytes, dtype)
-    engine_config = EngineConfig(num_kv_blocks=num_blocks, max_model_len=config.max_model_len)
+        num_blocks = kv_blocks(
+            resolved.config, layer_range.num_layers, config.kv_cache_bytes, dtype, config.block_size
+        )
+    engine_config = EngineConfig(
+        block_size=config.block_size, num_kv_blocks=num_blocks, max_model_len=config.max_model_len
+    )
     return StageBackend(ModelRunner(model, engine_config))

@@ -71,12 +71,14 @@ class Worker:
         self.step_timer = step_timer
         self._sleep = sleep
         self._next_hop: dict[int, str] = {}
+        self._skip: dict[int, int] = {}  # requests that enter this range past its start (partial overlap)
         self.stats = WorkerStats(kv_total_blocks=backend.num_kv_blocks)
 
     def free(self, seq_ids: list[int]) -> None:
         """Release the KV and routing state of finished or cancelled requests (idempotent)."""
         for seq_id in seq_ids:
             self._next_hop.pop(seq_id, None)
+            self._skip.pop(seq_id, None)
             self.backend.free(seq_id)
         self._refresh_kv_stats()
 
@@ -86,17 +88,19 @@ class Worker:
         items, inputs, errors = self._admit(batches)
         if not items:
             return StepOutput({}, errors)
-        hidden = self.backend.forward(items, inputs)
+        hidden = self._forward(items, inputs)
         sampled = self.backend.sample(items, hidden) if self.backend.is_last else []
         self._account(items, time.perf_counter() - started)  # pads first: stage-done stamps include it
         if self.backend.is_last:
             return StepOutput({}, errors + self._stamp(items, sampled))
         return StepOutput(self._split_by_next_hop(items, hidden), errors)
 
-    def _admit(self, batches: list[HopBatch]) -> tuple[list[StageItem], torch.Tensor, list[TokenResult]]:
-        """Items ordered prompts first, their packed inputs, and errors for requests that cannot run."""
-        prompts: list[tuple[StageItem, list | torch.Tensor]] = []
-        decodes: list[tuple[StageItem, list | torch.Tensor]] = []
+    def _admit(
+        self, batches: list[HopBatch]
+    ) -> tuple[list[StageItem], list[torch.Tensor], list[TokenResult]]:
+        """Items ordered prompts first, their inputs, and errors for requests that cannot run."""
+        prompts: list[tuple[StageItem, torch.Tensor]] = []
+        decodes: list[tuple[StageItem, torch.Tensor]] = []
         errors: list[TokenResult] = []
         for batch in batches:
             rows = self._rows(batch)
@@ -116,16 +120,31 @@ class Worker:
                 )
         ordered = prompts + decodes
         if not ordered:
-            return [], torch.empty(0), errors
-        if self.backend.is_first:  # one tensor for all token ids (no tensor per item)
-            ids = [t for _, row in ordered for t in row]
-            return [i for i, _ in ordered], torch.tensor(ids, dtype=torch.long), errors
-        return [i for i, _ in ordered], torch.cat([r for _, r in ordered]), errors
+            return [], [], errors
+        return [i for i, _ in ordered], [r for _, r in ordered], errors
 
-    def _rows(self, batch: HopBatch) -> list:
-        """Per item, its inputs: token ids (a list, first stage) or its rows of the hidden states."""
-        if self.backend.is_first:
-            return [item.token_ids for item in batch.items]
+    def _forward(self, items: list[StageItem], in_rows: list[torch.Tensor]) -> torch.Tensor:
+        """One forward pass, or one per distinct layer skip (Helix's partial overlap), outputs in order.
+        (A node holding layer 0 may get token ids from the coordinator and, for requests entering it
+        past its start, hidden states in the same step.)"""
+        skips = [self._skip.get(i.seq_id, 0) for i in items]
+        if not any(skips):
+            return self.backend.forward(items, torch.cat(in_rows))
+        out_rows: list[torch.Tensor | None] = [None] * len(items)
+        for skip in sorted(set(skips)):
+            group = [k for k, s in enumerate(skips) if s == skip]
+            out = self.backend.forward(
+                [items[k] for k in group], torch.cat([in_rows[k] for k in group]), skip
+            )
+            sizes = [1 if self.backend.is_last else items[k].num_new_tokens for k in group]
+            for k, rows in zip(group, torch.split(out, sizes), strict=True):
+                out_rows[k] = rows
+        return torch.cat(out_rows)  # type: ignore[arg-type]
+
+    def _rows(self, batch: HopBatch) -> list[torch.Tensor]:
+        """Per item, its slice of the batch's inputs (token ids on the first stage, else hidden rows)."""
+        if batch.hidden is None and self.backend.is_first:
+            return [torch.tensor(item.token_ids, dtype=torch.long) for item in batch.items]
         assert batch.hidden is not None, f"worker {self.name} got a batch without hidden states"
         sizes = [item.num_new_tokens for item in batch.items]
         return list(torch.split(batch.hidden, sizes))
@@ -134,8 +153,10 @@ class Worker:
         route = item.route or ()
         index = route.index(self.name)
         self._next_hop[item.seq_id] = route[index + 1] if index + 1 < len(route) else COORDINATOR_HOP
+        if item.route_starts is not None and item.route_starts[index] > self.backend.layer_start:
+            self._skip[item.seq_id] = item.route_starts[index] - self.backend.layer_start
         if self.backend.is_last:
-            self.backend.register_sampling(item.seq_id, item.sampling)
+            self.backend.register_sampling(item.seq_id, item.sampling, item.penalty_prompt_ids)
 
     def _split_by_next_hop(self, items: list[StageItem], hidden: torch.Tensor) -> dict[str, HopBatch]:
         grouped_items: dict[str, list[StageItem]] = defaultdict(list)
@@ -152,6 +173,8 @@ class Worker:
                 item.route,
                 item.sampling,
                 done,
+                item.penalty_prompt_ids,
+                item.route_starts,
             )
             grouped_items[hop].append(forwarded)
             grouped_rows[hop].append(rows)

@@ -76,6 +76,7 @@ class Scheduler(ABC):
             raise ValueError(f"request {request_id!r} is already admitted")
         expected = self.kv.params.expected_tokens(prompt_tokens, expected_output_tokens)
         self._before_admit(now_s)
+        rng_state = self.rng.getstate()  # a rejected admission must not move the RNG either
         sender, prev_end = COORDINATOR, 0
         hops: list[Hop] = []
         choices: list[Choice] = []
@@ -86,6 +87,7 @@ class Scheduler(ABC):
             ]
             if not any(mask):
                 self._undo(choices, prompt_tokens)
+                self.rng.setstate(rng_state)
                 return None
             k = self._choose(sender, candidates, mask, prompt_tokens, now_s)
             choices.append((sender, k))

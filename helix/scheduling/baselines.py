@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 
-from helix.scheduling.base import Route, Scheduler, register_scheduler
+from helix.scheduling.base import Choice, Route, Scheduler, register_scheduler
 from helix.scheduling.topology import NextHop
 from helix.specs.cluster import COORDINATOR
 
@@ -92,6 +92,16 @@ class SwarmScheduler(Scheduler):
         self.ema_s = {s: [SWARM_EPSILON_S] * len(h) for s, h in self.topology.next_hops.items()}
         self.priority = {s: [SWARM_EPSILON_S] * len(h) for s, h in self.topology.next_hops.items()}
         self._left_upstream_s: dict[Hashable, float] = {}
+        self._charged: list[tuple[str, int, float]] = []  # (sender, k, priority before) this admission
+
+    def _before_admit(self, now_s: float) -> None:
+        self._charged.clear()
+
+    def _undo(self, choices: Sequence[Choice], prompt_tokens: int) -> None:
+        """A rejected admission leaves the priorities exactly as they were."""
+        for sender, k, before in reversed(self._charged):
+            self.priority[sender][k] = before
+        self._charged.clear()
 
     def _choose(
         self,
@@ -103,11 +113,13 @@ class SwarmScheduler(Scheduler):
     ) -> int:
         priority = self.priority[sender]
         best = min((k for k, ok in enumerate(mask) if ok), key=lambda k: (priority[k], k))
+        self._charged.append((sender, best, priority[best]))
         priority[best] += self.ema_s[sender][best]
         return best
 
     def _on_admitted(self, request_id: Hashable, route: Route, now_s: float) -> None:
         self._left_upstream_s[request_id] = now_s
+        self._charged.clear()
 
     def on_stage_done(self, request_id: Hashable, hop_index: int, now_s: float) -> None:
         route = self.active.get(request_id)

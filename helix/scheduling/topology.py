@@ -8,14 +8,15 @@
 - per node: its layer range, KV capacity in token×layer units C = kv_capacity_tokens(gpu, k)·k, and its
   batching limits (Helix's profile tables when the capacity model has them, otherwise defaults).
 
-Chaining follows the flow graph: ``e_u = s_v``, or with partial overlap ``s_v <= e_u < e_v``.
+Chaining is the flow graph's rule, `helix.flow.graph.chains` (``e_u = s_v``, or with partial overlap
+``s_v <= e_u < e_v``), with its one default `DEFAULT_PARTIAL_OVERLAP`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from helix.flow.graph import FlowOptions
+from helix.flow.graph import DEFAULT_PARTIAL_OVERLAP, FlowOptions, chains
 from helix.flow.maxflow import FlowResult, evaluate_placement
 from helix.perf.base import CapacityModel
 from helix.specs.cluster import COORDINATOR, ClusterSpec
@@ -100,7 +101,7 @@ class Topology:
         capacity: CapacityModel,
         flow: FlowResult | None = None,
         *,
-        partial_overlap: bool = True,
+        partial_overlap: bool = DEFAULT_PARTIAL_OVERLAP,
     ) -> Topology:
         if flow is None:
             flow = evaluate_placement(
@@ -113,8 +114,7 @@ class Topology:
             hops: list[NextHop] = []
             for other, r2 in ranges.items():
                 link = cluster.link(name, other)
-                chained = r2.start <= r.end < r2.end if partial_overlap else r.end == r2.start
-                if other != name and link is not None and chained:
+                if other != name and link is not None and chains(r, r2, partial_overlap):
                     hops.append(
                         NextHop(
                             other,

@@ -1,8 +1,10 @@
 """`create_app(runtime)`: the FastAPI app (state in `app.state`, no module globals).
 
-Routes: /v1/completions, /v1/chat/completions, /v1/models, /health (503 when a worker is gone),
-/metrics (Prometheus). Every response carries `X-Request-Id` (the client's, or a new one). With an
-API key, /v1 routes need ``Authorization: Bearer <key>``.
+Routes: /v1/completions, /v1/chat/completions, /v1/models, /v1/models/{id}, /health (503 when a
+worker is gone), /metrics (Prometheus). Every response carries `X-Request-Id` (the client's, or a new
+one). With an API key, /v1 routes need ``Authorization: Bearer <key>``. Every request leaves one access
+log line, every 5xx an error log line with its cause (`helix.server.logs`); an unexpected exception is
+answered with a 500 envelope.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from fastapi.responses import JSONResponse, Response
 
 from helix.server import chat, completions
 from helix.server.errors import APIError, error_response, install_error_handlers
+from helix.server.logs import access_line, access_log, error_log
 from helix.server.metrics import ServerMetrics
 
 
@@ -24,12 +27,12 @@ def create_app(runtime, *, api_key: str | None = None) -> FastAPI:
     app.state.runtime = runtime
     app.state.metrics = ServerMetrics()
     app.state.api_key = api_key
+    app.state.unknown_fields_logged = set()
     install_error_handlers(app)
 
     @app.middleware("http")
     async def request_id_and_auth(request: Request, call_next):
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        request.state.request_id = request_id
+        request_id = request.state.request_id
         key = request.app.state.api_key
         if key and request.url.path.startswith("/v1"):
             given = request.headers.get("authorization", "")
@@ -45,6 +48,49 @@ def create_app(runtime, *, api_key: str | None = None) -> FastAPI:
         response.headers["X-Request-Id"] = request_id
         return response
 
+    @app.middleware("http")
+    async def access_and_errors(request: Request, call_next):
+        """Outermost (added last): an access line per request (when a streamed body ends); 500 on a crash."""
+        started = time.perf_counter()
+        request.state.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        try:
+            response = await call_next(request)
+        except Exception as exc:  # the cause goes to the error log, the client gets an envelope
+            error_log.exception("request %s %s: 500 %r", request.state.request_id, request.url.path, exc)
+            response = error_response(APIError(500, f"internal error: {type(exc).__name__}", "server_error"))
+            response.headers["X-Request-Id"] = request.state.request_id
+
+        def log() -> None:
+            status = response.status_code
+            failed = getattr(request.state, "stream_error", None)
+            if failed is not None:
+                status = failed.status
+            access_log.info(
+                access_line(
+                    request.state.request_id,
+                    request.method,
+                    request.url.path,
+                    status,
+                    getattr(request.state, "usage", None),
+                    time.perf_counter() - started,
+                )
+            )
+
+        body = getattr(response, "body_iterator", None)
+        if body is None:
+            log()
+            return response
+
+        async def logged_body():
+            try:
+                async for part in body:
+                    yield part
+            finally:
+                log()
+
+        response.body_iterator = logged_body()
+        return response
+
     @app.get("/v1/models")
     async def models(request: Request):
         rt = request.app.state.runtime
@@ -54,6 +100,19 @@ def create_app(runtime, *, api_key: str | None = None) -> FastAPI:
                 {"id": rt.model_name, "object": "model", "created": int(rt.started_at_s), "owned_by": "helix"}
             ],
         }
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str, request: Request):
+        rt = request.app.state.runtime
+        if model_id != rt.model_name:
+            raise APIError(
+                404,
+                f"The model `{model_id}` does not exist; this server serves `{rt.model_name}`",
+                "not_found_error",
+                "model",
+                "model_not_found",
+            )
+        return {"id": rt.model_name, "object": "model", "created": int(rt.started_at_s), "owned_by": "helix"}
 
     @app.get("/health")
     async def health(request: Request):

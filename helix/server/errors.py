@@ -9,6 +9,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from helix.errors import HelixInputError
 from helix.runtime.coordinator import QueueFullError
+from helix.server.logs import error_log
 
 
 class APIError(Exception):
@@ -55,7 +56,15 @@ def from_queue_full(exc: QueueFullError) -> APIError:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
-    async def _api(_: Request, exc: APIError) -> JSONResponse:
+    async def _api(request: Request, exc: APIError) -> JSONResponse:
+        if exc.status >= 500:
+            error_log.error(
+                "request %s %s: %d %s",
+                getattr(request.state, "request_id", "-"),
+                request.url.path,
+                exc.status,
+                exc,
+            )
         return error_response(exc)
 
     @app.exception_handler(HelixInputError)
@@ -68,13 +77,31 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        param = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
-        return error_response(
-            APIError(400, f"{param}: {first.get('msg', 'invalid request')}", "invalid_request_error", param)
-        )
+        return error_response(validation_error(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
         return error_response(APIError(exc.status_code, str(exc.detail), kind))
+
+
+def validation_error(exc: RequestValidationError) -> APIError:
+    """A 400 naming the first bad field; a body that is not JSON gets where it breaks, no param."""
+    first = exc.errors()[0] if exc.errors() else {}
+    kind, loc = first.get("type", ""), tuple(first.get("loc", ()))
+    if kind == "json_invalid":
+        at = loc[1] if len(loc) > 1 else "?"
+        problem = (first.get("ctx") or {}).get("error", "invalid JSON")
+        return APIError(400, f"the request body is not valid JSON ({problem} at character {at})")
+    param = ".".join(str(p) for p in loc[1:] if not _is_union_tag(p)) or None
+    message = first.get("msg", "invalid request")
+    if param is None:
+        if kind == "missing":
+            return APIError(400, "the request body is missing: send a JSON object")
+        return APIError(400, f"the request body: {message}; send a JSON object")
+    return APIError(400, f"{param}: {message}", "invalid_request_error", param)
+
+
+def _is_union_tag(part) -> bool:
+    """Pydantic's union-branch names in error locations (``str``, ``list[int]``, ...)."""
+    return isinstance(part, str) and (part in ("str", "int", "float", "bool") or "[" in part)

@@ -22,10 +22,12 @@ from helix.server.metrics import ServerMetrics
 
 @dataclass(slots=True)
 class Delta:
-    """New text (maybe empty) and, on the last delta, the finish reason."""
+    """New text (maybe empty) and, on the last delta, the finish reason; `num_tokens`: tokens received
+    when it was made (its tokens are those after the previous delta's count)."""
 
     text: str
     finish_reason: str | None = None
+    num_tokens: int = 0
 
 
 class IncrementalDetokenizer:
@@ -77,10 +79,15 @@ class Generation:
         self._arrived = time.perf_counter()
         self._first: float | None = None
         self.logprobs: list[float | None] = []
+        self.top_logprobs: list[dict[int, float] | None] = []
         self.seq_id = runtime.coordinator.submit(
             prompt_ids, params, lambda event: loop.call_soon_threadsafe(self._queue.put_nowait, event)
         )
         metrics.requests_total.labels(endpoint, "accepted").inc()
+
+    @property
+    def token_ids(self) -> list[int]:
+        return self._ids
 
     @property
     def usage(self) -> dict[str, int]:
@@ -100,15 +107,15 @@ class Generation:
                 if stopped:
                     self._finish("stop")
                     self._runtime.coordinator.cancel(self.seq_id)
-                    yield Delta(delta, "stop")
+                    yield Delta(delta, "stop", len(self._ids))
                     return
                 if delta:
-                    yield Delta(delta)
+                    yield Delta(delta, None, len(self._ids))
             elif isinstance(event, FinishEvent):
                 delta, _ = self._text_delta(final=True)
                 reason = "stop" if event.reason == "cancelled" else event.reason
                 self._finish(reason)
-                yield Delta(delta, reason)
+                yield Delta(delta, reason, len(self._ids))
             elif isinstance(event, ErrorEvent):
                 self._done = True
                 self._metrics.requests_total.labels(self._endpoint, "failed").inc()
@@ -137,6 +144,7 @@ class Generation:
         self._ids.append(event.token_id)
         self._detok.push(event.token_id)
         self.logprobs.append(event.logprob)
+        self.top_logprobs.append(event.top_logprobs)
 
     def _text_delta(self, final: bool) -> tuple[str, bool]:
         if final:

@@ -1,12 +1,14 @@
-"""Server-sent events shared by both endpoints, and the model-name check."""
+"""Checks shared by both endpoints: the model name, unknown fields (logged once), the choices' params."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator, Callable
+import dataclasses
+import logging
 
-from helix.server.errors import APIError, envelope
-from helix.server.generation import Generation
+from helix.engine.sampling_params import SamplingParams
+from helix.server.errors import APIError
+
+log = logging.getLogger("helix.server")
 
 
 def check_model(runtime, model: str) -> None:
@@ -21,21 +23,15 @@ def check_model(runtime, model: str) -> None:
         )
 
 
-async def sse_stream(
-    gen: Generation, chunk: Callable[[str, str | None], dict], include_usage: bool
-) -> AsyncIterator[str]:
-    """``data: {chunk}`` per delta, an optional usage chunk, then ``data: [DONE]``; errors as an envelope.
-    A client that goes away cancels the request (the generator is closed, `finally` runs)."""
-    try:
-        last: dict | None = None
-        async for delta in gen.deltas():
-            last = chunk(delta.text, delta.finish_reason)
-            yield f"data: {json.dumps(last)}\n\n"
-        if include_usage and last is not None:
-            usage = {**last, "choices": [], "usage": gen.usage}
-            yield f"data: {json.dumps(usage)}\n\n"
-    except APIError as exc:
-        yield f"data: {json.dumps(envelope(exc.message, exc.kind, exc.param, exc.code))}\n\n"
-    finally:
-        gen.close()
-    yield "data: [DONE]\n\n"
+def note_unknown_fields(app_state, route: str, body) -> None:
+    """Log each field the API does not know, once per server and route (it is ignored)."""
+    seen: set = app_state.unknown_fields_logged
+    for name in body.unknown_fields():
+        if (route, name) not in seen:
+            seen.add((route, name))
+            log.warning("%s: ignoring unknown field %r (logged once)", route, name)
+
+
+def choice_params(body, params: SamplingParams) -> list[SamplingParams]:
+    """`SamplingParams` of each of the `n` choices (distinct seeds when a seed is given)."""
+    return [params] + [dataclasses.replace(params, seed=body.choice_seed(i)) for i in range(1, body.n)]

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from helix.errors import HelixInputError
-from helix.flow.graph import FlowOptions
+from helix.flow.graph import DEFAULT_PARTIAL_OVERLAP, FlowOptions
 from helix.flow.maxflow import evaluate_placement
 from helix.perf.base import CapacityModel
 from helix.scheduling.base import create_scheduler
@@ -62,7 +62,7 @@ def simulate(
     scheduler: str = "maxflow",
     kv_params: KVParameters | None = None,
     arrival_times_s: np.ndarray | None = None,
-    partial_overlap: bool = True,
+    partial_overlap: bool = DEFAULT_PARTIAL_OVERLAP,
     kv_admission: bool | None = None,
     progress: Callable[[float], None] | None = None,
     trace_memory: bool = False,

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
+from helix.flow.graph import DEFAULT_PARTIAL_OVERLAP
 from helix.perf.base import CapacityModel
 from helix.placement.result import PlanResult
 from helix.scheduling.kv import KVParameters
@@ -50,7 +51,7 @@ def rank_by_simulation(
     settings: Sequence[Mapping[str, Any]] = ({},),
     scheduler: str = "maxflow",
     kv_params: KVParameters | None = None,
-    partial_overlap: bool = False,
+    partial_overlap: bool = DEFAULT_PARTIAL_OVERLAP,
 ) -> list[dict[str, Any]]:
     """Simulate every candidate under every `settings` variant of `config` (offline); rows best first.
 

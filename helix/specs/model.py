@@ -16,9 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from helix.errors import HelixInputError
-
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
-_DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "fp16": 2, "bf16": 2, "fp32": 4}
+from helix.specs.hf_config import SUPPORTED_ARCHITECTURES, parse_hf_config  # noqa: F401 (re-export)
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,48 +205,22 @@ def builtin_model(name: str) -> ModelSpec:
 
 
 def model_from_hf_config(config: dict[str, Any], *, name: str, where: str = "config.json") -> ModelSpec:
-    """A `ModelSpec` from a Hugging Face ``config.json`` dict (LLaMA, Mistral, Qwen2 families)."""
-    architectures = config.get("architectures") or [config.get("model_type", "?")]
-    arch = architectures[0]
-    if arch not in SUPPORTED_ARCHITECTURES:
-        raise HelixInputError(
-            f"unsupported architecture {arch!r}",
-            where=where,
-            field="architectures",
-            fix=f"use a model of {', '.join(SUPPORTED_ARCHITECTURES)}",
-        )
-    missing = [
-        k
-        for k in (
-            "num_hidden_layers",
-            "hidden_size",
-            "num_attention_heads",
-            "intermediate_size",
-            "vocab_size",
-        )
-        if k not in config
-    ]
-    if missing:
-        raise HelixInputError(
-            f"missing field(s) {missing}",
-            where=where,
-            field=missing[0],
-            fix="use the model's original config.json",
-        )
-    dtype = str(config.get("torch_dtype") or config.get("dtype") or "bfloat16")
+    """A `ModelSpec` from a Hugging Face ``config.json`` dict, read by `parse_hf_config` (the one
+    reader, shared with the engine)."""
+    fields = parse_hf_config(config, where=where)
     try:
         return ModelSpec(
             name=name,
-            num_layers=int(config["num_hidden_layers"]),
-            hidden_size=int(config["hidden_size"]),
-            num_heads=int(config["num_attention_heads"]),
-            num_kv_heads=int(config.get("num_key_value_heads") or config["num_attention_heads"]),
-            intermediate_size=int(config["intermediate_size"]),
-            vocab_size=int(config["vocab_size"]),
-            dtype_bytes=_DTYPE_BYTES.get(dtype, 2),
-            max_context_tokens=int(config.get("max_position_embeddings", 4096)),
-            architecture=arch,
-            tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+            num_layers=fields["num_layers"],
+            hidden_size=fields["hidden_size"],
+            num_heads=fields["num_heads"],
+            num_kv_heads=fields["num_kv_heads"],
+            intermediate_size=fields["intermediate_size"],
+            vocab_size=fields["vocab_size"],
+            dtype_bytes=fields["dtype_bytes"],
+            max_context_tokens=fields["max_position_embeddings"],
+            architecture=fields["architecture"],
+            tie_word_embeddings=fields["tie_word_embeddings"],
             profile_key=name.lower().replace("-", "_").replace(".", "_"),
         )
     except HelixInputError as exc:

@@ -6,21 +6,43 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from helix.errors import HelixInputError
+
 
 @dataclass(frozen=True, slots=True, order=True)
 class LayerRange:
-    """Layers [start, end) of the model."""
+    """Layers [start, end) of the model: what a plan gives a node and what an engine stage holds."""
 
     start: int
     end: int
 
     def __post_init__(self) -> None:
         if not 0 <= self.start < self.end:
-            raise ValueError(f"invalid layer range [{self.start}, {self.end})")
+            raise HelixInputError(
+                f"invalid layer range [{self.start}, {self.end})",
+                field="layer_range",
+                fix="use 0 <= start < end",
+            )
+
+    def validate(self, num_layers: int) -> LayerRange:
+        """Return self, or raise `HelixInputError` if the range ends past the model's `num_layers`."""
+        if self.end > num_layers:
+            raise HelixInputError(
+                f"layer range [{self.start}, {self.end}) is outside the model's {num_layers} layers",
+                field="layer_range",
+                fix=f"use 0 <= start < end <= {num_layers}",
+            )
+        return self
 
     @property
     def num_layers(self) -> int:
         return self.end - self.start
+
+    def is_first(self) -> bool:
+        return self.start == 0
+
+    def is_last(self, num_layers: int) -> bool:
+        return self.end == num_layers
 
     def __str__(self) -> str:
         return f"[{self.start},{self.end})"

@@ -46,7 +46,7 @@ def test_unsupported_configs_raise_input_errors(change, field):
 
 @pytest.mark.parametrize(("start", "end"), [(-1, 2), (2, 2), (3, 7), (0, 99)])
 def test_layer_range_outside_model(start, end):
-    with pytest.raises(HelixInputError, match="outside the model"):
+    with pytest.raises(HelixInputError, match="layer range"):
         LayerRange(start, end).validate(6)
 
 

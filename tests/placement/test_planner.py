@@ -19,3 +19,16 @@ def test_unknown_method(helix_setup):
     cluster, model, capacity = helix_setup("cluster10")
     with pytest.raises(HelixInputError, match="unknown placement method"):
         plan(cluster, model, PlannerOptions(method="magic"), capacity)
+
+
+def test_milp_is_registered_and_an_import_error_is_not_hidden(monkeypatch):
+    import sys
+
+    from helix.placement import planner
+
+    assert "milp" in planner.available_methods()
+    assert PlannerOptions().method in planner.available_methods()
+    monkeypatch.delitem(planner.METHODS, "milp")
+    monkeypatch.setitem(sys.modules, "helix.placement.milp", None)  # the import now fails
+    with pytest.raises(ImportError):
+        planner.available_methods()

