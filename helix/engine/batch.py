@@ -102,3 +102,10 @@ class AttentionMetadata:
     max_decode_context_len: int
     block_size: int
     decode_backend: str  # "sdpa" (gather the pages) or "triton" (paged kernel)
+    # The varlen prefill kernel's view of the prompt chunks (CUDA `triton` backend only), [S] int32
+    # each and block tables [S, max_blocks] int32; None on the reference path.
+    prefill_starts: torch.Tensor | None = None
+    prefill_num_new: torch.Tensor | None = None
+    prefill_num_cached: torch.Tensor | None = None
+    prefill_tables: torch.Tensor | None = None
+    max_prefill_new: int = 0

@@ -139,6 +139,16 @@ class EngineConfig:
     use_cuda_graphs: bool = field(default=True, metadata={"help": "replay captured graphs for decode"})
     max_graph_batch_size: int = field(default=128, metadata={"help": "largest decode batch captured"})
     attention_backend: str = field(default="auto", metadata={"help": "auto | sdpa | triton"})
+    skinny_gemm: bool = field(
+        default=False,
+        metadata={"help": "decode graphs may use split-K Triton matmuls where measured faster (CUDA)"},
+    )
+    async_scheduling: bool = field(
+        default=True, metadata={"help": "schedule step t + 1 while the GPU runs step t (LLMEngine)"}
+    )
+    enable_prefix_caching: bool = field(
+        default=True, metadata={"help": "reuse the KV blocks of identical prompt prefixes"}
+    )
 
     def __post_init__(self) -> None:
         checks = (

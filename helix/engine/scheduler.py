@@ -4,6 +4,8 @@ Each step keeps every running sequence going (one decode token each, or the next
 prompt) and admits waiting sequences while the token budget, the sequence limit and every stage's
 free KV blocks allow. When a running sequence cannot grow, the most recently admitted one is
 preempted: its blocks are freed and it waits at the front of the queue to be recomputed.
+With prefix caching, a sequence admitted with nothing computed starts after the leading prompt blocks
+that every stage has cached (`BlockManager.match_prefix`): they are shared, not recomputed.
 """
 
 from __future__ import annotations
@@ -47,8 +49,8 @@ class Scheduler:
         decodes: list[Sequence] = []
         prompts: list[tuple[Sequence, int]] = []
         for seq in list(self.running):
-            if seq.status is not SequenceStatus.RUNNING:
-                continue  # preempted while making room for an earlier one
+            if seq.status is not SequenceStatus.RUNNING or seq.last_step_pending:
+                continue  # preempted while making room for an earlier one, or about to finish
             num_new = min(seq.num_pending_tokens, budget)
             if num_new == 0 or not self._grow(seq, num_new):
                 continue
@@ -59,26 +61,46 @@ class Scheduler:
                 prompts.append((seq, num_new))
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             seq = self.waiting[0]
-            num_new = min(seq.num_pending_tokens, budget)
-            if not self._fits(seq.seq_id, seq.num_computed_tokens + num_new):
+            hits = self._prefix_hits(seq)
+            num_new = min(seq.num_pending_tokens - hits * self._block_size, budget)
+            total = hits * self._block_size + num_new
+            if not self._fits(seq.seq_id, total, seq.prompt_token_ids, hits):
                 break
             self.waiting.popleft()
-            self._reserve(seq.seq_id, num_new)
+            if hits:
+                seq.num_computed_tokens = hits * self._block_size
+                for manager in self.block_managers:
+                    manager.allocate(seq.seq_id, total, seq.prompt_token_ids, hits)
+            else:
+                self._reserve(seq.seq_id, num_new)
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
-            prompts.append((seq, num_new))
+            if seq.num_computed_tokens and num_new == 1:  # one token after a cached prefix
+                decodes.append(seq)
+            else:
+                prompts.append((seq, num_new))
             budget -= num_new
         chunks = [SeqChunk(s.seq_id, s.num_computed_tokens, n) for s, n in prompts]
         chunks += [SeqChunk(s.seq_id, s.num_computed_tokens, 1) for s in decodes]
         return [s for s, _ in prompts] + decodes, StepBatch(tuple(chunks))
 
-    def _fits(self, seq_id: int, num_tokens: int) -> bool:
+    @property
+    def _block_size(self) -> int:
+        return self.block_managers[0].block_size
+
+    def _prefix_hits(self, seq: Sequence) -> int:
+        """Leading prompt blocks cached on every stage (only for a sequence with nothing computed)."""
+        if seq.num_computed_tokens or not self.config.enable_prefix_caching:
+            return 0
+        return min(m.match_prefix(seq.prompt_token_ids) for m in self.block_managers)
+
+    def _fits(self, seq_id: int, num_tokens: int, token_ids=None, num_cached_blocks: int = 0) -> bool:
         for manager in self.block_managers:
             if manager.has(seq_id):
                 extra = num_tokens - manager.num_tokens(seq_id)
                 if extra > 0 and not manager.can_append(seq_id, extra):
                     return False
-            elif not manager.can_allocate(num_tokens):
+            elif not manager.can_allocate(num_tokens, token_ids, num_cached_blocks):
                 return False
         return True
 

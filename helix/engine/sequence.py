@@ -7,6 +7,9 @@ from enum import Enum
 
 from helix.engine.sampling_params import SamplingParams
 
+#: Stands in an output list for a token still being computed (asynchronous scheduling).
+PENDING_TOKEN = -1
+
 
 class SequenceStatus(Enum):
     WAITING = "waiting"
@@ -37,6 +40,7 @@ class Sequence:
     status: SequenceStatus = SequenceStatus.WAITING
     num_computed_tokens: int = 0
     finish_reason: FinishReason | None = None
+    last_step_pending: bool = False  # its pending token ends it (length): schedule it no more
 
     @property
     def token_ids(self) -> list[int]:

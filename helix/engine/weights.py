@@ -26,7 +26,8 @@ class WeightSource(Protocol):
 class SafetensorsSource:
     """A directory of `*.safetensors` (with or without `model.safetensors.index.json`).
 
-    Only the header of each file is read up front; `get` reads one tensor.
+    Each file is opened once (memory-mapped by safetensors) and kept open until `close()`; `get`
+    reads one tensor from the open file. Only the headers are read up front.
     """
 
     def __init__(self, model_dir: Path) -> None:
@@ -42,13 +43,20 @@ class SafetensorsSource:
                     self._file_of.update(dict.fromkeys(handle.keys(), file))
         if not self._file_of:
             raise HelixInputError("no safetensors weights found", where=self.where)
+        self._handles: dict[Path, object] = {}
 
     def names(self) -> set[str]:
         return set(self._file_of)
 
     def get(self, name: str) -> torch.Tensor:
-        with safe_open(self._file_of[name], framework="pt") as handle:
-            return handle.get_tensor(name)
+        path = self._file_of[name]
+        handle = self._handles.get(path)
+        if handle is None:
+            handle = self._handles[path] = safe_open(path, framework="pt")
+        return handle.get_tensor(name)
+
+    def close(self) -> None:
+        self._handles.clear()
 
 
 class StateDictSource:

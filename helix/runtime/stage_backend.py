@@ -110,6 +110,15 @@ class StageBackend:
 
     def reserve(self, item: StageItem) -> str | None:
         """Take the KV blocks `item` needs now; a reason string if it cannot run here."""
+        manager = self.runner.block_manager
+        seq_id, total = item.seq_id, item.num_cached_tokens + item.num_new_tokens
+        if item.num_cached_tokens and manager.has(seq_id) and total <= self.runner.max_model_len:
+            extra = total - manager.num_tokens(seq_id)  # fast path: a known sequence grows
+            if extra <= 0:
+                return None
+            if manager.num_new_blocks_for_append(seq_id, extra) <= manager.num_free_blocks:
+                manager.append(seq_id, extra)
+                return None
         batch = StepBatch((SeqChunk(item.seq_id, item.num_cached_tokens, item.num_new_tokens),))
         manager = self.runner.block_manager
         if item.num_cached_tokens and not manager.has(item.seq_id):

@@ -30,6 +30,29 @@ class Delta:
     num_tokens: int = 0
 
 
+class IncrementalDetokenizer:
+    """Text of a growing list of token ids, decoding only the last few tokens per step (linear, not
+    quadratic): the text of window [prefix, end) minus that of [prefix, read) is what the newest
+    tokens add; a trailing U+FFFD (an incomplete UTF-8 sequence) waits for the next token."""
+
+    def __init__(self, tokenizer) -> None:
+        self._tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.text = ""
+        self._prefix = 0
+        self._read = 0
+
+    def push(self, token_id: int | None = None, *, final: bool = False) -> None:
+        if token_id is not None:
+            self.ids.append(token_id)
+        decode = self._tokenizer.decode
+        before = decode(self.ids[self._prefix : self._read], skip_special_tokens=True)
+        after = decode(self.ids[self._prefix :], skip_special_tokens=True)
+        if len(after) > len(before) and (final or not after.endswith("\ufffd")):
+            self.text += after[len(before) :]
+            self._prefix, self._read = self._read, len(self.ids)
+
+
 class Generation:
     """Drive one request; iterate `deltas()` for text, then read `usage`."""
 
@@ -45,7 +68,7 @@ class Generation:
         self._runtime = runtime
         self._metrics = metrics
         self._endpoint = endpoint
-        self._tokenizer = runtime.tokenizer
+        self._detok = IncrementalDetokenizer(runtime.tokenizer)
         self._queue: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
         self.prompt_ids = prompt_ids
@@ -119,13 +142,16 @@ class Generation:
             self._first = now
             self._metrics.ttft_s.observe(now - self._arrived)
         self._ids.append(event.token_id)
+        self._detok.push(event.token_id)
         self.logprobs.append(event.logprob)
         self.top_logprobs.append(event.top_logprobs)
 
     def _text_delta(self, final: bool) -> tuple[str, bool]:
-        text = self._tokenizer.decode(self._ids, skip_special_tokens=True)
+        if final:
+            self._detok.push(final=True)
+        text = self._detok.text
         for stop in self._stop:
-            at = text.find(stop)
+            at = text.find(stop, max(0, self._sent - len(stop)))
             if at >= 0:
                 delta = text[self._sent : at] if at > self._sent else ""
                 self._sent = max(self._sent, at)

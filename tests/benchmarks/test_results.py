@@ -22,6 +22,8 @@ PRODUCERS: dict[str, tuple[str, bool]] = {
     "baselines/*.json": ("benchmarks/bench_baselines.py helix/placement/plan_io.py", False),
     "capacity_model.json": ("benchmarks/bench_capacity_model.py", False),
     "engine_h100.json": ("benchmarks/bench_engine.py", False),
+    "engine_h200.json": ("benchmarks/bench_engine.py", False),
+    "runtime_1gpu.json": ("benchmarks/bench_runtime_1gpu.py", False),
     "planner.json": ("benchmarks/bench_planner.py", False),
     "runtime_2gpu.json": ("benchmarks/bench_runtime_2gpu.py", False),
     "runtime_cpu.json": ("benchmarks/bench_runtime_cpu.py", False),

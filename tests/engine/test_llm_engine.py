@@ -89,3 +89,53 @@ def test_bad_requests(tiny_llama: TinyModel):
 def test_even_split():
     assert [(r.start, r.end) for r in even_split(30, 3)] == [(0, 10), (10, 20), (20, 30)]
     assert [r.num_layers for r in even_split(7, 3)] == [2, 3, 2]
+
+
+def test_prefix_cache_hits_give_the_same_tokens_as_misses_and_transformers(tiny_llama: TinyModel):
+    system = _prompts([37], seed=21)[0]  # two full blocks of 16 and a partial one
+    prompts = [system + tail for tail in _prompts([5, 1, 9], seed=22)]
+    engine = _engine(tiny_llama)
+    first = engine.generate(prompts[:1], GREEDY)
+    rest = engine.generate(prompts[1:], GREEDY)  # admitted after the first: hit its prompt blocks
+    managers = [r.block_manager for r in engine.runners]
+    assert all(m.hit_tokens == 2 * 32 for m in managers)
+    for prompt, out in zip(prompts, first + rest, strict=True):
+        assert out.output_token_ids == _reference_greedy(tiny_llama, prompt, 8)
+    cold = _engine(tiny_llama, enable_prefix_caching=False).generate(prompts, GREEDY)
+    assert [o.output_token_ids for o in cold] == [o.output_token_ids for o in first + rest]
+    assert all(m.num_free_blocks == m.num_blocks for m in managers)
+
+
+def test_async_and_sync_scheduling_agree_with_sampling(tiny_llama: TinyModel):
+    prompts = _prompts([6, 20, 3], seed=23)
+    params = SamplingParams(temperature=0.9, top_k=30, seed=3, max_tokens=7)
+    outs = [
+        [o.output_token_ids for o in _engine(tiny_llama, async_scheduling=mode).generate(prompts, params)]
+        for mode in (True, False)
+    ]
+    assert outs[0] == outs[1]
+
+
+def test_fp16_engine_matches_float32(tiny_llama: TinyModel):
+    """fp16 weights and KV on CPU (the T4 / V100 dtype) give the float32 engine's greedy tokens."""
+    from helix.engine import LayerRange, ModelRunner, build_stage
+    from helix.engine.config import EngineConfig
+
+    prompts = _prompts([12, 30], seed=24)
+    config = EngineConfig(num_kv_blocks=64)
+    runners = [
+        ModelRunner(
+            build_stage(tiny_llama.config, LayerRange(a, b), dtype=torch.float16, source=tiny_llama.source),
+            config,
+        )
+        for a, b in ((0, 2), (2, 6))
+    ]
+    assert runners[0].kv_cache.dtype == torch.float16
+    half = LLMEngine(runners).generate(prompts, GREEDY)
+    full = _engine(tiny_llama).generate(prompts, GREEDY)
+    same = sum(
+        a == b
+        for h, f in zip(half, full, strict=True)
+        for a, b in zip(h.output_token_ids, f.output_token_ids, strict=True)
+    )
+    assert same >= 14  # of 16: fp16 rounding may flip a near-tie late in a sequence

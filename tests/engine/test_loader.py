@@ -114,3 +114,19 @@ def test_smollm2_three_stages_match_transformers_greedy(smollm2):
     assert tokenizer.decode(outputs[0].output_token_ids, skip_special_tokens=True).strip() == (
         "The capital of France is Paris."
     )
+
+
+def test_each_safetensors_file_is_opened_once(tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    from helix.engine import weights
+
+    save_file({"a": torch.ones(2), "b": torch.zeros(3)}, tmp_path / "one.safetensors")
+    save_file({"c": torch.ones(4)}, tmp_path / "two.safetensors")
+    opened = []
+    real = weights.safe_open
+    source = weights.SafetensorsSource(tmp_path)
+    monkeypatch.setattr(weights, "safe_open", lambda path, **kw: opened.append(path) or real(path, **kw))
+    assert [source.get(n).numel() for n in ("a", "b", "c", "a")] == [2, 3, 4, 2]
+    assert sorted(p.name for p in opened) == ["one.safetensors", "two.safetensors"]
+    source.close()

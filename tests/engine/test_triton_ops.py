@@ -63,3 +63,27 @@ def test_rope_store_kv(num_heads, num_kv_heads, head_dim):
     torch.testing.assert_close(q_out, q_ref, **TOL)
     torch.testing.assert_close(k_cache, k_ref, **TOL)
     torch.testing.assert_close(v_cache, v_ref, **TOL)
+
+
+def test_add_rms_norm_equals_add_then_norm():
+    from helix.engine.model.triton_ops import add_rms_norm
+
+    norm = RMSNorm(96, 1e-5).to(DEVICE, DTYPE)
+    norm.weight.data = _randn(96, seed=3)
+    x, residual = _randn(5, 96, seed=4), _randn(5, 96, seed=5)
+    out, total = add_rms_norm(x, residual, norm.weight, 1e-5)
+    torch.testing.assert_close(total, x + residual, atol=0, rtol=0)
+    torch.testing.assert_close(out, norm(x + residual), **TOL)
+
+
+@pytest.mark.parametrize("rows", [1, 7, 64, 128])
+def test_split_k_gemm_matches_linear(rows):
+    from helix.engine.model.triton_gemm import candidate_configs, gemm
+
+    weight, x = _randn(384, 512, seed=6), _randn(rows, 512, seed=7)
+    bias = _randn(384, seed=8)
+    want = F.linear(x.float(), weight.float(), bias.float())
+    for config in candidate_configs(rows, 384, 512, num_sms=132):
+        got = gemm(x, weight, bias, torch.float32, config)
+        torch.testing.assert_close(got, want, atol=5e-2, rtol=2e-2)
+        assert gemm(x, weight, None, DTYPE, config).dtype == DTYPE

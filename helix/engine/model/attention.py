@@ -1,9 +1,11 @@
 """Grouped-query attention over a paged KV cache.
 
 Cache layout per layer: k_cache, v_cache [num_blocks + 1, block_size, Hkv, D]; the last block is a
-scratch block that padded rows of a captured decode graph write to. Prompt chunks attend with SDPA
-(causal; with an explicit bottom-right mask when part of the prompt is already cached); decode rows
-gather their pages and run one masked SDPA for the whole batch, or use the Triton paged kernel.
+scratch block that padded rows of a captured decode graph write to. On CUDA (`triton` backend) all
+prompt chunks of a step attend in one varlen kernel that reads K/V from the paged cache, and decode rows
+use the split-K paged decode kernel. The reference path (CPU, `sdpa`): each prompt chunk attends with
+SDPA (causal; with an explicit bottom-right mask when part of the prompt is already cached) and decode
+rows gather their pages and run one masked SDPA for the whole batch.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from helix.engine.batch import AttentionMetadata, PrefillSegment
-from helix.engine.model.layers import RotaryEmbedding
+from helix.engine.model.layers import Linear, RotaryEmbedding
 
 
 class Attention(nn.Module):
@@ -23,10 +25,11 @@ class Attention(nn.Module):
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.q_size, self.kv_size = num_heads * head_dim, num_kv_heads * head_dim
-        self.qkv_proj = nn.Linear(hidden, self.q_size + 2 * self.kv_size, bias=bias)
-        self.o_proj = nn.Linear(self.q_size, hidden, bias=False)
+        self.qkv_proj = Linear(hidden, self.q_size + 2 * self.kv_size, bias=bias)
+        self.o_proj = Linear(self.q_size, hidden, bias=False)
         self.scale = head_dim**-0.5
         self.fused = False  # Triton kernels for RoPE + cache write (set by the runner on CUDA)
+        self.decode_splits: int | None = None  # context splits of the decode kernel; None: by batch
 
     def forward(
         self,
@@ -58,8 +61,8 @@ class Attention(nn.Module):
             self.qkv_proj(x), positions, meta.slot_mapping, rotary.cos, rotary.sin, k_cache, v_cache,
             self.num_heads, self.num_kv_heads, self.head_dim,
         )  # fmt: skip
-        if not meta.num_prefill_tokens:
-            return q, None, None
+        if not meta.num_prefill_tokens or meta.prefill_tables is not None:
+            return q, None, None  # decode and the varlen kernel read K/V from the cache
         rows = meta.slot_mapping[: meta.num_prefill_tokens]
         k = k_cache.view(-1, self.num_kv_heads, self.head_dim)[rows]
         v = v_cache.view(-1, self.num_kv_heads, self.head_dim)[rows]
@@ -68,6 +71,17 @@ class Attention(nn.Module):
     def _attend(self, q, k, v, k_cache, v_cache, meta: AttentionMetadata) -> torch.Tensor:
         if meta.num_prefill_tokens == 0:
             return self._decode(q, k_cache, v_cache, meta)
+        if meta.prefill_tables is not None:
+            from helix.engine.model.triton_attention import varlen_prefill_attention
+
+            num_prefill = meta.num_prefill_tokens
+            prompt_out = varlen_prefill_attention(
+                q[:num_prefill], k_cache, v_cache, meta.prefill_starts, meta.prefill_num_new,
+                meta.prefill_num_cached, meta.prefill_tables, meta.max_prefill_new, self.scale,
+            )  # fmt: skip
+            if meta.decode_context_lens is None:
+                return prompt_out
+            return torch.cat([prompt_out, self._decode(q[num_prefill:], k_cache, v_cache, meta)])
         out = torch.empty_like(q)
         for seg in meta.prefill:
             rows = slice(seg.start, seg.start + seg.num_new)
@@ -83,8 +97,9 @@ class Attention(nn.Module):
             from helix.engine.model.triton_attention import paged_decode_attention
 
             return paged_decode_attention(
-                q, k_cache, v_cache, meta.decode_block_tables, meta.decode_context_lens, self.scale
-            )
+                q, k_cache, v_cache, meta.decode_block_tables, meta.decode_context_lens, self.scale,
+                splits=self.decode_splits,
+            )  # fmt: skip
         return decode_attention_sdpa(
             q,
             k_cache,

@@ -14,6 +14,22 @@ from torch.nn import functional as F
 from helix.engine.config import RopeScaling
 
 
+class Linear(nn.Linear):
+    """`nn.Linear` whose CUDA path may use the measured split-K kernels for few rows (`skinny`)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
+        super().__init__(in_features, out_features, bias=bias)
+        self.skinny = False  # set by the runner on CUDA (see `helix.engine.model.triton_gemm`)
+
+    def forward(self, x: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+        if self.skinny:
+            from helix.engine.model.triton_gemm import linear
+
+            return linear(x, self.weight, self.bias, out_dtype)
+        out = F.linear(x, self.weight, self.bias)
+        return out if out_dtype is None or out.dtype == out_dtype else out.to(out_dtype)
+
+
 class RMSNorm(nn.Module):
     """y = w * x / sqrt(mean(x^2) + eps), computed in float32 like the reference implementation."""
 
@@ -32,6 +48,15 @@ class RMSNorm(nn.Module):
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x32.to(dtype)
+
+    def add_forward(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(norm(x + residual), x + residual); one kernel on the fused path."""
+        if self.fused:
+            from helix.engine.model.triton_ops import add_rms_norm
+
+            return add_rms_norm(x, residual, self.weight, self.eps)
+        total = x + residual
+        return self.forward(total), total
 
 
 def rope_inv_freq(head_dim: int, theta: float, scaling: RopeScaling | None) -> torch.Tensor:
@@ -99,8 +124,8 @@ class SwiGLUMLP(nn.Module):
 
     def __init__(self, hidden_size: int, intermediate_size: int) -> None:
         super().__init__()
-        self.gate_up_proj = nn.Linear(hidden_size, 2 * intermediate_size, bias=False)
-        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+        self.gate_up_proj = Linear(hidden_size, 2 * intermediate_size, bias=False)
+        self.down_proj = Linear(intermediate_size, hidden_size, bias=False)
         self.fused = False  # one Triton kernel for silu(gate) * up (set by the runner on CUDA)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, H] -> [T, H]

@@ -14,7 +14,7 @@ from torch import nn
 from helix.engine.batch import AttentionMetadata
 from helix.engine.config import LayerRange, ModelConfig
 from helix.engine.model.attention import Attention
-from helix.engine.model.layers import RMSNorm, RotaryEmbedding, SwiGLUMLP
+from helix.engine.model.layers import Linear, RMSNorm, RotaryEmbedding, SwiGLUMLP
 
 
 class DecoderLayer(nn.Module):
@@ -37,6 +37,22 @@ class DecoderLayer(nn.Module):
         h = x + self.self_attn(self.input_layernorm(x), positions, kv_cache, meta, rotary)
         return h + self.mlp(self.post_attention_layernorm(h))
 
+    def forward_residual(
+        self, x, residual, positions, kv_cache, meta: AttentionMetadata, rotary: RotaryEmbedding
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same layer with the residual stream carried apart: (x, residual) -> (mlp out, residual).
+
+        The residual adds ride in the norms' kernels (`RMSNorm.add_forward`); `x + residual` of the
+        output equals `forward` of the input.
+        """
+        if residual is None:
+            normed, residual = self.input_layernorm(x), x
+        else:
+            normed, residual = self.input_layernorm.add_forward(x, residual)
+        attn = self.self_attn(normed, positions, kv_cache, meta, rotary)
+        normed, residual = self.post_attention_layernorm.add_forward(attn, residual)
+        return self.mlp(normed), residual
+
 
 class LlamaStage(nn.Module):
     """Layers [layer_range.start, layer_range.end) of a LLaMA-family model.
@@ -55,7 +71,7 @@ class LlamaStage(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(layer_range.num_layers))
         self.rotary = RotaryEmbedding(config.head_dim, max_positions, config.rope_theta, config.rope_scaling)
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps) if self.is_last else None
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False) if self.is_last else None
+        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False) if self.is_last else None
 
     def forward(
         self,
@@ -71,20 +87,29 @@ class LlamaStage(nn.Module):
         else:
             assert inputs.dim() == 2, "a later stage (or a skipping one) takes hidden states [T, H]"
             x = inputs
-        layers = self.layers[skip_layers:]
-        for layer, kv_cache in zip(layers, kv_caches[skip_layers:], strict=True):
-            x = layer(x, positions, kv_cache, meta, self.rotary)
-        return x
+        layers, caches = self.layers[skip_layers:], kv_caches[skip_layers:]
+        if not self.layers[0].input_layernorm.fused:
+            for layer, kv_cache in zip(layers, caches, strict=True):
+                x = layer(x, positions, kv_cache, meta, self.rotary)
+            return x
+        residual = None
+        for layer, kv_cache in zip(layers, caches, strict=True):
+            x, residual = layer.forward_residual(x, residual, positions, kv_cache, meta, self.rotary)
+        return x + residual
 
-    def use_fused_kernels(self, enabled: bool) -> None:
-        """Switch RMSNorm, SwiGLU and RoPE + cache write to the Triton kernels (CUDA, 16-bit)."""
+    def use_fused_kernels(self, enabled: bool, skinny_gemm: bool | None = None) -> None:
+        """Switch RMSNorm (+ residual add), SwiGLU and RoPE + cache write to the Triton kernels, and
+        the projections of few-row steps to the measured split-K kernels (CUDA, 16-bit)."""
+        skinny = enabled if skinny_gemm is None else skinny_gemm
         for module in self.modules():
             if hasattr(module, "fused"):
                 module.fused = enabled
+            if isinstance(module, Linear):
+                module.skinny = skinny
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:  # [N, H] -> [N, V] float32
         assert self.norm is not None and self.lm_head is not None, "only the last stage has a head"
-        return self.lm_head(self.norm(hidden)).float()
+        return self.lm_head(self.norm(hidden), out_dtype=torch.float32)
 
     def hf_weight_names(self) -> dict[str, list[str]]:
         """For each parameter name, the Hugging Face tensors it is made of (concatenated on dim 0)."""

@@ -3,6 +3,8 @@
 Decode steps are short: each PyTorch element-wise op is a kernel of a few microseconds, and RMSNorm
 and RoPE alone are about twenty of them per layer. These kernels do each in one pass:
 - `rms_norm`: y = w * (x / sqrt(mean(x^2) + eps)), in float32 inside;
+- `add_rms_norm`: h = x + residual (rounded to the model's dtype, as the unfused add is), then
+  rms_norm(h); returns both, so the residual adds of a layer cost no kernel of their own;
 - `silu_mul`: silu(gate) * up of the fused gate/up projection;
 - `rope_store_kv`: rotate q and k of the fused qkv projection and write k and v into the paged cache.
 """
@@ -33,6 +35,37 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         x, weight, out, x.stride(0), out.stride(0), x.shape[-1], eps, BLOCK=block, num_warps=8
     )
     return out
+
+
+@triton.jit
+def _add_rms_norm_kernel(
+    x_ptr, res_ptr, w_ptr, out_ptr, sum_ptr, stride_x, stride_r, n_cols, eps, BLOCK: tl.constexpr
+):
+    row = tl.program_id(0)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0)
+    r = tl.load(res_ptr + row * stride_r + cols, mask=mask, other=0.0)
+    h = (x.to(tl.float32) + r.to(tl.float32)).to(x.dtype)
+    tl.store(sum_ptr + row * n_cols + cols, h, mask=mask)
+    h32 = h.to(tl.float32)
+    rstd = tl.rsqrt(tl.sum(h32 * h32, 0) / n_cols + eps)
+    w = tl.load(w_ptr + cols, mask=mask, other=0.0)
+    tl.store(out_ptr + row * n_cols + cols, (h32 * rstd).to(w.dtype) * w, mask=mask)
+
+
+def add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:  # [T, H], [T, H] -> (rms_norm(x + residual), x + residual)
+    num_tokens, n_cols = x.shape
+    out = torch.empty(num_tokens, n_cols, dtype=x.dtype, device=x.device)
+    total = torch.empty_like(out)
+    block = triton.next_power_of_2(n_cols)
+    _add_rms_norm_kernel[(num_tokens,)](
+        x, residual, weight, out, total, x.stride(0), residual.stride(0), n_cols, eps,
+        BLOCK=block, num_warps=8,
+    )  # fmt: skip
+    return out, total
 
 
 @triton.jit

@@ -1,0 +1,301 @@
+"""Serving on one GPU up to saturation: one worker (32 layers), two chained workers (12 + 20), the engine.
+
+LLaMA-3-8B shape, random bf16 weights that do not depend on the split (`init_split_invariant_weights`,
+one seed). Workers are separate processes on the runtime's hot path (`Worker`, `WorkerLoop`, ZeroMQ
+`HopBatch`es, `Coordinator` with the max-flow scheduler), all on the one GPU; requests go to the
+coordinator in-process (no HTTP). Each deployment is swept over Poisson arrival rates up to and past
+saturation (decode tok/s, TTFT and TPOT p50/p99 per rate), after a check that its greedy output equals
+the single-process engine's. In the same run, the engine's own best decode throughput over batch sizes
+(`LLMEngine`, CUDA graphs, asynchronous scheduling, same weights and prompt length) is measured, and
+`saturation_over_engine_best` = the best decode tok/s of the sweep / that figure. The hop's cost per
+token is the lone request's TPOT on two workers minus on one.
+
+    python benchmarks/bench_runtime_1gpu.py --out benchmarks/results/runtime_1gpu.json   # GPU host
+    python benchmarks/bench_runtime_1gpu.py --tiny --out /tmp/runtime_1gpu.json            # CPU smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_runtime_2gpu import LLAMA3_8B, TINY, reference_outputs, run_requests  # noqa: E402
+
+from helix.engine.config import EngineConfig, LayerRange, ModelConfig  # noqa: E402
+from helix.engine.llm_engine import LLMEngine  # noqa: E402
+from helix.engine.loader import build_stage  # noqa: E402
+from helix.engine.model_runner import ModelRunner  # noqa: E402
+from helix.engine.sampling_params import SamplingParams  # noqa: E402
+from helix.runtime.emulation import capacity_model  # noqa: E402
+from helix.runtime.loadgen import LoadSpec, summarise  # noqa: E402
+from helix.runtime.processes import (  # noqa: E402
+    ProcessDeployment,
+    ProcessWorkerSpec,
+    init_split_invariant_weights,
+    start_coordinator,
+)
+from helix.runtime.stage_backend import StageConfig  # noqa: E402
+from helix.sim.workload import gamma_arrivals  # noqa: E402
+from helix.specs.cluster_yaml import cluster_from_dict  # noqa: E402
+from helix.specs.model import model_from_hf_config  # noqa: E402
+from helix.specs.placement import Placement  # noqa: E402
+
+CLUSTER = {
+    "name": "one-gpu",
+    "coordinator": {"region": "local", "nic_gbps": 100},
+    "regions": {"local": {"bandwidth_gbps": 100, "latency_ms": 0.05}},
+    "nodes": [{"name": n, "gpu": "H200", "region": "local"} for n in ("n0", "n1")],
+}
+
+
+def engine_best(hf: dict, args, device: torch.device) -> dict:
+    """The single-process engine's decode tok/s at each batch (same weights, prompt length, KV)."""
+    config = ModelConfig.from_hf_dict(hf, where="benchmark config")
+    stage = build_stage(
+        config,
+        LayerRange(0, config.num_layers),
+        device=device,
+        dtype=args.dtype_t,
+        max_positions=args.max_model_len,
+    )
+    init_split_invariant_weights(stage, args.seed)
+    blocks = max(args.engine_batches) * (-(-args.max_model_len // 16)) + 16
+    engine_config = EngineConfig(
+        num_kv_blocks=blocks, max_model_len=args.max_model_len, max_num_seqs=max(args.engine_batches)
+    )
+    engine = LLMEngine([ModelRunner(stage, engine_config)])
+    rng = np.random.default_rng(args.seed + 7)
+    rows = []
+    for batch in args.engine_batches:
+        params = SamplingParams(temperature=0.0, max_tokens=args.engine_steps + 40, ignore_eos=True)
+        ids = [
+            engine.add_request(rng.integers(0, args.vocab, args.prompt_tokens).tolist(), params)
+            for _ in range(batch)
+        ]
+        while engine.scheduler.waiting or any(
+            s.num_computed_tokens < len(s.prompt_token_ids) for s in engine.scheduler.running
+        ):
+            engine.step()
+        for _ in range(3):
+            engine.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(args.engine_steps):
+            engine.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = (time.perf_counter() - start) / args.engine_steps
+        rows.append({"batch": batch, "tokens_per_s": batch / seconds, "step_ms": 1000 * seconds})
+        print("engine", rows[-1], flush=True)
+        for seq_id in ids:
+            engine.cancel(seq_id)
+        engine.step()
+    del engine, stage
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    best = max(rows, key=lambda r: r["tokens_per_s"])
+    return {"by_batch": rows, "best_tokens_per_s": best["tokens_per_s"], "best_batch": best["batch"]}
+
+
+def sweep(label: str, ranges, hf: dict, check, reference, args) -> dict:
+    names = [f"n{i}" for i in range(len(ranges))]
+    head_dim = hf["hidden_size"] // hf["num_attention_heads"]
+    device = "cuda:0" if args.device == "cuda" else "cpu"
+    specs = []
+    for name, (s, e) in zip(names, ranges, strict=True):
+        kv_bytes = args.kv_tokens * (e - s) * 2 * hf["num_key_value_heads"] * head_dim * args.itemsize
+        stage = StageConfig("random", s, e, device, args.dtype, kv_bytes, args.max_model_len, args.threads)
+        specs.append(ProcessWorkerSpec(name, stage, hf, args.seed))
+    cluster = cluster_from_dict(CLUSTER, where="benchmark cluster")
+    model = model_from_hf_config(hf, name="llama-3-8b-shape")
+    placement = Placement.from_pairs(dict(zip(names, ranges, strict=True)))
+    started = time.perf_counter()
+    deployment = ProcessDeployment(specs)
+    result: dict = {"plan": {n: list(r) for n, r in zip(names, ranges, strict=True)}}
+    try:
+        coordinator = start_coordinator(
+            deployment,
+            cluster,
+            model,
+            placement,
+            capacity_model(cluster, model),
+            max_model_len=args.max_model_len,
+        )
+        result["startup_s"] = time.perf_counter() - started
+        result["workers"] = {
+            n: {k: i[k] for k in ("load_s", "kv_blocks", "device_name")} for n, i in deployment.info.items()
+        }
+        try:
+            result |= measure(coordinator, deployment, check, reference, args, label)
+        finally:
+            coordinator.close()
+    finally:
+        deployment.shutdown()
+    return result
+
+
+def measure(coordinator, deployment, check, reference, args, label: str) -> dict:
+    rng = np.random.default_rng(args.seed)
+    out: dict = {}
+    _, tokens, _ = run_requests(coordinator, [0.0] * len(check), check, args.check_tokens, 300)
+    out["greedy_identical_to_engine"] = [tokens[i] for i in range(len(check))] == reference
+
+    def prompts(n: int) -> list[list[int]]:
+        return [rng.integers(0, args.vocab, args.prompt_tokens).tolist() for _ in range(n)]
+
+    run_requests(coordinator, [0.0] * 32, prompts(32), 16, 300)  # warm-up
+    lone = []
+    for _ in range(3):
+        s, _, _ = run_requests(coordinator, [0.0], prompts(1), args.lone_tokens, 300)
+        lone.append((s[0].e2e_s - s[0].ttft_s) / (s[0].tokens - 1))
+    out["lone_request"] = {"ttft_s": s[0].ttft_s, "tpot_ms_median": 1000 * statistics.median(lone)}
+    out["load"] = []
+    for rate in args.rates:
+        before = deployment.stats()
+        arrivals = gamma_arrivals(rate, 1.0, args.duration_s, rng)
+        samples, _, wall_s = run_requests(
+            coordinator, arrivals, prompts(len(arrivals)), args.output_tokens, args.drain_s
+        )
+        after = deployment.stats()
+        spec = LoadSpec(
+            base_url="in-process",
+            model="llama-3-8b-shape",
+            rate_per_s=rate,
+            duration_s=args.duration_s,
+            prompt_tokens=args.prompt_tokens,
+            output_tokens=args.output_tokens,
+            warmup_s=args.warmup_s,
+        )
+        row = summarise(spec, samples, wall_s)
+        row["worker_steps"] = {
+            n: {
+                "steps": after[n]["steps"] - before[n]["steps"],
+                "tokens_per_step": (after[n]["tokens"] - before[n]["tokens"])
+                / max(1, after[n]["steps"] - before[n]["steps"]),
+                "busy_fraction": (after[n]["busy_s"] - before[n]["busy_s"]) / wall_s,
+                "ms_per_step": 1000
+                * (after[n]["busy_s"] - before[n]["busy_s"])
+                / max(1, after[n]["steps"] - before[n]["steps"]),
+            }
+            for n in after
+        }
+        out["load"].append(row)
+        print(
+            f"  [{label}] rate {rate}: {row['completed']}/{row['sent']} ok, "
+            f"{row['decode_tokens_per_s']:.0f} tok/s, "
+            f"TTFT p50 {row['ttft_s']['p50']}, TPOT p50 {row['tpot_s']['p50']} p99 {row['tpot_s']['p99']}, "
+            f"steps {json.dumps(row['worker_steps'])}",
+            flush=True,
+        )
+    out["saturation_decode_tokens_per_s"] = max(r["decode_tokens_per_s"] for r in out["load"])
+    return out
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--tiny", action="store_true", help="tiny model on CPU (smoke test)")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/runtime_1gpu.json"))
+    parser.add_argument("--rates", type=float, nargs="+", default=[16.0, 48.0, 96.0, 144.0, 256.0])
+    parser.add_argument("--duration-s", type=float, default=8.0)
+    parser.add_argument("--warmup-s", type=float, default=2.0)
+    parser.add_argument("--drain-s", type=float, default=12.0)
+    parser.add_argument("--prompt-tokens", type=int, default=128)
+    parser.add_argument("--output-tokens", type=int, default=128)
+    parser.add_argument("--lone-tokens", type=int, default=64)
+    parser.add_argument("--check-tokens", type=int, default=16)
+    parser.add_argument("--kv-tokens", type=int, default=131072)
+    parser.add_argument("--max-model-len", type=int, default=512)
+    parser.add_argument("--engine-batches", type=int, nargs="+", default=[64, 128])
+    parser.add_argument("--engine-steps", type=int, default=32)
+    parser.add_argument("--configs", nargs="+", default=["one_worker", "two_workers"])
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    args.device = "cpu" if args.tiny or not torch.cuda.is_available() else "cuda"
+    args.dtype = "float32" if args.device == "cpu" else "bfloat16"
+    args.dtype_t = getattr(torch, args.dtype)
+    args.itemsize = torch.empty((), dtype=args.dtype_t).element_size()
+    args.threads = 1
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    hf = TINY if args.tiny else LLAMA3_8B
+    args.vocab = hf["vocab_size"]
+    layers = hf["num_hidden_layers"]
+    device = torch.device("cuda:0" if args.device == "cuda" else "cpu")
+    result: dict = {
+        "host": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "device_name": torch.cuda.get_device_name(0) if args.device == "cuda" else platform.processor(),
+            "loadavg_start": os.getloadavg(),
+        },
+        "model": {"shape": "llama-3-8b" if not args.tiny else "tiny", "dtype": args.dtype, "seed": args.seed},
+        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "dtype_t")},
+    }
+    result["engine"] = engine_best(hf, args, device)
+    rng = np.random.default_rng(args.seed + 1)
+    check = [rng.integers(0, args.vocab, n).tolist() for n in (7, 33, 100)]
+    reference = reference_outputs(hf, check, args.check_tokens, args, device)
+    plans = {"one_worker": ((0, layers),), "two_workers": ((0, 3 * layers // 8), (3 * layers // 8, layers))}
+    result["configs"] = {}
+    best = result["engine"]["best_tokens_per_s"]
+    for label in args.configs:
+        try:
+            config = sweep(label, plans[label], hf, check, reference, args)
+            config["saturation_over_engine_best"] = config["saturation_decode_tokens_per_s"] / best
+        except Exception as exc:  # record and go on to the next deployment
+            config = {"error": f"{type(exc).__name__}: {exc}"}
+        result["configs"][label] = config
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2, default=str))
+    configs = result["configs"]
+    summary: dict = {"engine_best_tokens_per_s": best, "target_saturation_over_engine_best": 0.85}
+    for label, config in configs.items():
+        if "saturation_over_engine_best" in config:
+            summary[label] = {
+                "saturation_decode_tokens_per_s": config["saturation_decode_tokens_per_s"],
+                "saturation_over_engine_best": config["saturation_over_engine_best"],
+                "lone_tpot_ms": config["lone_request"]["tpot_ms_median"],
+                "greedy_identical_to_engine": config["greedy_identical_to_engine"],
+            }
+    if "one_worker" in summary and "two_workers" in summary:
+        one, two = summary["one_worker"], summary["two_workers"]
+        summary["hop_ms_per_token"] = two["lone_tpot_ms"] - one["lone_tpot_ms"]
+        summary["target_hop_ms_per_token"] = 0.25
+        summary["two_over_one_worker"] = (
+            two["saturation_decode_tokens_per_s"] / one["saturation_decode_tokens_per_s"]
+        )
+        summary["target_two_over_one_worker"] = 0.9
+    result["summary"] = summary
+    result["host"]["loadavg_end"] = os.getloadavg()
+    args.out.write_text(json.dumps(result, indent=2, default=str))
+    print(json.dumps(summary, indent=1))
+    for label, config in configs.items():
+        for row in config.get("load", []):
+            print(
+                f"{label:12s} rate {row['offered_rate_per_s']:6.1f} {row['decode_tokens_per_s']:8.1f} tok/s  "
+                f"TTFT p50 {1000 * (row['ttft_s']['p50'] or 0):7.1f} ms  "
+                f"TPOT p50 {1000 * (row['tpot_s']['p50'] or 0):6.1f}"
+                f" p99 {1000 * (row['tpot_s']['p99'] or 0):6.1f} ms"
+            )
+
+
+if __name__ == "__main__":
+    main()
