@@ -30,6 +30,7 @@ from helix.errors import HelixInputError
 from helix.runtime.deploy import Deployment, WorkerSpec
 from helix.runtime.emulation import slowdowns, step_timers
 from helix.runtime.stage_backend import StageConfig
+from helix.runtime.tp_node import tp_size_for
 from helix.scheduling.recovery import TopologySource
 from helix.scheduling.replan import Replan, ReplanSettings, replan
 from helix.specs.membership import rename, restrict
@@ -190,6 +191,7 @@ class ElasticController:
                 opts.kv_cache_bytes,
                 opts.max_model_len,
                 opts.threads_per_worker,
+                tp_size=tp_size_for(self.cluster.node(node), opts.devices.get(node, "cpu")),
             )
             specs[node] = WorkerSpec(
                 f"{node}.g{self.generation}",

@@ -130,7 +130,7 @@ class ServingRuntime:
                     options.kv_cache_bytes,
                     options.max_model_len,
                     options.threads_per_worker,
-                    tp_size_for(cluster.node(name), options.devices.get(name, "cpu")),
+                    tp_size=tp_size_for(cluster.node(name), options.devices.get(name, "cpu")),
                 ),
                 factors.get(name, 1.0),
                 require_node_resource=options.ray_address is not None,

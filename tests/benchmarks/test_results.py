@@ -28,6 +28,11 @@ PRODUCERS: dict[str, tuple[str, bool]] = {
     "runtime_2gpu.json": ("benchmarks/bench_runtime_2gpu.py", False),
     "runtime_cpu.json": ("benchmarks/bench_runtime_cpu.py", False),
     "simulation.json": ("benchmarks/bench_simulator.py", False),
+    "elastic.json": ("benchmarks/bench_elastic.py", False),
+    "failover.json": ("benchmarks/bench_failover.py", False),
+    "plans_served.json": ("benchmarks/bench_plans_served.py", False),
+    "runtime_geo.json": ("benchmarks/bench_runtime_geo.py", False),
+    "tp_2gpu.json": ("benchmarks/bench_tp_2gpu.py", False),
 }
 
 

@@ -258,7 +258,7 @@ CASES = [
         "plan-overlap-no-flow",
         ["evaluate", "{tmp}/p.json"],
         {"p.json": _plan_json(placement={"a": [0, 20], "b": [16, 32]}), "c.yaml": GOOD_YAML},
-        ["carries no flow", "--partial-overlap"],
+        ["partial_overlap", "only chain with partial overlap", "--partial-overlap"],
     ),
     (
         "plan-other-cluster",

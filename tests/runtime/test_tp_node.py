@@ -133,7 +133,7 @@ def test_a_dead_rank_takes_its_node_down(served):
     runtime, _, pids = served
     events: queue.SimpleQueue = queue.SimpleQueue()
     runtime.coordinator.submit(
-        [1, 2, 3, 4], SamplingParams(temperature=0.0, max_tokens=1000, ignore_eos=True), events.put
+        [1, 2, 3, 4], SamplingParams(temperature=0.0, max_tokens=600, ignore_eos=True), events.put
     )
     assert isinstance(events.get(timeout=30), TokenEvent)  # the request is running
     os.kill(pids[0], signal.SIGKILL)

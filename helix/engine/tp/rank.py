@@ -54,7 +54,7 @@ def serve(launch: RankLaunch, store: dist.Store) -> None:
             getattr(runner if target == "runner" else runner.block_manager, method)(*args)
         inputs = torch.empty(op.shape, dtype=op.dtype, device=runner.device)
         group.broadcast(inputs)
-        runner.execute(op.batch, inputs)
+        runner.execute(op.batch, inputs, op.skip_layers)
     inbox.close(0)
     destroy_group()
 

@@ -44,6 +44,7 @@ class StepOp:
     batch: StepBatch
     shape: tuple[int, ...]
     dtype: torch.dtype
+    skip_layers: int = 0  # leading layers of the range the batch skips (partial overlap)
 
 
 @dataclass(slots=True)
@@ -163,19 +164,20 @@ class TPRunner:
         self.local.free(seq_id)
         self._record.append(("runner", "free", (seq_id,)))
 
-    def execute(self, batch: StepBatch, inputs: torch.Tensor) -> torch.Tensor:
-        """Run one step on all ranks; rank 0's output (hidden states or full logits)."""
+    def execute(self, batch: StepBatch, inputs: torch.Tensor, skip_layers: int = 0) -> torch.Tensor:
+        """Run one step on all ranks; rank 0's output (hidden states or full logits); `skip_layers` as in
+        `ModelRunner.execute`."""
         self._check()
         self.local.reserve(batch)  # a batch that cannot run fails here, before any rank hears of it
         inputs = inputs.to(self.device).contiguous()
-        op = StepOp(list(self._record), batch, tuple(inputs.shape), inputs.dtype)
+        op = StepOp(list(self._record), batch, tuple(inputs.shape), inputs.dtype, skip_layers)
         self._record.clear()
         try:
             payload = pickle.dumps(op, protocol=5)
             for sock in self._sockets:
                 sock.send(payload, copy=False)
             self.group.broadcast(inputs)
-            return self.local.execute(batch, inputs)
+            return self.local.execute(batch, inputs, skip_layers)
         except BaseException as exc:  # the ranks are now out of step: the node is down
             dead = self._dead_rank(wait_s=RANK_EXIT_WAIT_S)  # a collective fails when a peer dies
             if dead is not None:

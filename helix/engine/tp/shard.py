@@ -15,9 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from helix.engine.config import LayerRange, ModelConfig
+from helix.engine.model.layers import Linear
 from helix.engine.model.llama import LlamaStage
 from helix.engine.tp.group import TPGroup
 from helix.engine.tp.plan import RankShard, local_config
@@ -110,7 +110,7 @@ def build_rank_stage(
         full_meta = LlamaStage(config, layer_range, positions)
         model = LlamaStage(local_config(config, shard), layer_range, positions)
         if model.lm_head is not None and shard.vocab is not None:
-            model.lm_head = nn.Linear(config.hidden_size, shard.vocab[1] - shard.vocab[0], bias=False)
+            model.lm_head = Linear(config.hidden_size, shard.vocab[1] - shard.vocab[0], bias=False)
     model = model.to(dtype=dtype).to_empty(device=device)
     model.rotary.reset_tables()
     full_shapes = {name: tuple(p.shape) for name, p in full_meta.named_parameters()}
