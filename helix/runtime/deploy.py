@@ -161,9 +161,7 @@ class Deployment:
             try:
                 self.last_stats[name] = self._ray.get(ref)
             except Exception as exc:  # RayActorError and friends: the actor died
-                cause = getattr(exc, "cause", None)  # a RayTaskError carries the actor's own error
-                exc = cause if isinstance(cause, Exception) else exc
-                gone[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                gone[name] = death_reason(exc)
         return gone
 
     def adopt(self, other: Deployment) -> None:
@@ -267,7 +265,7 @@ class HealthMonitor:
                 try:
                     stats = ray.get(ref)
                 except Exception as exc:  # RayActorError and friends: the actor died
-                    self._declare(name, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+                    self._declare(name, death_reason(exc))
                     continue
                 self.stats[name] = stats
                 idle_s = stats.get("since_last_step_s", 0.0)
@@ -336,6 +334,14 @@ def _gcs_address(ray) -> str | None:
         return ray.get_runtime_context().gcs_address
     except Exception:  # not connected, or an older Ray
         return None
+
+
+def death_reason(exc: BaseException) -> str:
+    """One line on why a worker's call failed: the actor's own error where Ray wraps it (a RayTaskError
+    carries it as ``cause``), e.g. a tensor-parallel rank that died."""
+    cause = getattr(exc, "cause", None)
+    exc = cause if isinstance(cause, Exception) else exc
+    return f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float, poll_s: float = 0.05) -> bool:
