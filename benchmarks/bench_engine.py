@@ -41,6 +41,7 @@ from helix.engine import (
     even_split,
 )
 from helix.engine.config import LLAMA3_8B_HF_CONFIG
+from helix.engine.model.kernel_timing import graph_time_ms
 
 LLAMA3_8B = LLAMA3_8B_HF_CONFIG
 TINY = LLAMA3_8B | {
@@ -73,22 +74,7 @@ def timed_median_s(fn, device: torch.device, repeats: int = 10) -> float:
 
 def graph_time_s(fn, calls: int = 10, repeats: int = 20) -> float:
     """Device time of one `fn()` call: `calls` calls captured in a CUDA graph, median replay / calls."""
-    fn()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(calls):
-            fn()
-    graph.replay()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1000 / calls)
-    return statistics.median(times)
+    return graph_time_ms(lambda _i: fn(), calls, repeats) / 1000
 
 
 def measure_bandwidth_bytes_per_s(device: torch.device, size_bytes: int) -> float:

@@ -43,7 +43,7 @@ from helix.placement.milp.stages import (
     stage_ip,
     stages_to_placement,
 )
-from helix.specs.cluster import COORDINATOR
+from helix.placement.served import routes
 from helix.specs.placement import Placement
 
 
@@ -63,34 +63,6 @@ class ThroughputModel:
         return self.kv_utilisation * (i + o) / o / ((i + o / 2) * self.hop_time_s)
 
 
-def _routes(flow: FlowResult) -> list[tuple[list[str], float]]:
-    """Decompose the max flow into coordinator → … → coordinator routes (flows on a DAG)."""
-    out_edges: dict[str, dict[str, float]] = {}
-    for (src, dst), value in flow.link_flows().items():
-        out_edges.setdefault(src, {})[dst] = value
-    routes = []
-    for _ in range(10_000):
-        path, node = [], COORDINATOR
-        while True:
-            nxt = max(out_edges.get(node, {}).items(), key=lambda kv: kv[1], default=None)
-            if nxt is None or nxt[1] <= 1e-9:
-                break
-            node = nxt[0]
-            if node == COORDINATOR:
-                break
-            path.append(node)
-            if len(path) > 10_000:
-                break
-        if node != COORDINATOR or not path:
-            break
-        hops = [COORDINATOR, *path, COORDINATOR]
-        f = min(out_edges[a][b] for a, b in zip(hops, hops[1:], strict=False))
-        for a, b in zip(hops, hops[1:], strict=False):
-            out_edges[a][b] -= f
-        routes.append((path, f))
-    return routes
-
-
 def kv_latency_estimate(
     placement: Placement,
     flow: FlowResult,
@@ -102,7 +74,7 @@ def kv_latency_estimate(
     `kv_tokens(node, layers)` = KV tokens per layer of `node` holding `layers` layers.
     """
     load: dict[str, float] = {}
-    for path, f in _routes(flow):
+    for path, f in routes(flow):
         for node in path:
             load[node] = load.get(node, 0.0) + f * len(path)
     gamma = model.rate_per_kv_token
