@@ -9,6 +9,7 @@ import time
 import pytest
 
 from helix.engine.sampling_params import SamplingParams
+from helix.runtime.deploy import wait_until
 from helix.runtime.elastic import ElasticController
 from helix.runtime.requests import ErrorEvent, FinishEvent
 from helix.runtime.service import ServeOptions, ServingRuntime
@@ -115,10 +116,10 @@ def test_join_under_load_serves_the_new_node(elastic):
     instance = controller.status()["instances"]["t4-1"]
     assert load.wait_finished(4, 150)
     assert load.failed == failed, load.errors
-    stats = rt.deployment.actors[instance].stats.remote()
     import ray
 
-    assert ray.get(stats)["tokens"] > 0  # the joined worker carries traffic
+    actor = rt.deployment.actors[instance]  # the joined worker carries traffic (the load keeps running)
+    assert wait_until(lambda: ray.get(actor.stats.remote())["tokens"] > 0, 60)
 
 
 def test_killed_worker_replan_restores_service(elastic):
