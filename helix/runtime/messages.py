@@ -5,7 +5,7 @@ One `HopBatch` carries every request a sender forwards to one receiver after one
 order). The coordinator starts each iteration (prompt or one decode token) with the token ids for the
 first stage of the request's route; the last stage samples and returns a `TokenResult` per request.
 
-Encoding: `helix.runtime.wire` — a versioned msgpack header and one raw buffer per tensor, driven by
+Encoding: `helix.engine.wire` — a versioned msgpack header and one raw buffer per tensor, driven by
 these dataclasses' type hints (no pickle). A new message type is a dataclass of the field types the wire
 supports, added to `WIRE_MESSAGES`.
 """
@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from helix.engine.sampling_params import SamplingParams
-from helix.runtime.wire import Codec
+from helix.engine.wire import Codec
 
 COORDINATOR_HOP = "coordinator"
 
@@ -101,7 +101,7 @@ CODEC = Codec(WIRE_MESSAGES)
 
 
 def encode(message: Any) -> list[Any]:
-    """Frames for `send_multipart`: the header, then each tensor's raw buffer (see `helix.runtime.wire`)."""
+    """Frames for `send_multipart`: the header, then each tensor's raw buffer (see `helix.engine.wire`)."""
     return CODEC.encode(message)
 
 

@@ -8,7 +8,7 @@ A socket is used by one thread only.
 
 Security: with `WireKeys` every inbox is a CURVE server and every outbox a CURVE client
 (`helix.runtime.keys`); binding anything but loopback without keys is refused. A frame that does not
-decode (`helix.runtime.wire.WireError`) is dropped and logged with the peer's address, and the inbox
+decode (`helix.engine.wire.WireError`) is dropped and logged with the peer's address, and the inbox
 goes on; failed handshakes (a peer without the keys) are logged from the socket's monitor.
 """
 
@@ -23,9 +23,9 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from helix.engine.wire import WireError
 from helix.runtime.keys import WireKeys, ZapAuthenticator
 from helix.runtime.messages import decode, encode
-from helix.runtime.wire import WireError
 
 LOG = logging.getLogger("helix.wire")
 LOGGED_DROPS_PER_PEER = 20  # then one line per 1,000 drops

@@ -45,7 +45,7 @@ def error_key(rank: int) -> str:
 
 @dataclass(frozen=True, slots=True)
 class RankLaunch:
-    """What a rank process reads from its stdin."""
+    """What a rank process reads from its stdin (a pipe to the child this process spawned, never a socket)."""
 
     spec: TPStageSpec
     rank: int

@@ -20,7 +20,7 @@ import zmq
 
 from helix.engine.tp.group import destroy_group, init_group
 from helix.engine.tp.launch import HOST, RankLaunch, _td, ctrl_key, error_key, ready_key
-from helix.engine.tp.runner import StepOp, StopOp
+from helix.engine.tp.runner import CONTROL_CODEC, StepOp, StopOp
 from helix.engine.tp.stage import build_rank_runner
 
 PARENT_CHECK_S = 0.5
@@ -46,13 +46,13 @@ def serve(launch: RankLaunch, store: dist.Store) -> None:
     runner = build_rank_runner(launch.spec, group)
     store.set(ready_key(launch.rank), str(runner.block_manager.num_blocks))
     while True:
-        op = pickle.loads(inbox.recv())
+        op = CONTROL_CODEC.decode(inbox.recv_multipart())  # a bad frame raises: the stage fails
         if isinstance(op, StopOp):
             break
         assert isinstance(op, StepOp)
-        for target, method, args in op.calls:
-            getattr(runner if target == "runner" else runner.block_manager, method)(*args)
-        inputs = torch.empty(op.shape, dtype=op.dtype, device=runner.device)
+        for call in op.calls:
+            call.apply(runner)
+        inputs = torch.empty(op.shape, dtype=op.torch_dtype, device=runner.device)
         group.broadcast(inputs)
         runner.execute(op.batch, inputs, op.skip_layers)
     inbox.close(0)

@@ -7,7 +7,8 @@ and the profiler make those) — and ships the record with the next `execute`, s
 same calls in the same order and hold the same block tables. `execute` sends one `StepOp` (the
 record, the `StepBatch`, the inputs' shape) to each rank over ZeroMQ, broadcasts the inputs through
 the process group, then all ranks run the step together (their collectives meet inside the layers);
-rank 0's output is the stage's output.
+rank 0's output is the stage's output. The control messages travel as `helix.engine.wire` frames (no
+pickle); a rank applies only the calls in `REPLAYED_CALLS`.
 
 A rank process that exits, or a failure after a step was sent, marks the runner failed (`failure`),
 kills the other ranks by PID and makes every later call raise: the node is down as one node.
@@ -15,7 +16,6 @@ kills the other ranks by PID and makes every later call raise: the node is down 
 
 from __future__ import annotations
 
-import pickle
 import subprocess
 import threading
 import time
@@ -29,27 +29,100 @@ from helix.engine.batch import StepBatch
 from helix.engine.block_manager import BlockManager
 from helix.engine.model_runner import ModelRunner
 from helix.engine.tp.group import TPGroup, destroy_group
+from helix.engine.wire import TENSOR_DTYPES, Codec, WireError
 
 WATCH_INTERVAL_S = 0.1
 STOP_TIMEOUT_S = 10.0
 RANK_EXIT_WAIT_S = 2.0  # after a failed collective: how long to wait for a peer's exit to show
 
 
-@dataclass(slots=True)
-class StepOp:
-    """One step for ranks >= 1: replay `calls` ((target, method, args), target `runner` or `blocks`),
-    then receive inputs of `shape` / `dtype` by broadcast and execute `batch`."""
+@dataclass(frozen=True, slots=True)
+class StateCall:
+    """One recorded call that changed rank 0's block state, for the other ranks to replay: `target`
+    ``runner`` (`reserve(batch)`, `free(seq_id)`) or ``blocks`` (`allocate(seq_id, num_tokens, token_ids,
+    num_cached_blocks)`, `append(seq_id, num_tokens)`, `free(seq_id)`)."""
 
-    calls: list[tuple[str, str, tuple]]
+    target: str
+    method: str
+    seq_id: int = -1
+    batch: StepBatch | None = None
+    num_tokens: int = 0
+    token_ids: tuple[int, ...] | None = None
+    num_cached_blocks: int = 0
+
+    def apply(self, runner: ModelRunner) -> None:
+        """Replay this call on a rank's own runner; raises `WireError` for a call no rank makes."""
+        if (self.target, self.method) not in REPLAYED_CALLS:
+            raise WireError(f"tensor-parallel rank cannot replay {self.target}.{self.method}")
+        if self.target == "runner":
+            if self.method == "reserve":
+                if self.batch is None:
+                    raise WireError("runner.reserve without a batch")
+                runner.reserve(self.batch)
+            else:
+                runner.free(self.seq_id)
+            return
+        blocks = runner.block_manager
+        if self.method == "allocate":
+            ids = list(self.token_ids) if self.token_ids is not None else None
+            blocks.allocate(self.seq_id, self.num_tokens, ids, self.num_cached_blocks)
+        elif self.method == "append":
+            blocks.append(self.seq_id, self.num_tokens)
+        else:
+            blocks.free(self.seq_id)
+
+
+REPLAYED_CALLS = frozenset(
+    {
+        ("runner", "reserve"),
+        ("runner", "free"),
+        ("blocks", "allocate"),
+        ("blocks", "append"),
+        ("blocks", "free"),
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StepOp:
+    """One step for ranks >= 1: replay `calls`, then receive inputs of `shape` / `dtype` (a
+    `helix.engine.wire.TENSOR_DTYPES` name) by broadcast and execute `batch`."""
+
+    calls: tuple[StateCall, ...]
     batch: StepBatch
     shape: tuple[int, ...]
-    dtype: torch.dtype
+    dtype: str
     skip_layers: int = 0  # leading layers of the range the batch skips (partial overlap)
 
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return TENSOR_DTYPES[self.dtype][0]
 
-@dataclass(slots=True)
+
+@dataclass(frozen=True, slots=True)
 class StopOp:
     """Leave the rank loop and the process group."""
+
+
+CONTROL_CODEC = Codec((StepOp, StopOp))
+_DTYPE_NAMES = {torch_dtype: name for name, (torch_dtype, _) in TENSOR_DTYPES.items()}
+
+
+def _block_call(method: str, args: tuple) -> StateCall:
+    seq_id = int(args[0])
+    if method == "allocate":
+        token_ids = args[2] if len(args) > 2 else None
+        return StateCall(
+            "blocks",
+            "allocate",
+            seq_id,
+            num_tokens=int(args[1]),
+            token_ids=tuple(int(t) for t in token_ids) if token_ids is not None else None,
+            num_cached_blocks=int(args[3]) if len(args) > 3 else 0,
+        )
+    if method == "append":
+        return StateCall("blocks", "append", seq_id, num_tokens=int(args[1]) if len(args) > 1 else 1)
+    return StateCall("blocks", "free", seq_id)
 
 
 @dataclass(slots=True)
@@ -69,7 +142,7 @@ class MirroredBlockManager:
 
     _MUTATORS = ("allocate", "append", "free")
 
-    def __init__(self, local: BlockManager, record: list[tuple[str, str, tuple]]) -> None:
+    def __init__(self, local: BlockManager, record: list[StateCall]) -> None:
         self._local, self._record = local, record
 
     def __getattr__(self, name: str) -> Any:
@@ -79,7 +152,7 @@ class MirroredBlockManager:
 
         def mirrored(*args):
             out = attr(*args)
-            self._record.append(("blocks", name, args))
+            self._record.append(_block_call(name, args))
             return out
 
         return mirrored
@@ -104,7 +177,7 @@ class TPRunner:
         self._sockets = sockets
         self._store = store  # rank 0 hosts the group's TCPStore: it lives as long as the runner
         self._describe_exit = describe_exit or (lambda rank: f"exited with code {rank.proc.returncode}")
-        self._record: list[tuple[str, str, tuple]] = []
+        self._record: list[StateCall] = []
         self._blocks = MirroredBlockManager(local.block_manager, self._record)
         self.failure: str | None = None
         self._closing = False
@@ -158,11 +231,11 @@ class TPRunner:
     def reserve(self, batch: StepBatch) -> None:
         self._check()
         self.local.reserve(batch)  # raises before any change (all or none)
-        self._record.append(("runner", "reserve", (batch,)))
+        self._record.append(StateCall("runner", "reserve", batch=batch))
 
     def free(self, seq_id: int) -> None:
         self.local.free(seq_id)
-        self._record.append(("runner", "free", (seq_id,)))
+        self._record.append(StateCall("runner", "free", seq_id))
 
     def execute(self, batch: StepBatch, inputs: torch.Tensor, skip_layers: int = 0) -> torch.Tensor:
         """Run one step on all ranks; rank 0's output (hidden states or full logits); `skip_layers` as in
@@ -170,12 +243,12 @@ class TPRunner:
         self._check()
         self.local.reserve(batch)  # a batch that cannot run fails here, before any rank hears of it
         inputs = inputs.to(self.device).contiguous()
-        op = StepOp(list(self._record), batch, tuple(inputs.shape), inputs.dtype, skip_layers)
+        op = StepOp(tuple(self._record), batch, tuple(inputs.shape), _DTYPE_NAMES[inputs.dtype], skip_layers)
         self._record.clear()
         try:
-            payload = pickle.dumps(op, protocol=5)
+            frames = CONTROL_CODEC.encode(op)
             for sock in self._sockets:
-                sock.send(payload, copy=False)
+                sock.send_multipart(frames, copy=False)
             self.group.broadcast(inputs)
             return self.local.execute(batch, inputs, skip_layers)
         except BaseException as exc:  # the ranks are now out of step: the node is down
@@ -237,10 +310,10 @@ class TPRunner:
                 return
             self._closing = True
         if self.failure is None:
-            payload = pickle.dumps(StopOp())
+            frames = CONTROL_CODEC.encode(StopOp())
             for sock in self._sockets:
                 try:
-                    sock.send(payload, flags=zmq.NOBLOCK)
+                    sock.send_multipart(frames, flags=zmq.NOBLOCK)
                 except zmq.ZMQError:
                     pass
             for rank in self.ranks:

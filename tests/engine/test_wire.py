@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from helix.engine.sampling_params import SamplingParams
+from helix.engine.wire import WIRE_VERSION, Codec, WireError
 from helix.runtime.messages import (
     CODEC,
     WIRE_MESSAGES,
@@ -23,7 +24,6 @@ from helix.runtime.messages import (
     decode,
     encode,
 )
-from helix.runtime.wire import WIRE_VERSION, Codec, WireError
 
 PROMPT = StageItem(
     7,
