@@ -4,10 +4,11 @@ the simulator beside each, and the per-hop cost of the wire.
 1. Emulated GPUs: `helix profile --device cpu` on this host, scaled per GPU type (H100 / A10G / T4 by
    their roofline slowdowns, as `bench_runtime_cpu.py` does) into profile tables; every worker pads
    each step to its type's table time (`--emulation profile`).
-2. A cluster spec `geo3` with three regions (east: two H100; eu: two T4; west: the coordinator),
-   inter-region links of `--mbit` Mbit/s, intra-region 10 Gbit/s, latency 0 everywhere (the kernel
+2. A cluster spec `geo3` with three regions (east: two H100; eu: four T4; west: the coordinator), inter-region links of `--mbit` Mbit/s, intra-region 10 Gbit/s, latency 0 everywhere (the kernel
    here has no netem, so the spec says what the test bed can do); at most `--max-layers` layers per
-   node, so plans are pipelines. `helix plan` plans it.
+   node, so every pipeline has at least two stages and a request may cross regions between them.
+   `helix plan --objective max-flow` plans it (Helix's formulation: the scheduler comparison is the
+   point here).
 3. The test bed: one emulated host per node plus the coordinator's (`helix.testbed.regions.node_testbed`),
    every cross-region host pair shaped to the spec's link bandwidth (htb class + tbf leaf), a Ray node
    on each with token auth. Per scheduler, `helix serve --ray-address` on the coordinator's host and
@@ -84,6 +85,8 @@ nodes:
   - {{name: e1, gpu: H100-80GB, region: east}}
   - {{name: u0, gpu: T4, region: eu}}
   - {{name: u1, gpu: T4, region: eu}}
+  - {{name: u2, gpu: T4, region: eu}}
+  - {{name: u3, gpu: T4, region: eu}}
 profiles: {profiles}
 """
 
@@ -258,12 +261,13 @@ def emulated_profiles(work: Path, args) -> dict:
     }
 
 
-def choose_rate(files: dict, prompt_tokens: int, args) -> tuple[float, list]:
-    """The offered rate (of a grid) at which the simulator's max-flow run serves the most output tokens,
-    i.e. its capacity knee: the load every scheduler then gets (chosen on the simulator, never on the
-    measurement)."""
+def choose_rate(files: dict, prompt_tokens: int, max_flow: float, args) -> tuple[float, list]:
+    """The offered rate at which the simulator's max-flow run serves the most output tokens, i.e. its
+    capacity knee, over a grid of fractions of the max flow's request rate (max flow / tokens per
+    request): the load every scheduler then gets (chosen on the simulator, never on the measurement)."""
+    base = max_flow / (prompt_tokens + args.output_tokens)
     swept = []
-    for rate in args.rate_grid:
+    for rate in [round(f * base, 4) for f in args.rate_grid]:
         sim_args = argparse.Namespace(**{**vars(args), "rate": rate})
         served = simulate_scheduler("maxflow", files, prompt_tokens, sim_args)["output_tokens_per_s"]
         swept.append({"rate": rate, "sim_maxflow_output_tokens_per_s": served})
@@ -289,6 +293,7 @@ def plan_cluster(cluster_file: Path, work: Path, args) -> Path:
         "--model",
         MODEL,
     ]
+    command += ["--objective", "max-flow"]
     command += ["-o", str(out), "--time-limit", str(args.plan_time_limit), "--quiet"]
     subprocess.run(command, check=True, capture_output=True, text=True)
     return out
@@ -453,7 +458,8 @@ def main(args) -> None:
         prompt_tokens = prompt_token_count(args.prompt_words)
         results["prompt_tokens"] = prompt_tokens
         if args.rate is None:
-            args.rate, results["rate_sweep"] = choose_rate(files, prompt_tokens, args)
+            max_flow = plan["max_flow_tokens_per_s"]
+            args.rate, results["rate_sweep"] = choose_rate(files, prompt_tokens, max_flow, args)
         results["offered_rate_per_s"] = args.rate
         cluster = load_cluster(str(files["cluster"]))
         bed, layout = node_testbed(cluster, f"hxg{os.getpid() % 100000}", nodes=list(plan["placement"]))
@@ -512,12 +518,23 @@ def parse_args(argv=None):
     parser.add_argument(
         "--rate", type=float, default=None, help="offered req/s (default: chosen on the simulator)"
     )
-    parser.add_argument("--rate-grid", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.4])
+    parser.add_argument(
+        "--rate-grid",
+        type=float,
+        nargs="+",
+        default=[1.0, 1.25, 1.5],
+        help="offered rates tried in the simulator, as fractions of the max flow's request rate",
+    )
     parser.add_argument("--max-layers", type=int, default=16, help="layers one emulated GPU may hold")
     parser.add_argument("--warmup", type=float, default=20.0)
     parser.add_argument("--window", type=float, default=45.0)
     parser.add_argument("--mbit", type=float, default=4.0, help="inter-region bandwidth")
-    parser.add_argument("--scale", type=float, default=1.5, help="emulated H100 = host CPU time × scale")
+    parser.add_argument(
+        "--scale",
+        type=float,
+        default=4.0,
+        help="emulated H100 = host CPU time × scale (4 leaves the six workers CPU to spare on 2 cores)",
+    )
     parser.add_argument("--prompt-words", type=int, default=64)
     parser.add_argument("--output-tokens", type=int, default=32)
     parser.add_argument("--plan-time-limit", type=float, default=20.0)

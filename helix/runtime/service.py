@@ -199,6 +199,8 @@ class ServingRuntime:
             "max_flow_tokens_per_s": self.topology.max_flow_tokens_per_s,
             "scheduler": self.options.scheduler,
             "addresses": {**self.deployment.addresses, "coordinator": self.coordinator.address},
+            # CURVE server keys are public by design: a client also needs the deployment's client secret
+            "wire_server_key": self.deployment.keys.server_public if self.deployment.keys else None,
             "tensor_parallel": {
                 n: s.stage.tp_size for n, s in self.deployment.specs.items() if s.stage.tp_size > 1
             },
