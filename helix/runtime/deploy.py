@@ -72,7 +72,13 @@ def start_ray(address: str | None, *, num_cpus: int = 2) -> None:
         _enable_local_token_auth()
     for attempt in range(LOCAL_START_ATTEMPTS):  # a loaded host can miss Ray's fixed 30 s raylet wait
         try:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+            ray.init(  # "local": a new instance, never a `ray start` cluster found on this machine
+                address="local",
+                num_cpus=num_cpus,
+                include_dashboard=False,
+                logging_level="ERROR",
+                log_to_driver=False,
+            )
             return
         except Exception:
             ray.shutdown()  # stops what this attempt started

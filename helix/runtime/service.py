@@ -33,6 +33,7 @@ from helix.runtime.deploy import Deployment, HealthMonitor, WorkerSpec, start_ra
 from helix.runtime.emulation import EMULATION_MODES, StepTimer, capacity_model, slowdowns, step_timers
 from helix.runtime.keys import WireKeys
 from helix.runtime.kv_capacity import real_kv_token_layers
+from helix.runtime.process_tree import ProcessTree
 from helix.runtime.stage_backend import StageConfig
 from helix.runtime.tp_node import tp_size_for
 from helix.scheduling import KVParameters, Topology, create_scheduler
@@ -99,6 +100,7 @@ class ServingRuntime:
         self.slowdown = slowdown
         self.started_at_s = time.time()
         self.control_plane_lost: str | None = None
+        self.process_tree = ProcessTree()  # stopped by PID when Ray's control plane is lost
         self.on_shutdown: list[Callable[[str], None]] = []  # called when the deployment must stop
 
     @classmethod
@@ -167,6 +169,7 @@ class ServingRuntime:
             options, resolved.name, tokenizer, plan, deployment, coordinator, health, topology, factors
         )
         health.on_control_plane_lost = runtime._on_control_plane_lost
+        runtime.process_tree.record()  # the local Ray this process started, if any, and its workers
         health.start()
         return runtime
 
@@ -176,6 +179,7 @@ class ServingRuntime:
         self.coordinator.fail_all(f"the deployment is shutting down: {reason}")
         time.sleep(0.2)  # let the coordinator emit the errors
         self.deployment.kill_local_processes()
+        self.process_tree.kill()  # what is left of a local Ray (agents outlive their raylet)
         for listener in self.on_shutdown:
             listener(reason)
 
@@ -186,6 +190,7 @@ class ServingRuntime:
             self.deployment.shutdown()
         else:  # Ray cannot stop actors without its control plane
             self.deployment.kill_local_processes()
+            self.process_tree.kill()
 
     def describe(self) -> dict[str, Any]:
         """Plan, routes and emulation factors (for logs and the demo)."""
