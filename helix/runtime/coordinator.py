@@ -12,8 +12,10 @@ One thread owns the coordinator's sockets and state. Each loop iteration it
 
 Every iteration returns through the coordinator, so a cancelled request is freed when its in-flight
 iteration comes back: nothing of it is left in flight, and its KV is freed on every worker exactly once.
-A request in flight for longer than `stall_timeout_s` without progress is re-admitted (at most
-`MAX_STALLS` times, then it fails with a 504 instead of hanging).
+An iteration in flight for longer than `stall_timeout_s` while iterations sent after it on the same
+route have come back (it was lost: a route is FIFO), or for `STALL_CEILING` × that in any case, is
+re-admitted (at most `MAX_STALLS` times, then it fails with a 504 instead of hanging). A route that is
+merely slow — every step long on an overloaded host — stalls nothing.
 
 No accepted request is lost to KV pressure or to a lost worker:
 
@@ -54,6 +56,7 @@ from helix.scheduling.recovery import TopologySource, has_pipeline, max_request_
 
 POLL_S = 0.002
 MAX_STALLS = 2  # re-admissions after a stall before a request fails with a timeout
+STALL_CEILING = 5.0  # × stall_timeout_s: an iteration not overtaken on its route counts as stalled after it
 
 
 class QueueFullError(RuntimeError):
@@ -116,6 +119,8 @@ class Coordinator:
         self._frees: dict[str, list[tuple[int, int]]] = defaultdict(list)  # node → (seq_id, admission)
         self._controls: dict[str, list[Control]] = defaultdict(list)
         self._last_progress: dict[int, float] = {}
+        self._sent = 0  # iterations sent so far (each request remembers its iteration's number)
+        self._route_returned: dict[tuple[str, ...], int] = {}  # route → newest iteration number returned
         self.counters = {
             "admitted": 0,
             "finished": 0,
@@ -350,6 +355,8 @@ class Coordinator:
 
     def _send(self, state: RequestState, item: StageItem) -> None:
         state.in_flight = True
+        self._sent += 1
+        state.sent_seq = self._sent
         self._last_progress[state.seq_id] = time.monotonic()
         self._outgoing[state.route[0]].append(item)
 
@@ -358,6 +365,8 @@ class Coordinator:
         if state is None or not state.in_flight or result.admission != state.admission:
             return  # finished, or a late result of an earlier admission
         state.in_flight = False
+        route = state.route
+        self._route_returned[route] = max(self._route_returned.get(route, 0), state.sent_seq)
         if result.preempted:
             if state.cancelled:
                 self._finish(state, "cancelled")
@@ -488,13 +497,17 @@ class Coordinator:
             self._requeue(state)
 
     def _watchdog(self) -> None:
-        """An iteration without progress for `stall_timeout_s` (its workers still answer heartbeats, or
-        the health monitor would have re-routed it) is re-admitted to re-prefill, not failed; a request
-        that stalls `MAX_STALLS` times fails with a 504."""
+        """An iteration lost on its route (see the module docstring; its workers still answer heartbeats,
+        or the health monitor would have re-routed it) is re-admitted to re-prefill, not failed; a
+        request that stalls `MAX_STALLS` times fails with a 504."""
         now = time.monotonic()
+        timeout_s = self.config.stall_timeout_s
         for seq_id, since in list(self._last_progress.items()):
             state = self._requests.get(seq_id)
-            if state is None or not state.in_flight or now - since <= self.config.stall_timeout_s:
+            if state is None or not state.in_flight or now - since <= timeout_s:
+                continue
+            overtaken = self._route_returned.get(state.route, 0) > state.sent_seq
+            if not overtaken and now - since <= STALL_CEILING * timeout_s:
                 continue
             state.stalls += 1
             if state.stalls <= MAX_STALLS and not state.cancelled:

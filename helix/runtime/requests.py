@@ -59,6 +59,7 @@ class RequestState:
     preemptions: int = 0
     reroutes: int = 0
     stalls: int = 0
+    sent_seq: int = 0  # the coordinator's send counter when its current iteration left
     lost_at_s: float | None = None  # when its pipeline was lost; cleared at its first resumed token
 
     @property
