@@ -13,11 +13,12 @@ simulator's prediction of the same runs.
    the same numbers.
 4. The per-hop cost of the activation path (ZeroMQ PUSH/PULL vs a Ray actor call).
 5. The same without padding to the simulator's tables (`unpadded`): relative emulation (each worker
-   sleeps (slowdown_g − 1) × its measured compute, the fastest type not at all) against the simulator on
-   tables from this host's `helix profile` × slowdown_g (scale 1). Here the runtime's node speeds are
-   its real compute, not the simulator's own tables, so the agreement is not by construction.
+   sleeps (scale × slowdown_g − 1) × its measured compute, so its steps take scale × slowdown_g times
+   what its CPU really spent) against the simulator on tables from this host's `helix profile` × scale ×
+   slowdown_g. Here the runtime's node speeds come from its live compute, not from the simulator's own
+   tables, so the agreement is not by construction; what the two share is this host's profile.
 
-Run: python benchmarks/bench_runtime_cpu.py → benchmarks/results/runtime_cpu.json (≈ 7.5 min on 2 cores)
+Run: python benchmarks/bench_runtime_cpu.py → benchmarks/results/runtime_cpu.json (≈ 16 min on 2 cores)
 """
 
 from __future__ import annotations
@@ -178,6 +179,7 @@ def run_scheduler(scheduler: str, cluster_file: str, args, emulation: str = "pro
             placement=PLACEMENT,
             scheduler=scheduler,
             emulation=emulation,
+            relative_scale=args.scale if emulation == "relative" else 1.0,
             kv_cache_bytes=args.kv_cache_mib << 20,
             max_waiting=100_000,
         )
@@ -297,13 +299,14 @@ def _overhead(alone: dict, scheduler: str, cluster_file: str, prompt_tokens: int
 
 def main(args) -> None:
     started = time.perf_counter()
-    results: dict = {"config": vars(args), "hop_overhead": measure_hop_overhead()}
+    results: dict = {"config": vars(args), "loadavg_start": os.getloadavg()}
+    results["hop_overhead"] = measure_hop_overhead()
     with tempfile.TemporaryDirectory(prefix="helix-bench-") as tmp:
         prompt_tokens = prompt_token_count(args.prompt_words)
         results["prompt_tokens"] = prompt_tokens
         for mode in args.emulations.split(","):
             padded = mode == "profile"
-            emulated = emulated_cluster(Path(tmp) / mode, args, args.scale if padded else 1.0)
+            emulated = emulated_cluster(Path(tmp) / mode, args, args.scale)
             # the padded run's fields stay at the top level; the unpadded run's go under "unpadded"
             into = results if padded else results.setdefault("unpadded", {"emulation_mode": "relative"})
             into["emulation"] = {k: v for k, v in emulated.items() if k != "cluster_file"}
@@ -318,6 +321,7 @@ def main(args) -> None:
                 into["schedulers"][name] = {"measured": measured, "simulated": predicted}
                 into["summary"][name] = brief = _brief(measured, predicted)
                 print(mode, name, json.dumps(brief), flush=True)
+    results["loadavg_end"] = os.getloadavg()
     if "unpadded" in results:
         results["unpadded"]["sim_error_by_scheduler"] = {
             n: b["sim_error"] for n, b in results["unpadded"]["summary"].items()

@@ -4,7 +4,8 @@ the simulator beside each, and the per-hop cost of the wire.
 1. Emulated GPUs: `helix profile --device cpu` on this host, scaled per GPU type (H100 / A10G / T4 by
    their roofline slowdowns, as `bench_runtime_cpu.py` does) into profile tables; every worker pads
    each step to its type's table time (`--emulation profile`).
-2. A cluster spec `geo3` with three regions (east: two H100; eu: four T4; west: the coordinator), inter-region links of `--mbit` Mbit/s, intra-region 10 Gbit/s, latency 0 everywhere (the kernel
+2. A cluster spec `geo3` with three regions (east: two H100; eu: four T4; west: the coordinator),
+   inter-region links of `--mbit` Mbit/s, intra-region 10 Gbit/s, latency 0 everywhere (the kernel
    here has no netem, so the spec says what the test bed can do); at most `--max-layers` layers per
    node, so every pipeline has at least two stages and a request may cross regions between them.
    `helix plan --objective max-flow` plans it (Helix's formulation: the scheduler comparison is the

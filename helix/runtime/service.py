@@ -49,7 +49,9 @@ class ServeOptions:
     """Everything `helix serve` needs. `devices`: node → torch device (default ``cpu``); a list such as
     ``cuda:0,1``, or else the node type's GPU count, sets its tensor-parallel ranks (`tp_node`).
 
-    `emulation` (when `emulate`): ``relative`` or ``profile`` (see `helix.runtime.emulation`).
+    `emulation` (when `emulate`): ``relative`` or ``profile`` (see `helix.runtime.emulation`);
+    `relative_scale` ≥ 1 stretches every relative slowdown (the fastest type's steps then take that many
+    times its measured compute: on a small host, CPU left over for the other workers).
     """
 
     model: str
@@ -60,6 +62,7 @@ class ServeOptions:
     advertise_host: str | None = None  # address workers reach the coordinator at (default: Ray node IP)
     emulate: bool = True
     emulation: str = "relative"
+    relative_scale: float = 1.0
     scheduler: str = "maxflow"
     plan_method: str = "milp"
     plan_time_limit_s: float = 20.0
@@ -237,7 +240,14 @@ def _emulation(
         )
     if options.emulation == "profile":
         return {}, step_timers(cluster, capacity, plan.placement)
-    return slowdowns(cluster, capacity, plan.placement), {}
+    if not options.relative_scale >= 1.0:
+        raise HelixInputError(
+            f"relative emulation scale {options.relative_scale} is below 1",
+            field="relative_scale",
+            fix="use a scale of at least 1 (1 = the fastest type at this host's own speed)",
+        )
+    slow = slowdowns(cluster, capacity, plan.placement)
+    return {n: options.relative_scale * s for n, s in slow.items()}, {}
 
 
 def _model_spec(model: str, hf_config: dict[str, Any]) -> ModelSpec:
