@@ -18,7 +18,9 @@ simulator's prediction of the same runs.
    slowdown_g. Here the runtime's node speeds come from its live compute, not from the simulator's own
    tables, so the agreement is not by construction; what the two share is this host's profile.
 
-Run: python benchmarks/bench_runtime_cpu.py → benchmarks/results/runtime_cpu.json (≈ 16 min on 2 cores)
+Run: python benchmarks/bench_runtime_cpu.py → benchmarks/results/runtime_cpu.json (≈ 16 min on 2 cores);
+`--emulations profile` or `--emulations relative --out benchmarks/results/runtime_cpu_unpadded.json` runs
+one of the two (≈ 8 min each).
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ PRODUCERS: dict[str, tuple[str, bool]] = {
     "planner.json": ("benchmarks/bench_planner.py", False),
     "runtime_2gpu.json": ("benchmarks/bench_runtime_2gpu.py", False),
     "runtime_cpu.json": ("benchmarks/bench_runtime_cpu.py", False),
+    "runtime_cpu_unpadded.json": ("benchmarks/bench_runtime_cpu.py", False),
     "simulation.json": ("benchmarks/bench_simulator.py", False),
     "elastic.json": ("benchmarks/bench_elastic.py", False),
     "failover.json": ("benchmarks/bench_failover.py", False),
