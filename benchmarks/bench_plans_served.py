@@ -36,6 +36,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from bench_planner import synthetic_cluster  # noqa: E402
 
+from helix.flow.graph import FlowOptions  # noqa: E402
+from helix.flow.maxflow import evaluate_placement  # noqa: E402
 from helix.perf.helix_profile import profile_capacity_model  # noqa: E402
 from helix.placement.planner import plan  # noqa: E402
 from helix.placement.result import PlannerOptions  # noqa: E402
@@ -167,20 +169,25 @@ def plan_job(job: tuple[str, str, str]) -> dict:
 
 
 def simulate_job(job: tuple) -> dict:
-    """One simulation (worker process): (cluster, preset, pairs, mode, seed, rate)."""
+    """One simulation (worker process): (cluster, preset, pairs, mode, seed, rate). A placement that
+    carries no flow (a baseline that does not apply to the cluster) serves nothing: 0 tokens/s."""
     name, preset, pairs, mode, seed, rate = job
     cluster, capacity = inputs(name)
     cfg = config(name, preset, seed=seed, mode=mode)
+    started = time.perf_counter()
+    placement = Placement.from_pairs(dict(pairs))
+    flow = evaluate_placement(cluster, MODEL, placement, capacity, FlowOptions(partial_overlap=False))
+    if flow.value_tokens_per_s <= 0 or (mode == "online" and not rate):
+        return {"job": job, "decode_tokens_per_s": 0.0, "requests_per_s": 0.0, "wall_s": 0.0}
     arrivals = None
     if mode == "online":
         horizon = cfg.warmup_s + cfg.duration_s
         counts = load_bucket_counts("azure_conversation")
         arrivals = bucket_arrivals(counts, rate, horizon, np.random.default_rng(seed))
-    started = time.perf_counter()
     result = simulate(
         cluster,
         MODEL,
-        Placement.from_pairs(dict(pairs)),
+        placement,
         capacity,
         lengths(),
         cfg,
@@ -216,7 +223,7 @@ METRICS = ("decode_tokens_per_s", "ttft_p50_s", "ttft_p95_s", "tpot_p50_s", "tpo
 
 
 def aggregate(rows: list[dict]) -> dict:
-    return {m: mean_sd([r[m] for r in rows]) for m in METRICS}
+    return {m: mean_sd([r.get(m) for r in rows]) for m in METRICS}
 
 
 def sim_key(name: str, preset: str, pairs, mode: str, seed: int, rate: float | None) -> tuple:
@@ -300,77 +307,85 @@ def main(argv: list[str] | None = None) -> int:
     }
     out_path = Path(args.out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    totals = {"offline_distinct": 0, "online_distinct": 0, "sim_wall_s_total": 0.0}
     pool = Pool(args.workers) if args.workers > 1 else None
     try:
-        planned = {}
-        mapped = pool.imap_unordered(plan_job, plan_jobs(names)) if pool else map(plan_job, plan_jobs(names))
-        for row in mapped:
-            planned[row["key"]] = row
-            print("planned", row["key"], row["info"].get("planner_s"), flush=True)
-        record["planning_done_s"] = round(time.perf_counter() - started, 1)
-        plans = {}  # (name, preset) → method → pairs
-        for name in names:
-            for preset in PRESETS:
-                plans[name, preset] = {
-                    m: row["pairs"]
-                    for (n, p, m), row in planned.items()
-                    if n == name and (m != "default" or p == preset)
-                }
-        offline_jobs = [
-            (name, preset, pairs, "offline", seed, None)
-            for (name, preset), methods in plans.items()
-            for pairs in methods.values()
-            for seed in HELD_OUT_SEEDS
-        ]
-        offline_rows = run_sims(pool, offline_jobs)
-        record["offline_done_s"] = round(time.perf_counter() - started, 1)
-        offline, rates = {}, {}
-        for (name, preset), methods in plans.items():
-            offline[name, preset] = block(offline_rows, name, preset, methods, "offline")
-            rates[name, preset] = {
-                m: ONLINE_LOAD * v["requests_per_s"]["mean"] for m, v in offline[name, preset].items()
-            }
-        online_jobs = [
-            (name, preset, pairs, "online", seed, rates[name, preset][m])
-            for (name, preset), methods in plans.items()
-            for m, pairs in methods.items()
-            for seed in HELD_OUT_SEEDS
-        ]
-        online_rows = run_sims(pool, online_jobs)
+        for name in names:  # one cluster at a time: each is written as soon as it is complete
+            row, stats = run_cluster(pool, name, started)
+            record["clusters"][name] = row
+            for key, value in stats.items():
+                totals[key] = round(totals[key] + value, 1)
+            record["simulations"] = totals
+            record["load_average_now"] = os.getloadavg()
+            record["elapsed_s"] = round(time.perf_counter() - started, 1)
+            out_path.write_text(json.dumps(record, indent=1, default=str) + "\n")
     finally:
         if pool:
             pool.close()
             pool.join()
-    for name in names:
-        row: dict = {"planning": {}, "presets": {}}
-        for preset in PRESETS:
-            row["planning"][preset] = {
-                m: planned[n, p, m]["info"] for (n, p, m) in planned if n == name and p == preset
-            }
-            online = block(online_rows, name, preset, plans[name, preset], "online", rates[name, preset])
-            has_helix = "helix" in plans[name, preset]
-            row["presets"][preset] = {
-                "offline": summarise(offline[name, preset], has_helix),
-                "online": {**summarise(online, has_helix), "rates_requests_per_s": rates[name, preset]},
-            }
-            print(
-                name,
-                preset,
-                row["presets"][preset]["offline"]["default_over_helix"],
-                row["presets"][preset]["online"]["default_over_helix"],
-                flush=True,
-            )
-        record["clusters"][name] = row
-    all_rows = [*offline_rows.values(), *online_rows.values()]
-    record["simulations"] = {
-        "offline_distinct": len(offline_rows),
-        "online_distinct": len(online_rows),
-        "sim_wall_s_total": round(sum(r["wall_s"] for r in all_rows), 1),
-    }
-    record["load_average_end"] = os.getloadavg()
+    record["load_average_end"] = record.pop("load_average_now")
     record["elapsed_s"] = round(time.perf_counter() - started, 1)
     out_path.write_text(json.dumps(record, indent=1, default=str) + "\n")
     return 0
+
+
+def run_cluster(pool, name: str, started: float) -> tuple[dict, dict]:
+    """Plan every method, simulate offline then online on the held-out seeds, summarise one cluster."""
+    planned = {}
+    jobs = plan_jobs([name])
+    for row in pool.imap_unordered(plan_job, jobs) if pool else map(plan_job, jobs):
+        planned[row["key"]] = row
+        print("planned", row["key"], row["info"].get("planner_s"), flush=True)
+    plans = {  # preset → method → pairs
+        preset: {m: r["pairs"] for (_, p, m), r in planned.items() if m != "default" or p == preset}
+        for preset in PRESETS
+    }
+    offline_rows = run_sims(
+        pool,
+        [
+            (name, preset, pairs, "offline", seed, None)
+            for preset, methods in plans.items()
+            for pairs in methods.values()
+            for seed in HELD_OUT_SEEDS
+        ],
+    )
+    offline = {preset: block(offline_rows, name, preset, plans[preset], "offline") for preset in PRESETS}
+    rates = {
+        preset: {m: ONLINE_LOAD * v["requests_per_s"]["mean"] for m, v in offline[preset].items()}
+        for preset in PRESETS
+    }
+    online_rows = run_sims(
+        pool,
+        [
+            (name, preset, pairs, "online", seed, rates[preset][m])
+            for preset, methods in plans.items()
+            for m, pairs in methods.items()
+            for seed in HELD_OUT_SEEDS
+        ],
+    )
+    row: dict = {"planning": {}, "presets": {}, "done_at_s": round(time.perf_counter() - started, 1)}
+    for preset in PRESETS:
+        row["planning"][preset] = {m: r["info"] for (_, p, m), r in planned.items() if p == preset}
+        online = block(online_rows, name, preset, plans[preset], "online", rates[preset])
+        has_helix = "helix" in plans[preset]
+        row["presets"][preset] = {
+            "offline": summarise(offline[preset], has_helix),
+            "online": {**summarise(online, has_helix), "rates_requests_per_s": rates[preset]},
+        }
+        print(
+            name,
+            preset,
+            row["presets"][preset]["offline"]["default_over_helix"],
+            row["presets"][preset]["online"]["default_over_helix"],
+            flush=True,
+        )
+    all_rows = [*offline_rows.values(), *online_rows.values()]
+    stats = {
+        "offline_distinct": len(offline_rows),
+        "online_distinct": len(online_rows),
+        "sim_wall_s_total": sum(r["wall_s"] for r in all_rows),
+    }
+    return row, stats
 
 
 if __name__ == "__main__":
