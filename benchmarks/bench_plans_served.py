@@ -4,7 +4,7 @@ For single24, 3cluster24, cluster42 (LLaMA-2-70B, Helix's profiles) and the synt
 bench_planner.py: the default planner (objective ``served``: its best candidates checked in the simulator
 on the tuning seed), the max-flow MILP, Helix's published plan (where there is one), Swarm, Petals,
 separate pipelines and the Parallax-style allocator — all served by the same max-flow scheduler with KV
-admission, under both fidelity presets. Anything tuned (the default plan's choice: the best 6 candidates
+admission, under both fidelity presets. Anything tuned (the default plan's choice: the best 8 candidates
 by estimate simulated on seed 0, the best 2 of those on seeds 0–4) uses tuning seeds 0–4 only; figures
 are mean ± sd over held-out seeds 100–104: offline (closed loop) and online (Helix's resampled
 Azure-conversation arrivals at 75 % of the same plan's offline request rate, measured on the held-out
@@ -70,7 +70,7 @@ WINDOWS_WHY = (
 )
 COST = {"synthetic200": 4.0, "cluster42": 3.0, "3cluster24": 1.5, "single24": 1.0}  # relative sim cost
 PLANNER_TIME_LIMIT_S = 60.0
-CHECK_CANDIDATES = 6
+CHECK_CANDIDATES = 8
 CONFIRM_CANDIDATES = 2
 
 
