@@ -4,10 +4,14 @@ For single24, 3cluster24, cluster42 (LLaMA-2-70B, Helix's profiles) and the synt
 bench_planner.py: the default planner (objective ``served``: its best candidates checked in the simulator
 on the tuning seed), the max-flow MILP, Helix's published plan (where there is one), Swarm, Petals,
 separate pipelines and the Parallax-style allocator — all served by the same max-flow scheduler with KV
-admission, under both fidelity presets. Anything tuned (the default plan's choice) uses tuning seed 0
-only (from 0–4); figures are mean ± sd over held-out seeds 100–104: offline (closed loop) and online
-(Helix's resampled Azure-conversation arrivals at 75 % of the same plan's offline request rate, measured
-on the held-out offline runs of the same preset). `default_over_helix` is the ratio of the means.
+admission, under both fidelity presets. Anything tuned (the default plan's choice: the best 8 candidates
+by estimate simulated on seed 0, the best 2 of those on seeds 0–4) uses tuning seeds 0–4 only; figures
+are mean ± sd over held-out seeds 100–104: offline (closed loop) and online (Helix's resampled
+Azure-conversation arrivals at 75 % of the same plan's offline request rate, measured on the held-out
+offline runs of the same preset). `default_over_helix` is the ratio of the means.
+
+Planning runs and simulations go to a pool of `--workers` processes (each planning run and each
+simulation is single-threaded); methods that return the same placement share their simulations.
 
     python benchmarks/bench_plans_served.py [--only single24] [--workers 2]
         → benchmarks/results/plans_served.json
@@ -32,6 +36,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from bench_planner import synthetic_cluster  # noqa: E402
 
+from helix.flow.graph import FlowOptions  # noqa: E402
+from helix.flow.maxflow import evaluate_placement  # noqa: E402
 from helix.perf.helix_profile import profile_capacity_model  # noqa: E402
 from helix.placement.planner import plan  # noqa: E402
 from helix.placement.result import PlannerOptions  # noqa: E402
@@ -50,13 +56,22 @@ MODEL = builtin_model("llama-2-70b")
 CLUSTERS = ("single24", "3cluster24", "cluster42", "synthetic200")
 PRESETS = ("helix", "improved")
 BASELINES = ("swarm", "petals", "separate", "parallax")
-TUNING_SEEDS = (0,)
+TUNING_SEEDS = (0, 1, 2, 3, 4)
 HELD_OUT_SEEDS = (100, 101, 102, 103, 104)
 ONLINE_LOAD = 0.75
-# (warm-up s, window s) per cluster: sized so the whole run fits in ~25 min on a 2-core machine
-WINDOWS = {"single24": (60, 180), "3cluster24": (60, 180), "cluster42": (60, 180), "synthetic200": (40, 100)}
+# (warm-up s, window s) per cluster, sized so the whole run fits in ~35 min on a 2-core machine
+WINDOWS = {"single24": (60, 120), "3cluster24": (60, 120), "cluster42": (60, 120), "synthetic200": (40, 80)}
+WINDOWS_WHY = (
+    "60 s warm-up: the closed loop fills the KV of every plan within ~30-50 s (requests are launched "
+    "0.1 s apart and admitted while KV allows; 30 s is not enough on cluster42); 120 s window: about "
+    "one mean request lifetime (240 output tokens at the 0.6-1.5 s TPOT measured), so the population "
+    "turns over once; synthetic200 is shorter (40 + 80 s) because one of its runs costs ~4x a Helix "
+    "cluster's. Sized for a shared 2-core machine; ratios between methods are measured in one run"
+)
+COST = {"synthetic200": 4.0, "cluster42": 3.0, "3cluster24": 1.5, "single24": 1.0}  # relative sim cost
 PLANNER_TIME_LIMIT_S = 60.0
-CHECK_CANDIDATES = 3
+CHECK_CANDIDATES = 8
+CONFIRM_CANDIDATES = 2
 
 
 @cache
@@ -81,67 +96,99 @@ def config(name: str, preset: str, **changes) -> SimConfig:
     return SimConfig.preset(preset, warmup_s=warmup, duration_s=window, **changes)
 
 
-def plans_for(name: str, preset: str) -> tuple[dict[str, Placement], dict[str, dict]]:
-    """Every method's placement for one cluster and preset, with planning facts."""
+def default_options(name: str, preset: str) -> PlannerOptions:
+    """The default planner as a user runs it with simulated checks: screen the best CHECK_CANDIDATES by
+    estimate on the first tuning seed, confirm the best CONFIRM_CANDIDATES on every tuning seed."""
     cluster, capacity = inputs(name)
-    out, info = {}, {}
-    checker = simulation_checker(
-        cluster,
-        MODEL,
-        capacity,
-        lengths(),
-        config(name, preset),
-        seeds=TUNING_SEEDS,
-        kv_params=KVParameters(*KV_PARAMS[preset]),
-    )
-    runs = {
-        "default": PlannerOptions(
-            time_limit_s=PLANNER_TIME_LIMIT_S,
-            serving=serving_setup(lengths(), preset),
-            checker=checker,
-            checker_description=f"offline simulation, {preset} preset, seeds {list(TUNING_SEEDS)}",
-            check_candidates=CHECK_CANDIDATES,
-        ),
-        "max-flow": PlannerOptions(objective="max-flow", time_limit_s=PLANNER_TIME_LIMIT_S),
-        **{b: PlannerOptions(method=b) for b in BASELINES},
-    }
-    for method, options in runs.items():
-        if method != "default" and preset != PRESETS[0]:
-            continue  # only the default plan depends on the preset
-        started = time.perf_counter()
-        result = plan(cluster, MODEL, options, capacity)
-        out[method] = result.placement
-        info[method] = {
-            "planner_s": round(time.perf_counter() - started, 2),
-            "max_flow_tokens_per_s": round(result.flow_tokens_per_s, 2),
-            "upper_bound_tokens_per_s": result.upper_bound_tokens_per_s,
-            "stopped_by": result.details.get("stopped_by"),
-            "found_by": result.details.get("found_by"),
-            "served_estimate": result.details.get("served"),
-            "phase_s": result.details.get("phase_s"),
-        }
-    if name != "synthetic200":
-        out["helix"] = load_helix_placement(
-            reference_dir() / "placements" / f"{name}_llama70b_helix_milp.ini"
+    cache: dict = {}
+
+    def checker(seeds):
+        return simulation_checker(
+            cluster,
+            MODEL,
+            capacity,
+            lengths(),
+            config(name, preset),
+            seeds=seeds,
+            kv_params=KVParameters(*KV_PARAMS[preset]),
+            cache=cache,
         )
-    return out, info
+
+    return PlannerOptions(
+        time_limit_s=PLANNER_TIME_LIMIT_S,
+        serving=serving_setup(lengths(), preset),
+        checker=checker(TUNING_SEEDS[:1]),
+        checker_description=f"offline simulation, {preset} preset, seed {TUNING_SEEDS[0]}",
+        check_candidates=CHECK_CANDIDATES,
+        confirm_checker=checker(TUNING_SEEDS),
+        confirm_description=f"offline simulation, {preset} preset, mean over seeds {list(TUNING_SEEDS)}",
+        confirm_candidates=CONFIRM_CANDIDATES,
+    )
+
+
+def plan_job(job: tuple[str, str, str]) -> dict:
+    """One planning run (worker process): (cluster, preset, method) → placement pairs and facts."""
+    name, preset, method = job
+    cluster, capacity = inputs(name)
+    if method == "helix":
+        placement = load_helix_placement(reference_dir() / "placements" / f"{name}_llama70b_helix_milp.ini")
+        return {"key": job, "pairs": placement.as_pairs(), "info": {"source": "Helix's published plan"}}
+    if method == "default":
+        options = default_options(name, preset)
+    elif method == "max-flow":
+        options = PlannerOptions(objective="max-flow", time_limit_s=PLANNER_TIME_LIMIT_S)
+    else:
+        options = PlannerOptions(method=method)
+    started = time.perf_counter()
+    result = plan(cluster, MODEL, options, capacity)
+    info = {
+        "planner_s": round(time.perf_counter() - started, 2),
+        "max_flow_tokens_per_s": round(result.flow_tokens_per_s, 2),
+        "upper_bound_tokens_per_s": result.upper_bound_tokens_per_s,
+        "stopped_by": result.details.get("stopped_by"),
+        "found_by": result.details.get("found_by"),
+        "served_estimate": result.details.get("served"),
+        "phase_s": result.details.get("phase_s"),
+        "load_average_after": os.getloadavg(),
+    }
+    if method == "default":
+        info["checked"] = [
+            {
+                k: c.get(k)
+                for k in (
+                    "source",
+                    "max_flow_tokens_per_s",
+                    "served_estimate_tokens_per_s",
+                    "checked_decode_tokens_per_s",
+                    "confirmed_decode_tokens_per_s",
+                )
+            }
+            for c in result.details.get("candidates", [])
+            if "checked_decode_tokens_per_s" in c
+        ]
+    return {"key": job, "pairs": result.placement.as_pairs(), "info": info}
 
 
 def simulate_job(job: tuple) -> dict:
-    """One simulation (worker process): (cluster, preset, method, pairs, mode, seed, rate)."""
-    name, preset, method, pairs, mode, seed, rate = job
+    """One simulation (worker process): (cluster, preset, pairs, mode, seed, rate). A placement that
+    carries no flow (a baseline that does not apply to the cluster) serves nothing: 0 tokens/s."""
+    name, preset, pairs, mode, seed, rate = job
     cluster, capacity = inputs(name)
     cfg = config(name, preset, seed=seed, mode=mode)
+    started = time.perf_counter()
+    placement = Placement.from_pairs(dict(pairs))
+    flow = evaluate_placement(cluster, MODEL, placement, capacity, FlowOptions(partial_overlap=False))
+    if flow.value_tokens_per_s <= 0 or (mode == "online" and not rate):
+        return {"job": job, "decode_tokens_per_s": 0.0, "requests_per_s": 0.0, "wall_s": 0.0}
     arrivals = None
     if mode == "online":
         horizon = cfg.warmup_s + cfg.duration_s
         counts = load_bucket_counts("azure_conversation")
         arrivals = bucket_arrivals(counts, rate, horizon, np.random.default_rng(seed))
-    started = time.perf_counter()
     result = simulate(
         cluster,
         MODEL,
-        Placement.from_pairs(pairs),
+        placement,
         capacity,
         lengths(),
         cfg,
@@ -152,7 +199,7 @@ def simulate_job(job: tuple) -> dict:
     s = result["summary"]
     window = s["window_s"][1] - s["window_s"][0]
     return {
-        "key": (name, preset, method, mode, seed),
+        "job": job,
         "decode_tokens_per_s": s["decode_tokens_per_s"],
         "requests_per_s": s["prompts_in_window"] / window if window > 0 else 0.0,
         "ttft_p50_s": s["ttft_s"]["p50"],
@@ -177,20 +224,29 @@ METRICS = ("decode_tokens_per_s", "ttft_p50_s", "ttft_p95_s", "tpot_p50_s", "tpo
 
 
 def aggregate(rows: list[dict]) -> dict:
-    return {m: mean_sd([r[m] for r in rows]) for m in METRICS}
+    return {m: mean_sd([r.get(m) for r in rows]) for m in METRICS}
 
 
-def run_mode(pool, name, preset, plans, mode, rates=None) -> dict:
-    jobs = [
-        (name, preset, method, placement.as_pairs(), mode, seed, None if rates is None else rates[method])
-        for method, placement in plans.items()
-        for seed in HELD_OUT_SEEDS
-    ]
-    rows = pool.map(simulate_job, jobs) if pool else [simulate_job(j) for j in jobs]
-    by_method: dict[str, list[dict]] = {}
-    for row in rows:
-        by_method.setdefault(row["key"][2], []).append(row)
-    return {method: aggregate(by_method[method]) for method in plans}
+def sim_key(name: str, preset: str, pairs, mode: str, seed: int, rate: float | None) -> tuple:
+    frozen = tuple(sorted((n, tuple(r)) for n, r in pairs.items()))
+    return (name, preset, frozen, mode, seed, None if rate is None else round(rate, 9))
+
+
+def run_sims(pool, jobs: list[tuple]) -> dict[tuple, dict]:
+    """Simulate every distinct job once (methods that return the same placement share runs)."""
+    distinct = list(dict.fromkeys(sim_key(*j) for j in jobs))
+    distinct.sort(key=lambda k: -COST[k[0]])  # the longest first: the pool stays busy to the end
+    mapped = pool.imap_unordered(simulate_job, distinct) if pool else map(simulate_job, distinct)
+    return {row["job"]: row for row in mapped}
+
+
+def block(rows_by_key: dict, name: str, preset: str, plans: dict, mode: str, rates=None) -> dict:
+    out = {}
+    for method, pairs in plans.items():
+        rate = None if rates is None else rates[method]
+        rows = [rows_by_key[sim_key(name, preset, pairs, mode, seed, rate)] for seed in HELD_OUT_SEEDS]
+        out[method] = aggregate(rows)
+    return out
 
 
 def summarise(block: dict, has_helix: bool) -> dict:
@@ -209,69 +265,128 @@ def summarise(block: dict, has_helix: bool) -> dict:
     return out
 
 
+def plan_jobs(names) -> list[tuple[str, str, str]]:
+    jobs = []
+    for name in names:
+        jobs += [(name, preset, "default") for preset in PRESETS]
+        jobs += [(name, PRESETS[0], m) for m in ("max-flow", *BASELINES)]  # independent of the preset
+        if name != "synthetic200":
+            jobs.append((name, PRESETS[0], "helix"))
+    return sorted(jobs, key=lambda j: (j[2] != "default", -COST[j[0]]))  # the long runs first
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", action="append", choices=CLUSTERS)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--smoke", action="store_true", help="one held-out seed, 20 s windows (a dry run)")
+    parser.add_argument("--smoke", action="store_true", help="two held-out seeds, 20 s windows (a dry run)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "plans_served.json"))
     args = parser.parse_args(argv)
     if args.smoke:
-        global HELD_OUT_SEEDS
-        HELD_OUT_SEEDS = (100, 101)
+        global HELD_OUT_SEEDS, TUNING_SEEDS
+        HELD_OUT_SEEDS, TUNING_SEEDS = (100, 101), (0, 1)
         WINDOWS.update({k: (10, 20) for k in WINDOWS})
+    names = args.only or list(CLUSTERS)
     started = time.perf_counter()
     record = {
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "workers": args.workers},
         "load_average_start": os.getloadavg(),
         "model": MODEL.name,
         "scheduler": "maxflow (IWRR over max-flow edges) with KV admission, for every method",
-        "windows_s": {k: {"warmup_s": w, "duration_s": d} for k, (w, d) in WINDOWS.items()},
+        "windows_s": {k: {"warmup_s": w, "duration_s": d} for k, (w, d) in WINDOWS.items() if k in names},
+        "windows_why": WINDOWS_WHY,
         "tuning_seeds": list(TUNING_SEEDS),
         "held_out_seeds": list(HELD_OUT_SEEDS),
+        "default_selection": (
+            f"served estimate ranks the candidates; the best {CHECK_CANDIDATES} are simulated on seed "
+            f"{TUNING_SEEDS[0]}, the best {CONFIRM_CANDIDATES} of those on seeds {list(TUNING_SEEDS)}; "
+            "the best mean is the plan"
+        ),
         "online": f"Azure conversation buckets at {ONLINE_LOAD:g} × the plan's held-out offline request rate",
         "planner_time_limit_s": PLANNER_TIME_LIMIT_S,
         "clusters": {},
     }
+    out_path = Path(args.out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    totals = {"offline_distinct": 0, "online_distinct": 0, "sim_wall_s_total": 0.0}
     pool = Pool(args.workers) if args.workers > 1 else None
     try:
-        for name in args.only or CLUSTERS:
-            row: dict = {"planning": {}, "presets": {}}
-            shared, shared_info = plans_for(name, PRESETS[0])
-            for preset in PRESETS:
-                if preset == PRESETS[0]:
-                    plans, info = shared, shared_info
-                else:
-                    own, info = plans_for(name, preset)
-                    plans = {**shared, "default": own["default"]}
-                row["planning"][preset] = info
-                offline = run_mode(pool, name, preset, plans, "offline")
-                rates = {m: ONLINE_LOAD * offline[m]["requests_per_s"]["mean"] for m in plans}
-                online = run_mode(pool, name, preset, plans, "online", rates)
-                has_helix = "helix" in plans
-                row["presets"][preset] = {
-                    "offline": summarise(offline, has_helix),
-                    "online": {**summarise(online, has_helix), "rates_requests_per_s": rates},
-                }
-                print(
-                    name,
-                    preset,
-                    {m: v["decode_tokens_per_s"]["mean"] for m, v in offline.items()},
-                    {m: v["decode_tokens_per_s"]["mean"] for m, v in online.items()},
-                    flush=True,
-                )
+        for name in names:  # one cluster at a time: each is written as soon as it is complete
+            row, stats = run_cluster(pool, name, started)
             record["clusters"][name] = row
+            for key, value in stats.items():
+                totals[key] = round(totals[key] + value, 1)
+            record["simulations"] = totals
+            record["load_average_now"] = os.getloadavg()
             record["elapsed_s"] = round(time.perf_counter() - started, 1)
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text(json.dumps(record, indent=1, default=str) + "\n")
+            out_path.write_text(json.dumps(record, indent=1, default=str) + "\n")
     finally:
         if pool:
             pool.close()
             pool.join()
-    record["load_average_end"] = os.getloadavg()
+    record["load_average_end"] = record.pop("load_average_now")
     record["elapsed_s"] = round(time.perf_counter() - started, 1)
-    Path(args.out).write_text(json.dumps(record, indent=1, default=str) + "\n")
+    out_path.write_text(json.dumps(record, indent=1, default=str) + "\n")
     return 0
+
+
+def run_cluster(pool, name: str, started: float) -> tuple[dict, dict]:
+    """Plan every method, simulate offline then online on the held-out seeds, summarise one cluster."""
+    planned = {}
+    jobs = plan_jobs([name])
+    for row in pool.imap_unordered(plan_job, jobs) if pool else map(plan_job, jobs):
+        planned[row["key"]] = row
+        print("planned", row["key"], row["info"].get("planner_s"), flush=True)
+    plans = {  # preset → method → pairs
+        preset: {m: r["pairs"] for (_, p, m), r in planned.items() if m != "default" or p == preset}
+        for preset in PRESETS
+    }
+    offline_rows = run_sims(
+        pool,
+        [
+            (name, preset, pairs, "offline", seed, None)
+            for preset, methods in plans.items()
+            for pairs in methods.values()
+            for seed in HELD_OUT_SEEDS
+        ],
+    )
+    offline = {preset: block(offline_rows, name, preset, plans[preset], "offline") for preset in PRESETS}
+    rates = {
+        preset: {m: ONLINE_LOAD * v["requests_per_s"]["mean"] for m, v in offline[preset].items()}
+        for preset in PRESETS
+    }
+    online_rows = run_sims(
+        pool,
+        [
+            (name, preset, pairs, "online", seed, rates[preset][m])
+            for preset, methods in plans.items()
+            for m, pairs in methods.items()
+            for seed in HELD_OUT_SEEDS
+        ],
+    )
+    row: dict = {"planning": {}, "presets": {}, "done_at_s": round(time.perf_counter() - started, 1)}
+    for preset in PRESETS:
+        row["planning"][preset] = {m: r["info"] for (_, p, m), r in planned.items() if p == preset}
+        online = block(online_rows, name, preset, plans[preset], "online", rates[preset])
+        has_helix = "helix" in plans[preset]
+        row["presets"][preset] = {
+            "offline": summarise(offline[preset], has_helix),
+            "online": {**summarise(online, has_helix), "rates_requests_per_s": rates[preset]},
+        }
+        print(
+            name,
+            preset,
+            row["presets"][preset]["offline"]["default_over_helix"],
+            row["presets"][preset]["online"]["default_over_helix"],
+            flush=True,
+        )
+    all_rows = [*offline_rows.values(), *online_rows.values()]
+    stats = {
+        "offline_distinct": len(offline_rows),
+        "online_distinct": len(online_rows),
+        "sim_wall_s_total": sum(r["wall_s"] for r in all_rows),
+    }
+    return row, stats
 
 
 if __name__ == "__main__":

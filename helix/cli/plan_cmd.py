@@ -99,6 +99,9 @@ def plan_command(
         3, "--check", help="served: simulate this many best candidates before choosing (0: estimate only)."
     ),
     check_duration: float = typer.Option(180.0, "--check-duration", help="Seconds simulated per check."),
+    confirm: int = typer.Option(
+        0, "--confirm", help="served: re-simulate this many best checked candidates on seeds 0-4."
+    ),
     solver_log: Path | None = typer.Option(
         None, "--solver-log", help="HiGHS console log (default: <output>.solver.log)."
     ),
@@ -120,14 +123,19 @@ def plan_command(
     check_output_path("--output", output)
     check_output_path("--plot", plot)
     cluster_spec, model_spec, capacity_model = load_inputs(cluster, model, profiles, capacity, helix_units)
-    serving, checker, description = _served_inputs(
+    if confirm < 0:
+        raise HelixInputError("must be >= 0", field="--confirm", fix="pass --confirm 0 (none) or e.g. 2")
+    serving, checkers = _served_inputs(
         cluster_spec, model_spec, capacity_model, workload, fidelity, check, check_duration, partial_overlap
     )
     options = PlannerOptions(
         serving=serving,
-        checker=checker,
-        checker_description=description,
+        checker=checkers[0][0] if checkers else None,
+        checker_description=checkers[0][1] if checkers else "",
         check_candidates=check,
+        confirm_checker=checkers[1][0] if checkers and confirm else None,
+        confirm_description=checkers[1][1] if checkers and confirm else "",
+        confirm_candidates=confirm,
         solver_log=str(solver_log or output.with_suffix(".solver.log")),
         method=method,
         time_limit_s=time_limit,
@@ -188,7 +196,8 @@ def plan_command(
 
 
 def _served_inputs(cluster, model, capacity, workload, fidelity, check, duration_s, partial_overlap):
-    """(ServingSetup, checker or None, checker description) for the served objective."""
+    """(ServingSetup, [(checker, description) on seed 0, (checker, description) on seeds 0-4]) for the
+    served objective; no checkers when `check` is 0. The two share their simulations."""
     from helix.scheduling.kv import KVParameters
     from helix.sim.config import KV_PARAMS, SimConfig
     from helix.sim.select import serving_setup, simulation_checker
@@ -203,19 +212,25 @@ def _served_inputs(cluster, model, capacity, workload, fidelity, check, duration
     lengths = load_lengths(workload)
     setup = serving_setup(lengths, fidelity)
     if check == 0:
-        return setup, None, ""
+        return setup, []
     config = SimConfig.preset(fidelity, warmup_s=60.0, duration_s=duration_s)
-    checker = simulation_checker(
-        cluster,
-        model,
-        capacity,
-        lengths,
-        config,
-        seeds=(0,),
-        kv_params=KVParameters(*KV_PARAMS[fidelity]),
-        partial_overlap=partial_overlap,
-    )
-    return setup, checker, f"offline simulation, {fidelity} preset, 60 s + {duration_s:g} s, seed 0"
+    cache: dict = {}
+    out = []
+    for seeds in ((0,), (0, 1, 2, 3, 4)):
+        checker = simulation_checker(
+            cluster,
+            model,
+            capacity,
+            lengths,
+            config,
+            seeds=seeds,
+            kv_params=KVParameters(*KV_PARAMS[fidelity]),
+            partial_overlap=partial_overlap,
+            cache=cache,
+        )
+        seed_text = f"seed {seeds[0]}" if len(seeds) == 1 else f"mean over seeds {list(seeds)}"
+        out.append((checker, f"offline simulation, {fidelity} preset, 60 s + {duration_s:g} s, {seed_text}"))
+    return setup, out
 
 
 def _expected(result, serving) -> dict[str, Any] | None:
@@ -230,6 +245,8 @@ def _expected(result, serving) -> dict[str, Any] | None:
         "decode_tokens_per_s_estimate": served["decode_tokens_per_s"],
         "decode_tokens_per_s_simulated": served.get("checked_decode_tokens_per_s"),
         "checked_by": result.details.get("checked_by"),
+        "decode_tokens_per_s_confirmed": served.get("confirmed_decode_tokens_per_s"),
+        "confirmed_by": result.details.get("confirmed_by"),
         "ttft_s_estimate": served["ttft_s"],
         "tpot_s_estimate": served["tpot_s"],
         "binding": served["binding"],

@@ -36,6 +36,8 @@ class PlannerOptions:
         checker: for ``served``: called with the best candidate placements (by estimate), returns their
             decode tokens/s (e.g. short simulations, `helix.sim.select.simulation_checker`); the best
             checked one is chosen. checker_description says what it ran; check_candidates how many.
+        confirm_checker: for ``served``: called with the best `confirm_candidates` placements by the
+            first check (e.g. the same simulation on more seeds); the best confirmed one is chosen.
         solver_log: file that receives the MILP solver's console output (milp; default: discarded).
         warm_start: a `helix.placement.warm_start.WarmStart` (the placement being served): re-plan
             from it, trading flow for moved layers by its ``move_weight``; ``method`` plans the fresh
@@ -55,6 +57,9 @@ class PlannerOptions:
     checker: Callable[[Sequence[Placement]], Sequence[float]] | None = None
     checker_description: str = ""
     check_candidates: int = 4
+    confirm_checker: Callable[[Sequence[Placement]], Sequence[float]] | None = None
+    confirm_description: str = ""
+    confirm_candidates: int = 2
     solver_log: str | None = None
     warm_start: Any = None
 

@@ -101,11 +101,15 @@ def simulation_checker(
     kv_params: KVParameters | None = None,
     partial_overlap: bool = False,
     max_tokens: float = 2e6,
+    cache: dict | None = None,
 ):
     """A `PlannerOptions.checker`: each placement's mean offline decode tokens/s over `seeds`.
 
     Simulation cost grows with the tokens simulated: where max flow × (warm-up + duration) exceeds
-    `max_tokens` (small models on fast clusters), both windows shrink in proportion."""
+    `max_tokens` (small models on fast clusters), both windows shrink in proportion. `cache` (a dict
+    shared between checkers of the same settings, e.g. a screening checker on one seed and a confirming
+    one on five) keeps each (placement, seed) result, so no run is repeated."""
+    memo: dict = {} if cache is None else cache
 
     def window(placement: Placement) -> SimConfig:
         flow = evaluate_placement(
@@ -118,20 +122,21 @@ def simulation_checker(
         out = []
         for placement in placements:
             base = window(placement)
-            values = [
-                simulate(
-                    cluster,
-                    model,
-                    placement,
-                    capacity,
-                    lengths,
-                    replace(base, mode="offline", seed=seed),
-                    scheduler=scheduler,
-                    kv_params=kv_params,
-                    partial_overlap=partial_overlap,
-                )["summary"]["decode_tokens_per_s"]
-                for seed in seeds
-            ]
+            values = []
+            for seed in seeds:
+                if (placement, seed) not in memo:
+                    memo[placement, seed] = simulate(
+                        cluster,
+                        model,
+                        placement,
+                        capacity,
+                        lengths,
+                        replace(base, mode="offline", seed=seed),
+                        scheduler=scheduler,
+                        kv_params=kv_params,
+                        partial_overlap=partial_overlap,
+                    )["summary"]["decode_tokens_per_s"]
+                values.append(memo[placement, seed])
             out.append(sum(values) / len(values))
         return out
 

@@ -136,6 +136,8 @@ def test_default_milp_and_throughput_objective(tmp_path):
         "1",
         "--check-duration",
         "20",
+        "--confirm",
+        "1",
         "-o",
         str(tmp_path / "p.json"),
         "-q",
@@ -148,6 +150,9 @@ def test_default_milp_and_throughput_objective(tmp_path):
     expected = default["expected"]
     assert 0 < expected["decode_tokens_per_s_estimate"] <= expected["decode_upper_bound_tokens_per_s"]
     assert expected["decode_tokens_per_s_simulated"] > 0 and expected["ttft_s_estimate"] > 0
+    assert (
+        expected["decode_tokens_per_s_confirmed"] > 0 and "seeds [0, 1, 2, 3, 4]" in expected["confirmed_by"]
+    )
     assert "Running HiGHS" not in out.stdout + out.stderr  # the banner goes to the solver log
     assert (tmp_path / "p.solver.log").exists()
     out = helix(
@@ -168,6 +173,8 @@ def test_default_milp_and_throughput_objective(tmp_path):
     assert json.loads(out.stdout)["max_flow_tokens_per_s"] <= default["max_flow_tokens_per_s"] + 1e-6
     out = helix("plan", "-c", "demo", "-m", "smollm2-135m", "--objective", "nope")
     assert out.returncode == 2 and "objective" in out.stderr
+    out = helix("plan", "-c", "demo", "-m", "smollm2-135m", "--confirm", "-1")
+    assert out.returncode == 2 and "--confirm" in out.stderr
 
 
 def test_bundled_names_work_from_any_folder_and_bounds_agree(tmp_path):

@@ -118,3 +118,47 @@ def test_checker_decides_among_the_best_candidates():
     assert len(result.placement) == max(len(p) for p in seen)
     assert result.details["checked_by"] == "node count"
     assert result.details["served"]["checked_decode_tokens_per_s"] == float(len(result.placement))
+
+
+def test_confirm_checker_reorders_the_best_checked_candidates():
+    cluster, model, capacity = tiny_cluster(), TINY_MODEL, TINY
+    screened, confirmed = [], []
+
+    def screen(placements):
+        screened.extend(placements)
+        return [float(len(p)) for p in placements]  # prefers many nodes
+
+    def confirm(placements):
+        confirmed.extend(placements)
+        return [100.0 - len(p) for p in placements]  # prefers few nodes
+
+    result = milp_plan(
+        cluster,
+        model,
+        capacity,
+        PlannerOptions(
+            time_limit_s=2.0,
+            checker=screen,
+            check_candidates=4,
+            confirm_checker=confirm,
+            confirm_description="fewest nodes",
+            confirm_candidates=2,
+        ),
+    )
+    assert 1 <= len(confirmed) <= 2 and len(confirmed) <= len(screened)
+    best_screened = sorted(screened, key=len, reverse=True)[: len(confirmed)]
+    assert sorted(map(len, confirmed)) == sorted(map(len, best_screened))
+    assert len(result.placement) == min(len(p) for p in confirmed)
+    assert result.details["confirmed_by"] == "fewest nodes"
+    assert result.details["served"]["confirmed_decode_tokens_per_s"] == 100.0 - len(result.placement)
+
+
+def test_checked_candidates_span_families():
+    from helix.placement.milp.served_objective import _diverse, family
+
+    assert family("KV-aware stage pipelines, depth 11, γ×0.5") == "KV-aware stage pipelines, depth 11"
+    assert family("local search + served local search") == "local search"
+    rows = [[10.0 - i, "local search", i] for i in range(5)] + [[1.0, "stage IP", 9]]
+    kept = _diverse(rows, 3)
+    assert [row[1] for row in kept] == ["local search", "local search", "stage IP"]
+    assert len(_diverse(rows, 10)) == 6

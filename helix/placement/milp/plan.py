@@ -34,7 +34,7 @@ from helix.placement.milp.search import local_search
 from helix.placement.milp.served_objective import choose_for_served
 from helix.placement.milp.solver_log import solver_output_to
 from helix.placement.milp.stages import solve_stages, stages_to_placement
-from helix.placement.milp.zones import solve_zone_chain
+from helix.placement.milp.zones import solve_zone_chain, zone_problem
 from helix.placement.result import PlannerOptions, PlanResult
 from helix.specs.cluster import ClusterSpec
 from helix.specs.model import ModelSpec
@@ -109,23 +109,11 @@ def _stage_phase(problem: Problem, incumbent: Incumbent, options: PlannerOptions
             hi = target
 
 
-def _zone_problem(problem: Problem, zone: int) -> Problem:
-    members = tuple(replace(c, zone=0) for c in problem.classes if c.zone == zone)
-    return Problem(
-        problem.num_layers,
-        members,
-        1,
-        {(0, 0): problem.zone_links.get((zone, zone), (0.0, 0.0))},
-        problem.big_tokens_per_s,
-        False,
-    )
-
-
 def _parallel_zones_phase(problem: Problem, incumbent: Incumbent, options: PlannerOptions) -> None:
     """One stage pipeline per zone, side by side (coordinator links are fast): bisect each zone alone."""
     combined: dict[str, LayerRange] = {}
     for zone in range(problem.zones):
-        sub = _zone_problem(problem, zone)
+        sub = zone_problem(problem, zone)
         if sum(c.count * c.max_layers for c in sub.classes) < problem.num_layers:
             continue
         lo, hi, best = 0.0, saturation_bound(sub), None

@@ -14,6 +14,7 @@ with interior stages as in stages.py. A solution is laid out zone by zone and ch
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from itertools import chain, combinations_with_replacement, islice, permutations
 
 import numpy as np
@@ -29,6 +30,19 @@ from helix.placement.milp.stages import (
 
 MAX_WIDE = 4
 MAX_ORDERS = 24
+
+
+def zone_problem(problem: Problem, zone: int) -> Problem:
+    """The nodes of one zone as a problem of their own (one zone, its inner links)."""
+    members = tuple(replace(c, zone=0) for c in problem.classes if c.zone == zone)
+    return Problem(
+        problem.num_layers,
+        members,
+        1,
+        {(0, 0): problem.zone_links.get((zone, zone), (0.0, 0.0))},
+        problem.big_tokens_per_s,
+        False,
+    )
 
 
 def wide_stages(problem: Problem, target: float, zone: int, width: int) -> list[Stage]:
