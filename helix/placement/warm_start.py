@@ -22,7 +22,8 @@ Candidates, each scored:
 
 then a local search on the score (grow / shrink / shift one node's range, revert a node to its old
 range, give a spare node a copy of another's range), deterministic for a seed (an evaluation budget and
-a patience); the wall clock is only a cap.
+a patience; the wall clock is only a cap), and a trim sweep (`trim_sweep`: every node that loads layers,
+in name order, reverted or trimmed by one newly loaded layer while that raises the score).
 """
 
 from __future__ import annotations
@@ -307,6 +308,37 @@ def local_search(
     return best, best_score
 
 
+def trim_sweep(
+    start: Placement, scorer: _Scorer, num_layers: int, deadline: float
+) -> tuple[Placement, float]:
+    """Deterministic passes over the nodes (in name order) that must load layers: revert the node to
+    its old range, or trim one newly loaded layer off either end of its range; a change is kept when
+    the score rises. Ends when a pass changes nothing (each change moves at least one layer less), or
+    at `deadline` after the first pass."""
+    best, score = start, scorer.score(start)
+    improved, passes = True, 0
+    while improved and (passes == 0 or time.perf_counter() < deadline):  # one pass past the deadline
+        improved, passes = False, passes + 1
+        for node in sorted(best.ranges):
+            r, old = best.ranges[node], scorer.previous.get(node)
+            if old == r:
+                continue
+            trials = [old] if old is not None else []
+            if old is None or r.start < old.start or r.start >= old.end:
+                trials.append(LayerRange(r.start + 1, r.end))
+            if old is None or r.end > old.end or r.end <= old.start:
+                trials.append(LayerRange(r.start, r.end - 1))
+            for trial in trials:
+                if trial.num_layers < 1 or trial.end > num_layers:
+                    continue
+                cand = Placement({**best.ranges, node: trial})
+                cand_score = scorer.score(cand)
+                if cand_score > score + 1e-9:
+                    best, score, improved = cand, cand_score, True
+                    break
+    return best, score
+
+
 def _plan(cluster, model, options, capacity):
     from helix.placement.planner import plan  # the planner imports this module
 
@@ -407,6 +439,10 @@ def warm_plan(
         deadline,
     )
     source = start_name if best_score <= scores[start_name] + 1e-9 else f"{start_name} + local search"
+    trimmed, trimmed_score = trim_sweep(best, scorer, model.num_layers, deadline)
+    if trimmed_score > best_score + 1e-9:
+        best, best_score, source = trimmed, trimmed_score, f"{source} + trim"
+    phase_s["search"] = time.perf_counter() - started
     details = {
         "evaluations": scorer.evals,
         "phase_end_s": phase_s,

@@ -1,8 +1,10 @@
 """Elastic membership of a running deployment: re-plan in the background after a lost worker, join a
 node, drain a node — make-before-break, then an atomic switch (`helix.scheduling.replan`).
 
-Every membership change (a worker the health monitor declared gone, `join(node)`, `drain(node)`) is
-handled in order by one background thread:
+Every membership change (a worker the health monitor declared gone, `join(node)`, `drain(node)`, or a
+new Ray node advertising ``helix_node_<node>`` for a node of the cluster spec not serving now, looked
+for every `JOIN_POLL_S`: its worker is then placed on that Ray node) is handled in order by one
+background thread:
 
 1. `helix.scheduling.replan.replan` plans the live members warm-started from the placement served.
 2. Make-before-break: every node whose range changes (or that joins) gets a *new* worker actor, named
@@ -38,7 +40,61 @@ from helix.specs.placement import Placement
 
 KV_BLOCK_TOKENS = 16  # the workers' KV block size (tokens)
 # a worker loads its range once: a changed range is a new worker loading all of it
-RUNTIME_REPLAN = ReplanSettings(move_weight=0.01, time_limit_s=5.0, partial_reuse=False)
+# make-before-break: the old plan serves while new workers load, so a move costs time, not service
+RUNTIME_REPLAN = ReplanSettings(move_weight=0.002, time_limit_s=5.0, partial_reuse=False)
+MIN_PER_LAYER_S = 1e-3  # the least load time per layer a calibration reports
+JOIN_POLL_S = 1.0  # how often new Ray nodes advertising a plan node are looked for
+
+
+def advertised_nodes(names) -> set[tuple[str, str]]:
+    """(Ray node id, plan node) for every live Ray node advertising ``helix_node_<plan node>`` of `names`."""
+    import ray
+
+    from helix.runtime.deploy import NODE_RESOURCE_PREFIX
+
+    wanted = set(names)
+    out = set()
+    for ray_node in ray.nodes():
+        if not ray_node.get("Alive"):
+            continue
+        for resource in ray_node.get("Resources", {}):
+            name = resource.removeprefix(NODE_RESOURCE_PREFIX)
+            if resource.startswith(NODE_RESOURCE_PREFIX) and name in wanted:
+                out.add((ray_node["NodeID"], name))
+    return out
+
+
+@dataclass(frozen=True)
+class LoadCalibration:
+    """How long this deployment takes to bring up a worker of k layers, measured on workers of several
+    sizes and fitted as ``wall(k) = fixed_s + k · per_layer_s`` (least squares): the simulator's load
+    model (`ReplanSettings.load_fixed_s`; ``load_bytes_per_s`` = layer bytes / ``per_layer_s``)."""
+
+    points: tuple[tuple[int, float], ...]  # (layers, wall seconds from creation to ready)
+    fixed_s: float
+    per_layer_s: float
+    layer_bytes: int
+
+    @classmethod
+    def fit(cls, points: list[tuple[int, float]], layer_bytes: int) -> LoadCalibration:
+        ks = [float(k) for k, _ in points]
+        walls = [w for _, w in points]
+        mean_k, mean_w = sum(ks) / len(ks), sum(walls) / len(walls)
+        spread = sum((k - mean_k) ** 2 for k in ks)
+        slope = (
+            sum((k - mean_k) * (w - mean_w) for k, w in zip(ks, walls, strict=True)) / spread if spread else 0
+        )
+        slope = max(slope, MIN_PER_LAYER_S)  # noise can tilt a flat fit below zero
+        return cls(tuple(points), max(0.0, mean_w - slope * mean_k), slope, layer_bytes)
+
+    def settings(self, base: ReplanSettings, parallel: int | None = None) -> ReplanSettings:
+        """`base` with this load model; `parallel`: loads at once at full speed (a host's cores)."""
+        return replace(
+            base,
+            load_fixed_s=self.fixed_s,
+            load_bytes_per_s=self.layer_bytes / self.per_layer_s,
+            load_parallel=parallel,
+        )
 
 
 @dataclass(frozen=True)
@@ -70,6 +126,8 @@ class ElasticController:
         self._lock = threading.Lock()
         on_gone = runtime.health.on_gone
         runtime.health.on_gone = lambda name, reason: (on_gone(name, reason), self._lost(name))
+        self._ray_nodes_seen = set(advertised_nodes(self.cluster.node_names))  # (Ray node, plan node)
+        self._on_own_ray_node: set[str] = set()  # plan nodes whose worker needs their Ray node's resource
         self._thread = threading.Thread(target=self._run, name="helix-elastic", daemon=True)
         self._thread.start()
 
@@ -114,6 +172,40 @@ class ElasticController:
             time.sleep(0.05)
         return False
 
+    def calibrate_load(self, node: str, layer_counts: tuple[int, ...] = (1, 10)) -> LoadCalibration:
+        """Start (then stop) one worker like `node`'s per entry of `layer_counts` (layers [0, k)), one at a
+        time, and fit their start-up times (`LoadCalibration`)."""
+        self._check(node)
+        opts = self.runtime.options
+        device = opts.devices.get(node, "cpu")
+        tp = tp_size_for(self.cluster.node(node), device)
+        remote = opts.ray_address is not None
+        points = []
+        for k in layer_counts:
+            if not 1 <= k <= self.model.num_layers:
+                raise HelixInputError(
+                    f"{k} layers", field="layer_counts", fix=f"use 1..{self.model.num_layers}"
+                )
+            stage = StageConfig(
+                opts.model,
+                0,
+                k,
+                device,
+                opts.dtype,
+                opts.kv_cache_bytes,
+                opts.max_model_len,
+                opts.threads_per_worker,
+                tp_size=tp,
+            )
+            spec = WorkerSpec(
+                f"{node}.calibration{k}", stage, require_node_resource=remote, resource_node=node
+            )
+            started = time.perf_counter()
+            probe = Deployment([spec], self.runtime.deployment.keys)
+            points.append((k, time.perf_counter() - started))
+            probe.shutdown()
+        return LoadCalibration.fit(points, self.model.layer_weight_bytes)
+
     # ---- background ----
     def _check(self, node: str) -> None:
         if node not in self.cluster.node_names:
@@ -126,9 +218,26 @@ class ElasticController:
         if node is not None:
             self._events.put(MembershipChange("fail", node, time.time()))
 
+    def _detect_joins(self) -> None:
+        """A Ray node that appeared since the last look and advertises ``helix_node_<name>`` of a node of
+        the cluster spec not serving now: join it (its worker goes to that Ray node)."""
+        try:
+            advertised = advertised_nodes(self.cluster.node_names)
+        except Exception:  # Ray's control plane did not answer: look again later
+            return
+        for ray_node, node in sorted(advertised - self._ray_nodes_seen, key=lambda pair: pair[1]):
+            self._ray_nodes_seen.add((ray_node, node))
+            if node not in self.members:
+                self._on_own_ray_node.add(node)
+                self._events.put(MembershipChange("join", node, time.time()))
+
     def _run(self) -> None:
         while True:
-            change = self._events.get()
+            try:
+                change = self._events.get(timeout=JOIN_POLL_S)
+            except queue.Empty:
+                self._detect_joins()
+                continue
             if change is None:
                 return
             self.busy = True
@@ -197,7 +306,7 @@ class ElasticController:
                 f"{node}.g{self.generation}",
                 stage,
                 factors.get(node, 1.0) if opts.emulation != "profile" else 1.0,
-                require_node_resource=opts.ray_address is not None,
+                require_node_resource=opts.ray_address is not None or node in self._on_own_ray_node,
                 step_timer=timers.get(node),
                 resource_node=node,
             )

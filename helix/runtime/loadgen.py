@@ -115,7 +115,13 @@ async def _one(client: httpx.AsyncClient, spec: LoadSpec, prompt: str, start: fl
 
 async def run_load(spec: LoadSpec) -> dict:
     """Send the workload and summarise it (see the module docstring)."""
-    arrivals = spec.arrivals_s()
+    samples, wall_s = await send(spec)
+    return summarise(spec, samples, wall_s)
+
+
+async def send(spec: LoadSpec, arrivals: np.ndarray | None = None) -> tuple[list[Sample], float]:
+    """Send the workload (at `arrivals`, default the spec's); every request's sample and the wall time."""
+    arrivals = spec.arrivals_s() if arrivals is None else arrivals
     headers = {"Authorization": f"Bearer {spec.api_key}"} if spec.api_key else {}
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
     samples: list[Sample] = []
@@ -138,7 +144,7 @@ async def run_load(spec: LoadSpec) -> dict:
         if pending:
             await asyncio.wait(pending)
         wall_s = time.perf_counter() - start
-    return summarise(spec, samples, wall_s)
+    return samples, wall_s
 
 
 async def probe(spec: LoadSpec) -> dict:

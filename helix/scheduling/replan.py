@@ -34,11 +34,15 @@ from helix.specs.placement import Placement
 
 @dataclass(frozen=True)
 class ReplanSettings:
-    """How to re-plan: warm-start move weight, planner time limit, and where new layers come from."""
+    """How to re-plan: warm-start move weight, planner time limit, and how long a node takes to load:
+    ``load_fixed_s + layers · layer bytes / load_bytes_per_s`` for a node with something to load (the
+    fixed part: starting a worker process; `helix.runtime.elastic.LoadCalibration` measures both)."""
 
     move_weight: float = 1e-3
     time_limit_s: float = 5.0
     load_bytes_per_s: float = 1e9  # disk (or peer) read speed of new layers
+    load_fixed_s: float = 0.0  # per loading node, whatever its layer count (a worker's start-up)
+    load_parallel: int | None = None  # loads that run at full speed at once (None: every node its own)
     partial_reuse: bool = True  # False: a node whose range changes reloads all of it (the runtime)
 
 
@@ -78,11 +82,22 @@ class Replan:
         return frozenset(gone | moved)
 
     def load_times_s(self, model: ModelSpec, settings: ReplanSettings) -> dict[str, float]:
-        return {n: k * model.layer_weight_bytes / settings.load_bytes_per_s for n, k in self.loads.items()}
+        per_layer_s = model.layer_weight_bytes / settings.load_bytes_per_s
+        return {n: settings.load_fixed_s + k * per_layer_s for n, k in self.loads.items()}
+
+    def load_s(self, model: ModelSpec, settings: ReplanSettings) -> float:
+        """Until every node has loaded: the slowest node's load, or, when the loads share
+        `ReplanSettings.load_parallel` loaders (e.g. the cores of one host emulating the cluster),
+        at least their total work over that many."""
+        times = self.load_times_s(model, settings)
+        slowest = max(times.values(), default=0.0)
+        if settings.load_parallel is None:
+            return slowest
+        return max(slowest, sum(times.values()) / settings.load_parallel)
 
     def ready_after_s(self, model: ModelSpec, settings: ReplanSettings) -> float:
-        """Planning plus the slowest node's load: when the new plan can take traffic."""
-        return self.plan_s + max(self.load_times_s(model, settings).values(), default=0.0)
+        """Planning plus loading (`load_s`): when the new plan can take traffic."""
+        return self.plan_s + self.load_s(model, settings)
 
 
 def replan(

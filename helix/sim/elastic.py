@@ -4,7 +4,8 @@ modelled planning and load times.
 On a membership event (``fail`` after its immediate re-route, ``join``, ``drain``) the live members
 change and a re-plan starts from the placement being served. The new plan takes traffic after the
 planning time (`ElasticSim.plan_time_s`, or the planner's measured wall time when None) plus the
-slowest node's load (layers it must newly load × layer bytes / `ReplanSettings.load_bytes_per_s`);
+loads (`Replan.load_s`: per node a start-up plus layers it must newly load × layer bytes /
+`ReplanSettings.load_bytes_per_s`; the slowest node, or the total over `load_parallel` loaders);
 until then the old plan serves (make-before-break). A later event supersedes a pending switch and
 re-plans from what is served. At the switch, requests on changed nodes re-prefill on the new plan
 (`helix.scheduling.replan.switch`); nodes that join start serving, drained nodes stop.
@@ -127,7 +128,7 @@ class ElasticState:
                 "switch_s": now_s - sim.start_s,
                 "time_to_new_plan_s": now_s - pending.started_s,
                 "plan_s": new.plan_s,
-                "load_s": max(new.load_times_s(sim.model, self.spec.settings).values(), default=0.0),
+                "load_s": new.load_s(sim.model, self.spec.settings),
                 "moved_layers": new.moved_layers,
                 "moved_bytes": new.moved_layers * sim.model.layer_weight_bytes,
                 "requests_moved": moved,
