@@ -5,10 +5,23 @@ one seed). Workers are separate processes on the runtime's hot path (`Worker`, `
 `HopBatch`es, `Coordinator` with the max-flow scheduler), all on the one GPU; requests go to the
 coordinator in-process (no HTTP). Each deployment is swept over Poisson arrival rates up to and past
 saturation (decode tok/s, TTFT and TPOT p50/p99 per rate), after a check that its greedy output equals
-the single-process engine's. In the same run, the engine's own best decode throughput over batch sizes
-(`LLMEngine`, CUDA graphs, asynchronous scheduling, same weights and prompt length) is measured, and
-`saturation_over_engine_best` = the best decode tok/s of the sweep / that figure. The hop's cost per
-token is the lone request's TPOT on two workers minus on one.
+the single-process engine's.
+
+What the runtime is compared with, in the same run, same weights, same KV capacity:
+- `engine_serving`: the single-process `LLMEngine` (CUDA graphs for pure-decode steps, asynchronous
+  scheduling, at most `max_step_tokens` tokens per step like a worker's loop) served the same workload:
+  the same arrival times and prompts at every rate, in real time, tokens timed as they come out of
+  `step()`. Its best decode tok/s over the rates is the engine's best on this workload mix (every
+  request brings a 128-token prompt to prefill beside its 128 output tokens).
+  `saturation_over_engine_best` = a deployment's best decode tok/s of its sweep / that figure.
+- `engine`: the engine's pure-decode throughput at fixed batch sizes (no prompts in the steps), an upper
+  bound no workload with prompts reaches; `saturation_over_engine_decode_best` divides by its best.
+The hop's cost per token is the lone request's TPOT on two workers minus on one.
+
+The serving path measured is the default one: routes decode on their own (the last stage feeds each
+token back to the first, `CoordinatorConfig.pipeline_decode`) and workers on one GPU step in turn
+(`helix.runtime.device_turn`); `two_workers_without_turns` is the same deployment with the turns off,
+its two CUDA contexts time-sliced by the driver.
 
     python benchmarks/bench_runtime_1gpu.py --out benchmarks/results/runtime_1gpu.json   # GPU host
     python benchmarks/bench_runtime_1gpu.py --tiny --out /tmp/runtime_1gpu.json            # CPU smoke
@@ -38,7 +51,7 @@ from helix.engine.loader import build_stage  # noqa: E402
 from helix.engine.model_runner import ModelRunner  # noqa: E402
 from helix.engine.sampling_params import SamplingParams  # noqa: E402
 from helix.runtime.emulation import capacity_model  # noqa: E402
-from helix.runtime.loadgen import LoadSpec, summarise  # noqa: E402
+from helix.runtime.loadgen import LoadSpec, Sample, summarise  # noqa: E402
 from helix.runtime.processes import (  # noqa: E402
     ProcessDeployment,
     ProcessWorkerSpec,
@@ -110,7 +123,107 @@ def engine_best(hf: dict, args, device: torch.device) -> dict:
     return {"by_batch": rows, "best_tokens_per_s": best["tokens_per_s"], "best_batch": best["batch"]}
 
 
-def sweep(label: str, ranges, hf: dict, check, reference, args) -> dict:
+def workload(rate: float, args) -> tuple[np.ndarray, list[list[int]]]:
+    """Arrival times and prompts of one rate, the same for every deployment and for the engine."""
+    rng = np.random.default_rng([args.seed, int(rate * 1000)])
+    arrivals = gamma_arrivals(rate, 1.0, args.duration_s, rng)
+    return arrivals, [rng.integers(0, args.vocab, args.prompt_tokens).tolist() for _ in arrivals]
+
+
+def engine_serving(hf: dict, args, device: torch.device) -> dict:
+    """The single-process engine on the sweep's workload (see the module docstring)."""
+    config = ModelConfig.from_hf_dict(hf, where="benchmark config")
+    stage = build_stage(
+        config,
+        LayerRange(0, config.num_layers),
+        device=device,
+        dtype=args.dtype_t,
+        max_positions=args.max_model_len,
+    )
+    init_split_invariant_weights(stage, args.seed)
+    engine_config = EngineConfig(
+        num_kv_blocks=args.kv_tokens // 16,
+        max_model_len=args.max_model_len,
+        max_num_seqs=args.kv_tokens // (args.prompt_tokens + args.output_tokens),
+        max_num_batched_tokens=args.max_step_tokens,
+    )
+    engine = LLMEngine([ModelRunner(stage, engine_config)])
+    params = SamplingParams(temperature=0.0, max_tokens=args.output_tokens, ignore_eos=True)
+    rng = np.random.default_rng(args.seed + 3)
+    engine.generate(
+        [rng.integers(0, args.vocab, args.prompt_tokens).tolist() for _ in range(32)],
+        SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True),
+    )  # warm-up
+    out: dict = {
+        "config": {
+            k: getattr(engine_config, k)
+            for k in ("num_kv_blocks", "max_num_seqs", "max_num_batched_tokens", "max_graph_batch_size")
+        },
+        "load": [],
+    }
+    for rate in args.rates:
+        arrivals, prompts = workload(rate, args)
+        samples: list[Sample] = []
+        by_seq: dict[int, Sample] = {}
+        start, nxt = time.perf_counter(), 0
+        steps = 0
+        while True:
+            now = time.perf_counter() - start
+            while nxt < len(arrivals) and arrivals[nxt] <= now:
+                sample = Sample(sent_s=now)
+                samples.append(sample)
+                by_seq[engine.add_request(prompts[nxt], params)] = sample
+                nxt += 1
+            if now > arrivals[-1] + args.drain_s:
+                break
+            if not engine.has_unfinished():
+                if nxt == len(arrivals):
+                    break
+                time.sleep(min(0.001, max(0.0, arrivals[nxt] - now)))
+                continue
+            outputs = engine.step()
+            steps += 1
+            now = time.perf_counter() - start
+            for o in outputs:
+                sample = by_seq[o.seq_id]
+                sample.token_times_s.append(now)
+                if sample.ttft_s is None:
+                    sample.ttft_s = now - sample.sent_s
+                if o.finished:
+                    sample.e2e_s, sample.tokens = now - sample.sent_s, len(o.output_token_ids)
+        wall_s = time.perf_counter() - start
+        for seq_id, sample in by_seq.items():
+            if sample.e2e_s is None:
+                engine.cancel(seq_id)
+        while engine.has_unfinished():
+            engine.step()
+        spec = LoadSpec(
+            base_url="in-process",
+            model="llama-3-8b-shape",
+            rate_per_s=rate,
+            duration_s=args.duration_s,
+            prompt_tokens=args.prompt_tokens,
+            output_tokens=args.output_tokens,
+            warmup_s=args.warmup_s,
+        )
+        row = summarise(spec, samples, wall_s) | {"steps": steps}
+        out["load"].append(row)
+        print(
+            f"  [engine] rate {rate}: {row['completed']}/{row['sent']} ok, "
+            f"{row['decode_tokens_per_s']:.0f} tok/s, "
+            f"TTFT p50 {row['ttft_s']['p50']}, TPOT p50 {row['tpot_s']['p50']} p99 {row['tpot_s']['p99']}, "
+            f"{steps} steps",
+            flush=True,
+        )
+    out["saturation_decode_tokens_per_s"] = max(r["decode_tokens_per_s"] for r in out["load"])
+    del engine, stage
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return out
+
+
+def sweep(label: str, ranges, hf: dict, check, reference, args, device_turns: bool = True) -> dict:
     names = [f"n{i}" for i in range(len(ranges))]
     head_dim = hf["hidden_size"] // hf["num_attention_heads"]
     device = "cuda:0" if args.device == "cuda" else "cpu"
@@ -118,7 +231,7 @@ def sweep(label: str, ranges, hf: dict, check, reference, args) -> dict:
     for name, (s, e) in zip(names, ranges, strict=True):
         kv_bytes = args.kv_tokens * (e - s) * 2 * hf["num_key_value_heads"] * head_dim * args.itemsize
         stage = StageConfig("random", s, e, device, args.dtype, kv_bytes, args.max_model_len, args.threads)
-        specs.append(ProcessWorkerSpec(name, stage, hf, args.seed))
+        specs.append(ProcessWorkerSpec(name, stage, hf, args.seed, device_turns=device_turns))
     cluster = cluster_from_dict(CLUSTER, where="benchmark cluster")
     model = model_from_hf_config(hf, name="llama-3-8b-shape")
     placement = Placement.from_pairs(dict(zip(names, ranges, strict=True)))
@@ -165,9 +278,9 @@ def measure(coordinator, deployment, check, reference, args, label: str) -> dict
     out["load"] = []
     for rate in args.rates:
         before = deployment.stats()
-        arrivals = gamma_arrivals(rate, 1.0, args.duration_s, rng)
+        arrivals, rate_prompts = workload(rate, args)
         samples, _, wall_s = run_requests(
-            coordinator, arrivals, prompts(len(arrivals)), args.output_tokens, args.drain_s
+            coordinator, arrivals, rate_prompts, args.output_tokens, args.drain_s
         )
         after = deployment.stats()
         spec = LoadSpec(
@@ -222,7 +335,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-model-len", type=int, default=512)
     parser.add_argument("--engine-batches", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--engine-steps", type=int, default=32)
-    parser.add_argument("--configs", nargs="+", default=["one_worker", "two_workers"])
+    parser.add_argument("--max-step-tokens", type=int, default=4096, help="the worker loop's default")
+    parser.add_argument(
+        "--configs", nargs="+", default=["one_worker", "two_workers", "two_workers_without_turns"]
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     args.device = "cpu" if args.tiny or not torch.cuda.is_available() else "cuda"
@@ -230,6 +346,8 @@ def parse_args() -> argparse.Namespace:
     args.dtype_t = getattr(torch, args.dtype)
     args.itemsize = torch.empty((), dtype=args.dtype_t).element_size()
     args.threads = 1
+    if args.device == "cpu":
+        torch.set_num_threads(args.threads)  # the in-process engine like a worker process
     return args
 
 
@@ -250,28 +368,42 @@ def main() -> None:
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "dtype_t")},
     }
     result["engine"] = engine_best(hf, args, device)
+    result["engine_serving"] = engine_serving(hf, args, device)
     rng = np.random.default_rng(args.seed + 1)
     check = [rng.integers(0, args.vocab, n).tolist() for n in (7, 33, 100)]
     reference = reference_outputs(hf, check, args.check_tokens, args, device)
-    plans = {"one_worker": ((0, layers),), "two_workers": ((0, 3 * layers // 8), (3 * layers // 8, layers))}
+    split = ((0, 3 * layers // 8), (3 * layers // 8, layers))
+    plans = {"one_worker": ((0, layers),), "two_workers": split, "two_workers_without_turns": split}
     result["configs"] = {}
-    best = result["engine"]["best_tokens_per_s"]
+    best = result["engine_serving"]["saturation_decode_tokens_per_s"]
+    decode_best = result["engine"]["best_tokens_per_s"]
     for label in args.configs:
         try:
-            config = sweep(label, plans[label], hf, check, reference, args)
+            turns = label != "two_workers_without_turns"  # the ablation: both contexts time-sliced
+            config = sweep(label, plans[label], hf, check, reference, args, device_turns=turns)
             config["saturation_over_engine_best"] = config["saturation_decode_tokens_per_s"] / best
+            config["saturation_over_engine_decode_best"] = (
+                config["saturation_decode_tokens_per_s"] / decode_best
+            )
         except Exception as exc:  # record and go on to the next deployment
             config = {"error": f"{type(exc).__name__}: {exc}"}
         result["configs"][label] = config
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2, default=str))
     configs = result["configs"]
-    summary: dict = {"engine_best_tokens_per_s": best, "target_saturation_over_engine_best": 0.85}
+    summary: dict = {
+        "compares": "each deployment's best decode tok/s over the rate sweep / the single-process engine's "
+        "best over the same sweep (same arrivals, prompts, weights, KV capacity, step token budget)",
+        "engine_best_tokens_per_s": best,
+        "engine_decode_only_best_tokens_per_s": decode_best,
+        "target_saturation_over_engine_best": 0.85,
+    }
     for label, config in configs.items():
         if "saturation_over_engine_best" in config:
             summary[label] = {
                 "saturation_decode_tokens_per_s": config["saturation_decode_tokens_per_s"],
                 "saturation_over_engine_best": config["saturation_over_engine_best"],
+                "saturation_over_engine_decode_best": config["saturation_over_engine_decode_best"],
                 "lone_tpot_ms": config["lone_request"]["tpot_ms_median"],
                 "greedy_identical_to_engine": config["greedy_identical_to_engine"],
             }
@@ -283,11 +415,17 @@ def main() -> None:
             two["saturation_decode_tokens_per_s"] / one["saturation_decode_tokens_per_s"]
         )
         summary["target_two_over_one_worker"] = 0.9
+    if "two_workers" in summary and "two_workers_without_turns" in summary:
+        summary["two_workers_over_without_turns"] = (
+            summary["two_workers"]["saturation_decode_tokens_per_s"]
+            / summary["two_workers_without_turns"]["saturation_decode_tokens_per_s"]
+        )
     result["summary"] = summary
     result["host"]["loadavg_end"] = os.getloadavg()
     args.out.write_text(json.dumps(result, indent=2, default=str))
     print(json.dumps(summary, indent=1))
-    for label, config in configs.items():
+    rows = [("engine", c) for c in [result["engine_serving"]]] + list(configs.items())
+    for label, config in rows:
         for row in config.get("load", []):
             print(
                 f"{label:12s} rate {row['offered_rate_per_s']:6.1f} {row['decode_tokens_per_s']:8.1f} tok/s  "

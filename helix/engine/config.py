@@ -137,7 +137,7 @@ class EngineConfig:
     gpu_memory_utilization: float = field(default=0.9, metadata={"help": "share of device memory used"})
     num_kv_blocks: int | None = field(default=None, metadata={"help": "KV blocks; from memory if None"})
     use_cuda_graphs: bool = field(default=True, metadata={"help": "replay captured graphs for decode"})
-    max_graph_batch_size: int = field(default=128, metadata={"help": "largest decode batch captured"})
+    max_graph_batch_size: int = field(default=256, metadata={"help": "largest decode batch captured"})
     attention_backend: str = field(default="auto", metadata={"help": "auto | sdpa | triton"})
     skinny_gemm: bool = field(
         default=False,

@@ -38,17 +38,6 @@ def even_split(num_layers: int, num_stages: int) -> list[LayerRange]:
     return [LayerRange(a, b) for a, b in zip(bounds, bounds[1:], strict=False)]
 
 
-def _argmax_only(params: SamplingParams) -> bool:
-    """Greedy without log-probabilities or penalties: the token is the argmax of the logits."""
-    return (
-        params.is_greedy
-        and params.logprobs is None
-        and params.presence_penalty == 0.0
-        and params.frequency_penalty == 0.0
-        and params.repetition_penalty == 1.0
-    )
-
-
 @dataclass(slots=True)
 class _InFlight:
     """A launched step whose sampled tokens are still on their way to the host."""
@@ -186,7 +175,7 @@ class LLMEngine:
         logits = x if len(done) == len(seqs) else x[done]
         params = [s.params for s in ready]
         logprobs: list[dict[int, float] | None]
-        if all(_argmax_only(p) for p in params):
+        if all(p.is_argmax_only for p in params):
             tokens, logprobs = logits.argmax(dim=-1), [None] * len(ready)
         else:
             if self._inflight is not None:

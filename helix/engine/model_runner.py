@@ -207,14 +207,16 @@ class ModelRunner:
             seq_ids = [c.seq_id for c in batch.chunks]
             lens = [c.num_cached_tokens + 1 for c in batch.chunks]
             tables = [manager.block_table(i) for i in seq_ids]
-            return graphs.run(inputs.to(self.device), seq_ids, lens, tables, clone=clone_output)
+            return graphs.run(
+                inputs.to(self.device, non_blocking=True), seq_ids, lens, tables, clone=clone_output
+            )
         self.reserve(batch)
-        inputs = inputs.to(self.device)
+        inputs = inputs.to(self.device, non_blocking=True)
         positions_t, meta = self.prepare(batch)
         hidden = self.model(inputs, positions_t, self.kv_caches, meta, skip_layers)
         if not self.model.is_last:
             return hidden
-        rows = torch.tensor(batch.last_token_rows(), device=self.device)
+        rows = torch.tensor(batch.last_token_rows()).to(self.device, non_blocking=True)
         return self.model.compute_logits(hidden.index_select(0, rows))
 
     def _reserve_decode(self, batch: StepBatch) -> None:

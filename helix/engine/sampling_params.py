@@ -66,5 +66,10 @@ class SamplingParams:
         return self.temperature == 0.0
 
     @property
+    def is_argmax_only(self) -> bool:
+        """Greedy without log-probabilities or penalties: the token is the argmax of the logits."""
+        return self.is_greedy and self.logprobs is None and not self.has_penalties
+
+    @property
     def has_penalties(self) -> bool:
         return self.presence_penalty != 0.0 or self.frequency_penalty != 0.0 or self.repetition_penalty != 1.0

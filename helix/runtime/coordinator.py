@@ -10,9 +10,15 @@ One thread owns the coordinator's sockets and state. Each loop iteration it
 3. retries admission of waiting requests (the scheduler's `AdmissionQueue`: FIFO, KV expectation);
 4. sends one `HopBatch` per first-hop worker with all iterations started in this loop iteration.
 
-Every iteration returns through the coordinator, so a cancelled request is freed when its in-flight
-iteration comes back: nothing of it is left in flight, and its KV is freed on every worker exactly once.
-An iteration in flight for longer than `stall_timeout_s` while iterations sent after it on the same
+With `CoordinatorConfig.pipeline_decode` (the default) the coordinator starts only the prompt iteration:
+it gives the route a decode budget (`StageItem.decode_budget`: the tokens left to max_tokens or to the
+context window) and the route's last stage feeds every sampled token straight back to its first stage,
+so decode steps never wait for a round trip through the coordinator; the coordinator still gets, emits
+and checks every token, and finishes the request (stop token, cancel) by freeing it on every worker —
+iterations still in flight then meet a worker that no longer holds the request and end there. Without
+it every iteration returns through the coordinator, which starts the next one.
+A cancelled request is freed when its next result comes back, and its KV is freed on every worker.
+An iteration in flight for longer than `stall_timeout_s` while iterations started after it on the same
 route have come back (it was lost: a route is FIFO), or for `STALL_CEILING` × that in any case, is
 re-admitted (at most `MAX_STALLS` times, then it fails with a 504 instead of hanging). A route that is
 merely slow — every step long on an overloaded host — stalls nothing.
@@ -31,6 +37,10 @@ No accepted request is lost to KV pressure or to a lost worker:
   re-prefill on a surviving pipeline. Each admission has a number (`RequestState.admission`, carried by
   every iteration): results and worker state of an older admission are ignored, so no token is emitted
   twice or skipped.
+- **Prefix caching** (`CoordinatorConfig.prefix_caching`): a prompt iteration carries its context
+  (`StageItem.prefix_ids`); the route's first stage skips the leading KV blocks it holds, and a later
+  stage that does not hold them reports a prefix miss: the request is re-admitted at once, without
+  prefix matching.
 """
 
 from __future__ import annotations
@@ -77,6 +87,8 @@ class CoordinatorConfig:
     max_waiting: int = 64
     stall_timeout_s: float = 120.0
     retry_after_s: float = 1.0
+    pipeline_decode: bool = True  # routes decode on their own (see the module docstring)
+    prefix_caching: bool = True  # workers start prompts past the KV blocks they hold (`StageItem`)
 
 
 class Coordinator:
@@ -334,6 +346,7 @@ class Coordinator:
         self.counters["admitted"] += 1
         state.pipeline = pipeline
         state.admission = next(self._admissions)
+        state.decode_budget = self._decode_budget(state)
         context = state.context_ids
         penalised = state.params.repetition_penalty != 1.0
         item = StageItem(
@@ -350,8 +363,18 @@ class Coordinator:
             if state.params.has_penalties and state.output_ids
             else None,
             route_starts=tuple(hop.start for hop in pipeline.hops),
+            decode_budget=state.decode_budget,
+            prefix_ids=tuple(context) if self.config.prefix_caching and not state.no_prefix else None,
         )
         self._send(state, item)
+
+    def _decode_budget(self, state: RequestState) -> int:
+        """Tokens the route may generate on its own for this admission: up to max_tokens or the context
+        window, whichever comes first (0 without `pipeline_decode`)."""
+        if not self.config.pipeline_decode:
+            return 0
+        left = state.params.max_tokens - len(state.output_ids)
+        return max(0, min(left, self.config.max_model_len - state.num_tokens))
 
     def _send(self, state: RequestState, item: StageItem) -> None:
         state.in_flight = True
@@ -367,6 +390,11 @@ class Coordinator:
         state.in_flight = False
         route = state.route
         self._route_returned[route] = max(self._route_returned.get(route, 0), state.sent_seq)
+        if result.prefix_miss and not state.cancelled:
+            self.counters["prefix_misses"] = self.counters.get("prefix_misses", 0) + 1
+            state.no_prefix = True  # re-prefill in full (no admission hold: nothing ran short of KV)
+            self._requeue(state)
+            return
         if result.preempted:
             if state.cancelled:
                 self._finish(state, "cancelled")
@@ -397,6 +425,12 @@ class Coordinator:
             self._finish(state, reason)
             return
         self.scheduler.on_tokens(state.seq_id, 1, now)
+        if state.decode_budget > 0:  # the route starts the next iteration itself
+            state.in_flight = True
+            self._sent += 1  # that iteration starts now, at the route's last stage
+            state.sent_seq = self._sent
+            self._last_progress[state.seq_id] = time.monotonic()
+            return
         self._send(
             state,
             StageItem(state.seq_id, state.num_tokens - 1, 1, (result.token_id,), admission=state.admission),

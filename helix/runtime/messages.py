@@ -31,7 +31,16 @@ class StageItem:
     `route` (worker names in order) and `sampling` come only with the prompt iteration; later stages
     remember them. `token_ids` is set only for the first stage. `admission` numbers the request's current
     admission (it grows with every admission, re-admissions after a preemption or re-route included):
-    workers order preemption victims by it and ignore iterations of an older admission.
+    workers order preemption victims by it and ignore iterations of an older admission. With a
+    `decode_budget` > 0 the route decodes on its own: its last stage sends each sampled token straight
+    back to the first stage as the next iteration (besides the `TokenResult` to the coordinator) until
+    that many tokens came out or the coordinator frees the request.
+
+    Prefix caching: a prompt iteration with `prefix_ids` (its whole context) lets each stage address the
+    prompt's KV blocks by hash. The route's first stage (the one given `token_ids`) starts the prompt past
+    the leading blocks it has cached (`num_cached_tokens` grows, `num_new_tokens` shrinks, and only the
+    new tokens' hidden states travel on); each later stage must hold those blocks too, or it reports a
+    `prefix_miss` and the coordinator re-admits the request without prefix matching.
     """
 
     seq_id: int
@@ -45,6 +54,8 @@ class StageItem:
     admission: int = 0
     penalty_output_ids: tuple[int, ...] | None = None  # a resumed request's tokens so far, with penalties
     route_starts: tuple[int, ...] | None = None  # prompt only: first layer each hop runs (layer skip)
+    decode_budget: int = 0  # prompt only: tokens the pipeline generates on its own (0: one per iteration)
+    prefix_ids: tuple[int, ...] | None = None  # prompt only, with prefix caching: the whole context
 
 
 @dataclass(slots=True)
@@ -72,6 +83,7 @@ class TokenResult:
     admission: int = 0
     penalty_output_ids: tuple[int, ...] | None = None  # a resumed request's tokens so far, with penalties
     preempted: bool = False
+    prefix_miss: bool = False  # preempted because this stage lacks the prefix the first stage matched
 
 
 @dataclass(slots=True)

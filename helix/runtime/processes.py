@@ -62,6 +62,7 @@ class ProcessWorkerSpec:
     random_hf_config: dict[str, Any] | None = None
     seed: int = 0
     slowdown: float = 1.0
+    device_turns: bool = True  # workers sharing a GPU step in turn (`helix.runtime.device_turn`)
 
 
 @torch.no_grad()
@@ -111,7 +112,8 @@ def _worker_main(spec: ProcessWorkerSpec, conn, keys: WireKeys | None = None) ->
         stage = pin_device(spec.stage)
         started = time.perf_counter()
         backend = build_backend(replace(spec, stage=stage))
-        loop = WorkerLoop(Worker(spec.name, backend, slowdown=spec.slowdown), "127.0.0.1", keys=keys)
+        worker = Worker(spec.name, backend, slowdown=spec.slowdown, device_turns=spec.device_turns)
+        loop = WorkerLoop(worker, "127.0.0.1", keys=keys)
         device = backend.runner.device
         conn.send(
             {

@@ -61,6 +61,8 @@ class RequestState:
     stalls: int = 0
     sent_seq: int = 0  # the coordinator's send counter when its current iteration left
     lost_at_s: float | None = None  # when its pipeline was lost; cleared at its first resumed token
+    decode_budget: int = 0  # tokens its current route generates on its own (`StageItem.decode_budget`)
+    no_prefix: bool = False  # a later stage missed the prefix its first stage matched: prefill in full
 
     @property
     def route(self) -> tuple[str, ...]:

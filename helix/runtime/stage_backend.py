@@ -54,6 +54,16 @@ def pin_device(stage: StageConfig) -> StageConfig:
     return stage
 
 
+@dataclass(slots=True)
+class PendingTokens:
+    """Sampled tokens on their way to the host (`host` filled once `event` completes), or the results
+    of a step the sampler resolved at once."""
+
+    host: torch.Tensor | None
+    event: torch.cuda.Event | None
+    results: list[TokenResult] | None
+
+
 class StageBackend:
     """One layer range on one device (see the module docstring)."""
 
@@ -108,17 +118,46 @@ class StageBackend:
         if close is not None:
             close()
 
-    def reserve(self, item: StageItem) -> str | None:
-        """Take the KV blocks `item` needs now; a reason string if it cannot run here."""
+    def try_grow(self, item: StageItem) -> bool:
+        """The fast path of `reserve`: a known sequence grows within the free blocks (True when done)."""
         manager = self.runner.block_manager
         seq_id, total = item.seq_id, item.num_cached_tokens + item.num_new_tokens
-        if item.num_cached_tokens and manager.has(seq_id) and total <= self.runner.max_model_len:
-            extra = total - manager.num_tokens(seq_id)  # fast path: a known sequence grows
-            if extra <= 0:
-                return None
-            if manager.num_new_blocks_for_append(seq_id, extra) <= manager.num_free_blocks:
-                manager.append(seq_id, extra)
-                return None
+        if not item.num_cached_tokens or total > self.runner.max_model_len or not manager.has(seq_id):
+            return False
+        extra = total - manager.num_tokens(seq_id)
+        if extra <= 0:
+            return True
+        if manager.num_new_blocks_for_append(seq_id, extra) <= manager.num_free_blocks:
+            manager.append(seq_id, extra)
+            return True
+        return False
+
+    def prefix_hits(self, token_ids: tuple[int, ...]) -> int:
+        """Leading full blocks of `token_ids` cached on this stage (at least one token left to compute)."""
+        return self.runner.block_manager.match_prefix(list(token_ids))
+
+    def allocate_prefix(self, item: StageItem, num_cached_blocks: int) -> str | None:
+        """Take a prompt's blocks, its first `num_cached_blocks` the cached ones of `item.prefix_ids`; a
+        reason string if it cannot run here."""
+        manager, ids = self.runner.block_manager, list(item.prefix_ids or ())
+        total = item.num_cached_tokens + item.num_new_tokens
+        if total > self.runner.max_model_len:
+            return f"{total} tokens of context, more than the context window of {self.runner.max_model_len}"
+        if not manager.can_allocate(total, ids, num_cached_blocks):
+            return f"KV cache full ({manager.num_free_blocks} of {manager.num_blocks} blocks free)"
+        manager.allocate(item.seq_id, total, ids, num_cached_blocks)
+        return None
+
+    def commit_prefix(self, item: StageItem) -> None:
+        """Make the prompt blocks `item` computed addressable by their tokens' hash."""
+        if item.prefix_ids is not None:
+            total = item.num_cached_tokens + item.num_new_tokens
+            self.runner.block_manager.commit(item.seq_id, list(item.prefix_ids), total)
+
+    def reserve(self, item: StageItem) -> str | None:
+        """Take the KV blocks `item` needs now; a reason string if it cannot run here."""
+        if self.try_grow(item):
+            return None
         batch = StepBatch((SeqChunk(item.seq_id, item.num_cached_tokens, item.num_new_tokens),))
         manager = self.runner.block_manager
         if item.num_cached_tokens and not manager.has(item.seq_id):
@@ -173,6 +212,34 @@ class StageBackend:
         ):
             history.append(token)
             results.append(TokenResult(item.seq_id, token, lp, top))
+        return results
+
+    def sample_launch(self, items: list[StageItem], logits: torch.Tensor) -> PendingTokens:
+        """Start sampling without waiting for the device: when every row takes the argmax (greedy, no
+        log-probabilities, no penalties) the tokens travel to pinned host memory behind an event;
+        otherwise the sampler runs now. `sample_resolve` gives the results."""
+        params = [self._params.get(i.seq_id) for i in items]
+        if logits.is_cuda and all(p is None or p.is_argmax_only for p in params):
+            tokens = logits.argmax(dim=-1)
+            host = torch.empty(tokens.shape, dtype=torch.int64, pin_memory=True)
+            host.copy_(tokens, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            return PendingTokens(host, event, None)
+        return PendingTokens(None, None, self.sample(items, logits))
+
+    def sample_resolve(self, items: list[StageItem], pending: PendingTokens) -> list[TokenResult]:
+        """The tokens of `sample_launch` (waits for the device); each request's history grows by one."""
+        if pending.results is not None:
+            return pending.results
+        assert pending.host is not None and pending.event is not None
+        pending.event.synchronize()
+        results = []
+        for item, token in zip(items, pending.host.tolist(), strict=True):
+            history = self._output_ids.get(item.seq_id)
+            if history is not None:  # None: freed while the step ran
+                history.append(token)
+            results.append(TokenResult(item.seq_id, token))
         return results
 
     def free(self, seq_id: int) -> None:

@@ -2,7 +2,13 @@
 
 Every iteration drains the inbox, applies `free`/`stop` controls, runs one step over all batches that
 arrived (up to `max_step_tokens` new tokens; the rest wait for the next step), and sends one `HopBatch`
-per next hop plus one `ResultBatch` of sampled tokens (and preemptions) to the coordinator. An exception
+per next hop plus one `ResultBatch` of sampled tokens (and preemptions) to the coordinator; the next
+iterations of a self-decoding one-worker route go straight back into its own queue. With
+`overlap_steps` (CUDA stages, `Worker.overlaps_steps`) step t + 1 is admitted and launched before step
+t's outputs are read back and sent, so the host's admission, staging and launches run while the GPU
+computes; it is off by default: with decode iterations that wait for step t's tokens it splits the
+requests into two half-size groups (and, with the coordinator in the loop, delays every result by a
+launch), which measured slower on an H200. An exception
 inside a step fails only the requests of that step: each gets an error result, and the loop goes on.
 ``fence`` controls name dead workers whose late batches the worker drops. `last_step_s` and
 `num_pending` feed the health monitor's step-progress liveness check.
@@ -17,7 +23,7 @@ import traceback
 from helix.runtime.keys import WireKeys
 from helix.runtime.messages import COORDINATOR_HOP, Control, HopBatch, ResultBatch, TokenResult
 from helix.runtime.transport import Outbox, Wire, is_loopback
-from helix.runtime.worker import Worker
+from helix.runtime.worker import LaunchedStep, Worker
 
 IDLE_POLL_S = 0.05
 
@@ -33,9 +39,11 @@ class WorkerLoop:
         max_step_tokens: int = 4096,
         bind_host: str | None = None,
         keys: WireKeys | None = None,
+        overlap_steps: bool = False,
     ) -> None:
         """`host`: the address peers reach this worker at; `bind_host`: the address bound (default: `host`
-        when it is loopback, else all interfaces). `keys`: the deployment's CURVE keys."""
+        when it is loopback, else all interfaces). `keys`: the deployment's CURVE keys. `overlap_steps`:
+        launch step t + 1 before reading back step t (CUDA stages; see the module docstring)."""
         self.worker = worker
         self.max_step_tokens = max_step_tokens
         self.wire = Wire(keys, f"worker {worker.name}")
@@ -46,6 +54,8 @@ class WorkerLoop:
         self.lock = threading.Lock()  # guards worker state read by stats()
         self.last_step_s = time.monotonic()  # when the last step ended, or work arrived at an idle loop
         self.num_pending = 0  # batches received and not yet stepped
+        self._local: list[HopBatch] = []  # next iterations this worker sent itself (one-hop routes)
+        self.overlap_steps = overlap_steps and worker.overlaps_steps
 
     @property
     def address(self) -> str:
@@ -77,9 +87,14 @@ class WorkerLoop:
     def _run(self) -> None:
         outbox = self.wire.outbox()
         pending: list[HopBatch] = []
+        inflight: tuple[list[HopBatch], LaunchedStep] | None = None
+        overlap = self.overlap_steps
         try:
             while not self._stopped.is_set():
-                for message in self.inbox.recv(0.0 if pending else IDLE_POLL_S):
+                if self._local:
+                    pending.extend(self._local)
+                    self._local.clear()
+                for message in self.inbox.recv(0.0 if pending or inflight else IDLE_POLL_S):
                     if isinstance(message, Control):
                         if message.kind == "stop":
                             return
@@ -89,38 +104,60 @@ class WorkerLoop:
                             else:
                                 self.worker.free(message.seq_ids, message.admissions)
                     else:
-                        if not pending:
+                        if not pending and inflight is None:
                             self.last_step_s = time.monotonic()  # idle until now: progress is due from now
                         pending.append(message)
                 self.num_pending = len(pending)
+                launched = None
                 if pending:
                     batch, pending = _take(pending, self.max_step_tokens)
-                    self._step(batch, outbox)
-                    self.last_step_s = time.monotonic()
+                    launched = self._launch(batch, outbox)
                     self.num_pending = len(pending)
+                if inflight is not None:  # read back the step before, while this one runs
+                    self._finish(*inflight, outbox)
+                inflight = launched
+                if inflight is not None and not overlap:
+                    self._finish(*inflight, outbox)
+                    inflight = None
         finally:
             outbox.close()
             self.inbox.close()
 
-    def _step(self, batch: list[HopBatch], outbox: Outbox) -> None:
+    def _launch(self, batch: list[HopBatch], outbox: Outbox) -> tuple[list[HopBatch], LaunchedStep] | None:
         try:
             with self.lock:
-                out = self.worker.step(batch)
+                return batch, self.worker.launch(batch)
         except Exception as exc:  # a bug or device error fails this step's requests, not the worker
-            detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-            failed = [
-                TokenResult(i.seq_id, error=f"worker {self.worker.name}: {detail}", admission=i.admission)
-                for b in batch
-                for i in b.items
-            ]
+            self._fail(batch, exc, outbox)
+            return None
+
+    def _finish(self, batch: list[HopBatch], launched: LaunchedStep, outbox: Outbox) -> None:
+        try:
             with self.lock:
-                self.worker.free([r.seq_id for r in failed])
-            outbox.send(self._peers[COORDINATOR_HOP], ResultBatch(self.worker.name, failed))
+                out = self.worker.finish(launched)
+        except Exception as exc:
+            self._fail(batch, exc, outbox)
             return
+        finally:
+            self.last_step_s = time.monotonic()
         for hop, forward in out.forward.items():
-            outbox.send(self._peers[hop], forward)
+            if hop == self.worker.name:  # a self-decoding route that starts here: the next iteration
+                self._local.append(forward)
+            else:
+                outbox.send(self._peers[hop], forward)
         if out.results:
             outbox.send(self._peers[COORDINATOR_HOP], ResultBatch(self.worker.name, out.results))
+
+    def _fail(self, batch: list[HopBatch], exc: Exception, outbox: Outbox) -> None:
+        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        failed = [
+            TokenResult(i.seq_id, error=f"worker {self.worker.name}: {detail}", admission=i.admission)
+            for b in batch
+            for i in b.items
+        ]
+        with self.lock:
+            self.worker.free([r.seq_id for r in failed])
+        outbox.send(self._peers[COORDINATOR_HOP], ResultBatch(self.worker.name, failed))
 
 
 def _take(pending: list[HopBatch], max_tokens: int) -> tuple[list[HopBatch], list[HopBatch]]:

