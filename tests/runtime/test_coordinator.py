@@ -6,12 +6,13 @@ import socket
 import threading
 import time
 
+import pytest
 import zmq
 
 from helix.engine.sampling_params import SamplingParams
 from helix.runtime.coordinator import Coordinator, CoordinatorConfig
 from helix.runtime.deploy import wait_until
-from helix.runtime.messages import ResultBatch, TokenResult, decode, encode
+from helix.runtime.messages import Control, ResultBatch, StageItem, TokenResult, decode, encode
 from helix.runtime.requests import ErrorEvent, FinishEvent
 from helix.scheduling import create_scheduler
 from helix.scheduling.recovery import TopologySource
@@ -56,8 +57,9 @@ def test_a_stalled_request_is_readmitted_before_it_times_out():
 
 
 class _Peer:
-    """Worker `a` as a plain PULL/PUSH pair: answers each iteration with a token after `delay_s`, except
-    the iterations `drop` says to lose."""
+    """Worker `a` (the whole route) as a plain PULL/PUSH pair: answers each iteration with a token after
+    `delay_s`, except the iterations `drop` says to lose; with a decode budget (pipeline decode) it feeds
+    each token back to itself as the next iteration, as a route's last stage does."""
 
     def __init__(self, delay_s: float, drop) -> None:
         self.context = zmq.Context()
@@ -65,6 +67,8 @@ class _Peer:
         self.port = self.inbox.bind_to_random_port("tcp://127.0.0.1")
         self.outbox = self.context.socket(zmq.PUSH)
         self.delay_s, self.drop = delay_s, drop
+        self.budget: dict[int, int] = {}
+        self.pending: list = []
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -76,15 +80,28 @@ class _Peer:
         poller = zmq.Poller()
         poller.register(self.inbox, zmq.POLLIN)
         while not self.stop.is_set():
-            if not poller.poll(50):
-                continue
-            batch = decode(self.inbox.recv_multipart())
-            if not hasattr(batch, "items"):
+            items, self.pending = self.pending, []
+            while poller.poll(0 if items else 50):
+                message = decode(self.inbox.recv_multipart())
+                if isinstance(message, Control) and message.kind == "free":
+                    for seq_id in message.seq_ids:
+                        self.budget.pop(seq_id, None)
+                    items = [i for i in items if i.seq_id not in message.seq_ids]
+                elif hasattr(message, "items"):
+                    items += message.items
+            if not items:
                 continue
             time.sleep(self.delay_s)
-            results = [
-                TokenResult(i.seq_id, 7, admission=i.admission) for i in batch.items if not self.drop(i)
-            ]
+            kept = [i for i in items if not self.drop(i)]
+            for item in kept:
+                if item.route is not None:
+                    self.budget[item.seq_id] = item.decode_budget
+            results = [TokenResult(i.seq_id, 7, admission=i.admission) for i in kept]
+            for item in kept:
+                left = self.budget.get(item.seq_id, 0) - 1
+                if left > 0:
+                    self.budget[item.seq_id] = left
+                    self.pending.append(StageItem(item.seq_id, 0, 1, (7,), admission=item.admission))
             if results:
                 self.outbox.send_multipart(encode(ResultBatch("a", results)))
 
@@ -94,9 +111,11 @@ class _Peer:
         self.context.destroy(linger=0)
 
 
-def _serve(peer: _Peer, prompts: int, max_tokens: int, stall_timeout_s: float):
+def _serve(peer: _Peer, prompts: int, max_tokens: int, stall_timeout_s: float, pipeline_decode: bool):
     source = _source()
-    config = CoordinatorConfig(max_model_len=4096, stall_timeout_s=stall_timeout_s)
+    config = CoordinatorConfig(
+        max_model_len=4096, stall_timeout_s=stall_timeout_s, pipeline_decode=pipeline_decode
+    )
     coordinator = Coordinator(
         create_scheduler("maxflow", source.surviving()),
         {"a": f"tcp://127.0.0.1:{peer.port}"},
@@ -125,7 +144,8 @@ def _ends(sinks, timeout_s: float) -> list:
     return ends
 
 
-def test_a_lost_iteration_is_readmitted_at_the_stall_timeout():
+@pytest.mark.parametrize("pipeline_decode", [True, False])
+def test_a_lost_iteration_is_readmitted_at_the_stall_timeout(pipeline_decode):
     """The peer loses the first prompt iteration it gets, once; the other request's later iterations on
     the same route come back, so the first is known lost after 0.5 s (not at the 2.5 s ceiling) and is
     re-admitted."""
@@ -138,7 +158,7 @@ def test_a_lost_iteration_is_readmitted_at_the_stall_timeout():
         return False
 
     peer = _Peer(0.05, drop)
-    coordinator, sinks = _serve(peer, 2, 40, stall_timeout_s=0.5)
+    coordinator, sinks = _serve(peer, 2, 40, stall_timeout_s=0.5, pipeline_decode=pipeline_decode)
     try:
         started = time.monotonic()
         assert wait_until(lambda: coordinator.counters["stall_requeued"] == 1, 2.4, poll_s=0.02)
@@ -151,11 +171,12 @@ def test_a_lost_iteration_is_readmitted_at_the_stall_timeout():
         peer.close()
 
 
-def test_a_slow_route_stalls_nothing():
+@pytest.mark.parametrize("pipeline_decode", [True, False])
+def test_a_slow_route_stalls_nothing(pipeline_decode):
     """Every step takes 0.8 s, longer than the 0.3 s stall timeout but nothing is lost: no re-admission,
     every request completes."""
     peer = _Peer(0.8, lambda item: False)
-    coordinator, sinks = _serve(peer, 3, 3, stall_timeout_s=0.3)
+    coordinator, sinks = _serve(peer, 3, 3, stall_timeout_s=0.3, pipeline_decode=pipeline_decode)
     try:
         ends = _ends(sinks, 30)
         assert all(isinstance(e, FinishEvent) for e in ends), ends
