@@ -61,6 +61,13 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
 def _command_line(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -130,7 +137,7 @@ def test_losing_the_gcs_stops_the_server_and_leaves_no_process(serving):
     described = json.loads(ready.split("ready in", 1)[1].split(": ", 1)[1].splitlines()[0])
     assert list(described["addresses"]) == ["n0", "coordinator"]
     started |= _descendants(proc.pid)
-    gcs = [pid for pid in started if "gcs_server" in _command_line(pid)]
+    gcs = [pid for pid in started if _name(pid) == "gcs_server"]
     assert len(gcs) == 1, [_command_line(p)[:80] for p in started]
     os.kill(gcs[0], signal.SIGKILL)
     lost_at = time.monotonic()
