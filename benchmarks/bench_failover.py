@@ -280,7 +280,8 @@ def main() -> None:
             "kill": gone_at.get(KILLED, float("nan")) - events.get("kill", float("nan")),
             "stop": gone_at.get(STOPPED, float("nan")) - events.get("stop", float("nan")),
         }
-        before = tokens_per_s(samples, 10.0, kill_at)
+        before_from = kill_at / 2  # past the ramp-up: requests live ~10-20 s on the emulated demo
+        before = tokens_per_s(samples, before_from, kill_at)
         after_from = stop_at + detected_s["stop"] + 5.0
         after = tokens_per_s(samples, after_from, args.duration_s)
         survivors = Placement({n: r for n, r in runtime.plan.placement.items() if n not in (KILLED, STOPPED)})
@@ -299,7 +300,7 @@ def main() -> None:
             "stop_to_first_resumed_token_s": percentiles(by_event["stop"])
             | {"max": max(by_event["stop"], default=None), "count": len(by_event["stop"])},
             "throughput": {
-                "before_window_s": [10.0, kill_at],
+                "before_window_s": [before_from, kill_at],
                 "after_window_s": [after_from, args.duration_s],
                 "before_tokens_per_s": before,
                 "after_tokens_per_s": after,
