@@ -142,8 +142,12 @@ def solve_at(
     max_nodes: int = 20000,
     partial_overlap: bool = False,
     max_skip: int | None = None,
+    integer: bool = True,
 ) -> SolveOutcome:
-    """Is there a placement with flow ≥ `target` in the `mode` model? (see the module docstring)"""
+    """Is there a placement with flow ≥ `target` in the `mode` model? (see the module docstring)
+
+    ``integer=False`` solves the LP relaxation (node counts continuous): infeasible still proves that no
+    placement reaches `target` (when the model is a relaxation), feasible proves nothing."""
     cols = columns(problem)
     n = len(cols)
     L = problem.num_layers
@@ -231,6 +235,7 @@ def solve_at(
         threads=threads,
         seed=seed,
         max_nodes=max_nodes,
+        integer=integer,
     )
 
 
@@ -244,6 +249,7 @@ def _run(
     threads: int,
     seed: int,
     max_nodes: int,
+    integer: bool = True,
 ) -> SolveOutcome:
     n = len(cols)
     h = highspy.Highs()
@@ -252,7 +258,9 @@ def _run(
     h.setOptionValue("random_seed", seed)
     h.setOptionValue("mip_max_nodes", max_nodes)
     h.addVars(num_vars, np.zeros(num_vars), upper.astype(float))
-    h.changeColsIntegrality(n, np.arange(n, dtype=np.int32), np.array([highspy.HighsVarType.kInteger] * n))
+    if integer:
+        kinds = np.array([highspy.HighsVarType.kInteger] * n)
+        h.changeColsIntegrality(n, np.arange(n, dtype=np.int32), kinds)
     h.addRows(
         len(rows.lower),
         np.array(rows.lower, float),
@@ -270,6 +278,8 @@ def _run(
         return SolveOutcome(INFEASIBLE, {}, seconds, info.mip_node_count)
     if info.primal_solution_status != 2:  # 2 = feasible point available
         return SolveOutcome(UNKNOWN, {}, seconds, info.mip_node_count)
+    if not integer:  # a fractional point: proves nothing, places nothing
+        return SolveOutcome(FEASIBLE, {}, seconds, 0)
     values = h.getSolution().col_value
     counts = {c: round(values[j]) for j, c in enumerate(cols) if values[j] > 0.5}
     return SolveOutcome(FEASIBLE, counts, seconds, info.mip_node_count)

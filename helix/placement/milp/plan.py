@@ -58,6 +58,9 @@ class WorkBudget:
     max_columns: int = 10_000  # skip the boundary MILP on larger aggregated models
     max_inexact_columns: int = 5_000  # bound-only probes above this cost tens of seconds each at the root
     max_entries: int = 60_000  # partial overlap: entry-flow variables of the boundary MILP, at most
+    probe_time_s: float = 20.0  # safety cap per boundary-MILP probe (the root LP can take minutes)
+    undecided_probes: int = 4  # undecided probes before the boundary phase stops
+    near_gap: float = 0.02  # below this relative gap, bisect (and first ask whether the incumbent is optimal)
     local_search_work: int = 40_000  # patience = this / nodes evaluations (an evaluation costs ~ nodes)
     local_search_patience: int = 3_000  # at most this many evaluations without improvement, then stop
     local_search_rounds: int = 10  # evaluation budget = rounds · patience
@@ -163,7 +166,7 @@ def _solve(
         problem,
         target,
         mode,
-        time_limit_s=incumbent.clock.left(),
+        time_limit_s=min(incumbent.clock.left(), WORK.probe_time_s),
         threads=options.threads,
         seed=options.seed,
         max_nodes=WORK.milp_nodes
@@ -179,8 +182,10 @@ def _boundary_phase(problem: Problem, incumbent: Incumbent, options: PlannerOpti
 
     Exact model: each probe is primal and dual at once. Inexact model (slow links): only bound probes
     (``relax``), at most `WorkBudget.inexact_probes` — the ``restrict`` model's root alone costs tens of
-    seconds there and has not beaten the stage heuristics. A probe that ends undecided (node budget
-    spent) stops the phase: the next, harder ones would not decide either.
+    seconds there and has not beaten the stage heuristics. A probe that ends undecided (node budget or
+    `WorkBudget.probe_time_s` spent) moves the next probe halfway up to the bound: near the bound HiGHS
+    proves integer infeasibility at the root in seconds where probes near the optimum do not finish;
+    after `WorkBudget.undecided_probes` undecided probes the phase stops.
     """
     # with partial overlap the model has entry flows; all of them keep it a relaxation (a bound)
     max_skip = _max_skip(problem, options) if options.partial_overlap else None
@@ -193,14 +198,21 @@ def _boundary_phase(problem: Problem, incumbent: Incumbent, options: PlannerOpti
     if not bound_ok and not problem.exact or problem.num_columns() > max_columns:
         return stats
     ceiling = incumbent.bound  # probes above this failed
-    floor = incumbent.value  # the relaxation is feasible up to here
+    floor = incumbent.value  # below here the relaxation is feasible, or could not be decided
     first = True
     while not _done(incumbent, options) and stats["milp_solves"] < budget:
         low = max(floor, incumbent.value)
         if ceiling - low <= options.mip_gap * ceiling:
             break
-        # the first probe asks "is the incumbent optimal?"; later ones bisect
-        target = incumbent.value * (1 + options.mip_gap) if first and problem.exact else (low + ceiling) / 2
+        # the first probe asks "is the incumbent optimal?"; later ones bisect when the gap is small, else
+        # go a quarter of the way down from the bound, where integer infeasibility is proven soonest
+        near = ceiling - low <= WORK.near_gap * ceiling
+        if first and problem.exact:
+            target = incumbent.value * (1 + options.mip_gap)
+        elif near:
+            target = (low + ceiling) / 2
+        else:
+            target = ceiling - (ceiling - low) / 4
         first = False
         out = _solve(problem, incumbent, options, target, "relax", max_skip)
         stats["milp_solves"] += 1
@@ -215,8 +227,12 @@ def _boundary_phase(problem: Problem, incumbent: Incumbent, options: PlannerOpti
             if problem.exact and incumbent.value < target:
                 ceiling = target  # realised below the target: treat as a failed primal probe
         else:
+            # undecided (node or time budget spent): probes nearer the optimum are harder, so the
+            # next one is tried further up, where integer infeasibility shows sooner
             stats["milp_undecided"] += 1
-            break
+            floor = target
+            if stats["milp_undecided"] >= WORK.undecided_probes:
+                break
     return stats
 
 
