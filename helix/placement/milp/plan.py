@@ -59,6 +59,7 @@ class WorkBudget:
     max_inexact_columns: int = 5_000  # bound-only probes above this cost tens of seconds each at the root
     max_entries: int = 60_000  # partial overlap: entry-flow variables of the boundary MILP, at most
     probe_time_s: float = 20.0  # safety cap per boundary-MILP probe (the root LP can take minutes)
+    boundary_share: float = 0.6  # the boundary phase starts no probe past this share of the time limit
     undecided_probes: int = 4  # undecided probes before the boundary phase stops
     near_gap: float = 0.02  # below this relative gap, bisect (and first ask whether the incumbent is optimal)
     local_search_work: int = 40_000  # patience = this / nodes evaluations (an evaluation costs ~ nodes)
@@ -166,7 +167,11 @@ def _solve(
         problem,
         target,
         mode,
-        time_limit_s=min(incumbent.clock.left(), WORK.probe_time_s),
+        time_limit_s=min(
+            incumbent.clock.left(),
+            WORK.probe_time_s,
+            WORK.boundary_share * options.time_limit_s - incumbent.clock.elapsed(),
+        ),
         threads=options.threads,
         seed=options.seed,
         max_nodes=WORK.milp_nodes
@@ -200,7 +205,10 @@ def _boundary_phase(problem: Problem, incumbent: Incumbent, options: PlannerOpti
     ceiling = incumbent.bound  # probes above this failed
     floor = incumbent.value  # below here the relaxation is feasible, or could not be decided
     first = True
+    share_s = WORK.boundary_share * options.time_limit_s  # the local search keeps the rest
     while not _done(incumbent, options) and stats["milp_solves"] < budget:
+        if incumbent.clock.elapsed() >= share_s:
+            break
         low = max(floor, incumbent.value)
         if ceiling - low <= options.mip_gap * ceiling:
             break
