@@ -96,6 +96,28 @@ def _planner_row(instance: str, label: str, helix: str, bold_value: str) -> tupl
     )
 
 
+PS = "plans_served.json"
+
+
+def _served_row(cluster: str, preset: str, mode: str) -> tuple:
+    """A row of README's served-plans table: default and Helix's plan (mean ± sd decode tokens/s over the
+    held-out seeds), the best other method and default ÷ it, default ÷ Helix."""
+    s = f"clusters.{cluster}.presets.{preset}.{mode}."
+    m = s + "methods."
+    return (
+        f"| {cluster}, {preset}, {mode} | {{}} ± {{}} | {{}} ± {{}} | {{}} ({{}}×) | **{{}}×** |",
+        [
+            (at(PS, m + "default.decode_tokens_per_s.mean"), f1),
+            (at(PS, m + "default.decode_tokens_per_s.sd"), f1),
+            (at(PS, m + "helix.decode_tokens_per_s.mean"), f1),
+            (at(PS, m + "helix.decode_tokens_per_s.sd"), f1),
+            (at(PS, s + "best_other_method"), str),
+            (at(PS, s + "default_over_best_other"), f2),
+            (at(PS, s + "default_over_helix"), f2),
+        ],
+    )
+
+
 def _hop_parts() -> float:
     h = at(GPU2, "hop_overhead_per_token_ms")()
     return h["d2h_copy"] + h["serialisation_excl_d2h"] + h["zmq_loopback_transfer"] + h["h2d_copy"]
@@ -122,6 +144,13 @@ FIGURES: list[tuple[str, list[tuple[Callable[[], Any], Callable[[Any], str]]]]] 
     _cpu_row("maxflow", "max-flow (IWRR)", True),
     _cpu_row("random", "random", False),
     _cpu_row("swarm", "swarm", False),
+    # Served plans (bench_plans_served.py)
+    *(
+        _served_row(c, p, m)
+        for c in ("single24", "3cluster24")
+        for p in ("helix", "improved")
+        for m in ("offline", "online")
+    ),
     ("Max-flow delivers {}× random's decode throughput", [(at(RT, "maxflow_over_random"), f2)]),
     (
         "One ZeroMQ hop costs {} ms at p50 against {} ms for a Ray actor call",

@@ -5,7 +5,9 @@
 3. Stage heuristic (stages.py): bisect on the target flow F with a tiny stage IP — milliseconds each.
 4. Boundary MILP (boundary_milp.py): bisect on F. An infeasible ``relax`` model at F proves that no
    placement reaches F (the bound drops to F); feasible models give placements, realised on concrete
-   nodes and scored by the evaluator. When the model is exact one solve serves both purposes.
+   nodes and scored by the evaluator. When the model is exact one solve serves both purposes. With
+   ``options.partial_overlap`` the model has entry flows (nodes entered past their first layer), so it
+   plans overlapping ranges and its bounds hold for partial-overlap chaining.
 5. Local search (search.py) on the incumbent, until it stagnates.
 6. With ``options.objective == "throughput"``: KV-aware stage pipelines (throughput.py) and the max-flow
    placement are scored by the KV / pipeline-depth estimate and the best is returned.
@@ -25,7 +27,7 @@ from dataclasses import dataclass, replace
 from helix.errors import HelixInputError
 from helix.flow.graph import FlowOptions
 from helix.perf.base import CapacityModel
-from helix.placement.milp.boundary_milp import FEASIBLE, INFEASIBLE, Column, solve_at
+from helix.placement.milp.boundary_milp import FEASIBLE, INFEASIBLE, Column, entry_count, solve_at
 from helix.placement.milp.bounds import saturation_bound, static_upper_bound
 from helix.placement.milp.incumbent import Clock, Incumbent
 from helix.placement.milp.objective import OBJECTIVES, choose_for_throughput
@@ -55,6 +57,11 @@ class WorkBudget:
     large_milp_nodes: int = 10
     max_columns: int = 10_000  # skip the boundary MILP on larger aggregated models
     max_inexact_columns: int = 5_000  # bound-only probes above this cost tens of seconds each at the root
+    max_entries: int = 60_000  # partial overlap: entry-flow variables of the boundary MILP, at most
+    probe_time_s: float = 20.0  # safety cap per boundary-MILP probe (the root LP can take minutes)
+    boundary_share: float = 0.6  # the boundary phase starts no probe past this share of the time limit
+    undecided_probes: int = 4  # undecided probes before the boundary phase stops
+    near_gap: float = 0.02  # below this relative gap, bisect (and first ask whether the incumbent is optimal)
     local_search_work: int = 40_000  # patience = this / nodes evaluations (an evaluation costs ~ nodes)
     local_search_patience: int = 3_000  # at most this many evaluations without improvement, then stop
     local_search_rounds: int = 10  # evaluation budget = rounds · patience
@@ -137,17 +144,41 @@ def _patience(problem: Problem) -> int:
     return max(50, min(WORK.local_search_patience, WORK.local_search_work // nodes))
 
 
-def _solve(problem: Problem, incumbent: Incumbent, options: PlannerOptions, target: float, mode: str):
+def _max_skip(problem: Problem, options: PlannerOptions) -> int | None:
+    """Partial overlap: every entry boundary (None) when the model stays small, else the largest skip
+    that keeps it under `WorkBudget.max_entries` entry flows (a restriction: no longer a bound)."""
+    if entry_count(problem) <= WORK.max_entries:
+        return None
+    skip = max(c.max_layers for c in problem.classes)
+    while skip > 0 and entry_count(problem, skip) > WORK.max_entries:
+        skip //= 2
+    return skip
+
+
+def _solve(
+    problem: Problem,
+    incumbent: Incumbent,
+    options: PlannerOptions,
+    target: float,
+    mode: str,
+    max_skip: int | None = None,
+):
     return solve_at(
         problem,
         target,
         mode,
-        time_limit_s=incumbent.clock.left(),
+        time_limit_s=min(
+            incumbent.clock.left(),
+            WORK.probe_time_s,
+            WORK.boundary_share * options.time_limit_s - incumbent.clock.elapsed(),
+        ),
         threads=options.threads,
         seed=options.seed,
         max_nodes=WORK.milp_nodes
         if len(problem.classes) <= WORK.large_above_classes
         else WORK.large_milp_nodes,
+        partial_overlap=options.partial_overlap,
+        max_skip=max_skip,
     )
 
 
@@ -156,26 +187,42 @@ def _boundary_phase(problem: Problem, incumbent: Incumbent, options: PlannerOpti
 
     Exact model: each probe is primal and dual at once. Inexact model (slow links): only bound probes
     (``relax``), at most `WorkBudget.inexact_probes` — the ``restrict`` model's root alone costs tens of
-    seconds there and has not beaten the stage heuristics. A probe that ends undecided (node budget
-    spent) stops the phase: the next, harder ones would not decide either.
+    seconds there and has not beaten the stage heuristics. A probe that ends undecided (node budget or
+    `WorkBudget.probe_time_s` spent) moves the next probe halfway up to the bound: near the bound HiGHS
+    proves integer infeasibility at the root in seconds where probes near the optimum do not finish;
+    after `WorkBudget.undecided_probes` undecided probes the phase stops.
     """
-    bound_ok = not options.partial_overlap  # the strict model bounds only strict chaining
+    # with partial overlap the model has entry flows; all of them keep it a relaxation (a bound)
+    max_skip = _max_skip(problem, options) if options.partial_overlap else None
+    bound_ok = max_skip is None
     stats = {"milp_solves": 0, "milp_undecided": 0}
+    if options.partial_overlap:
+        stats["partial_overlap_max_skip"] = max_skip
     budget = WORK.milp_probes if problem.exact else WORK.inexact_probes
     max_columns = WORK.max_columns if problem.exact else WORK.max_inexact_columns
     if not bound_ok and not problem.exact or problem.num_columns() > max_columns:
         return stats
     ceiling = incumbent.bound  # probes above this failed
-    floor = incumbent.value  # the relaxation is feasible up to here
+    floor = incumbent.value  # below here the relaxation is feasible, or could not be decided
     first = True
+    share_s = WORK.boundary_share * options.time_limit_s  # the local search keeps the rest
     while not _done(incumbent, options) and stats["milp_solves"] < budget:
+        if incumbent.clock.elapsed() >= share_s:
+            break
         low = max(floor, incumbent.value)
         if ceiling - low <= options.mip_gap * ceiling:
             break
-        # the first probe asks "is the incumbent optimal?"; later ones bisect
-        target = incumbent.value * (1 + options.mip_gap) if first and problem.exact else (low + ceiling) / 2
+        # the first probe asks "is the incumbent optimal?"; later ones bisect when the gap is small, else
+        # go a quarter of the way down from the bound, where integer infeasibility is proven soonest
+        near = ceiling - low <= WORK.near_gap * ceiling
+        if first and problem.exact:
+            target = incumbent.value * (1 + options.mip_gap)
+        elif near:
+            target = (low + ceiling) / 2
+        else:
+            target = ceiling - (ceiling - low) / 4
         first = False
-        out = _solve(problem, incumbent, options, target, "relax")
+        out = _solve(problem, incumbent, options, target, "relax", max_skip)
         stats["milp_solves"] += 1
         if out.status == FEASIBLE and problem.exact:
             incumbent.offer(counts_to_placement(problem, out.counts), "boundary MILP")
@@ -188,8 +235,12 @@ def _boundary_phase(problem: Problem, incumbent: Incumbent, options: PlannerOpti
             if problem.exact and incumbent.value < target:
                 ceiling = target  # realised below the target: treat as a failed primal probe
         else:
+            # undecided (node or time budget spent): probes nearer the optimum are harder, so the
+            # next one is tried further up, where integer infeasibility shows sooner
             stats["milp_undecided"] += 1
-            break
+            floor = target
+            if stats["milp_undecided"] >= WORK.undecided_probes:
+                break
     return stats
 
 
