@@ -26,8 +26,8 @@ factor: a weaker comparison). Four steps:
 What the simulator takes from the runtime: the host's profile (both), the detection delay, the load
 model (step 1), the arrival times. What it predicts: the time to each new plan and the throughput on
 it. Figures: `failed` (requests accepted but not completed; target 0), `loss_to_new_plan_s` (from the
-kill until the new plan serves at its level: the later of the switch and the end of the first 10 s
-after it at ≥ 90 % of the runtime's throughput on the new plan; target ≤ 30 s), `after_replan_over_sim`
+kill until the new plan serves at its level: the later of the switch and the start of the first 10 s
+from it at ≥ 90 % of the runtime's mean throughput on the new plan; target ≤ 30 s), `after_replan_over_sim`
 (runtime ÷ simulated decode tokens/s on the new plan after the loss, same window; target ≥ 0.9). The
 host may be shared: every part records `os.getloadavg()` before and after.
 
@@ -103,6 +103,8 @@ def cluster42_part() -> dict:
         "scratch_moved_layers": scratch_moves,
         "moves_ratio": warm_moves / scratch_moves if scratch_moves else None,
         "warm_found_by": warm.details["found_by"],
+        "warm_phase_end_s": warm.details.get("phase_end_s"),
+        "warm_candidates": warm.details.get("candidates"),
         "targets": {"warm_replan_s": 5.0, "moves_ratio": 0.25, "equal_flow": "warm_over_scratch_flow >= 1"},
     }
 
@@ -200,11 +202,12 @@ def _mean_in(series: dict, lo: float, hi: float) -> float | None:
 
 
 def _recovered_at(series: dict, after_s: float, level: float) -> float | None:
-    """The end of the first 10 s (two bins) after `after_s` whose mean throughput is ≥ 90 % of `level`."""
+    """The start of the first 10 s (two bins) from the bin holding `after_s` whose mean throughput is
+    ≥ 90 % of `level`."""
     t, v = series["t_s"], series["tokens_per_s"]
     for i in range(len(t) - 1):
-        if t[i] >= after_s and (v[i] + v[i + 1]) / 2 >= 0.9 * level:
-            return t[i] + 2 * BIN_S
+        if t[i] + BIN_S > after_s and (v[i] + v[i + 1]) / 2 >= 0.9 * level:
+            return max(t[i], after_s)
     return None
 
 
@@ -516,7 +519,7 @@ def _compare(record: dict, sim: dict, rt_series: dict) -> dict:
         lo = max(fail["switch_s"], sim_fail["switch_s"]) + BIN_S
         hi = record["actions"].get("join", {}).get("at_s", record["times_s"]["join"])
         rt_after, sim_after = _mean_in(rt_series, lo, hi), _mean_in(sim_series, lo, hi)
-        recovered = _recovered_at(rt_series, fail["switch_s"] - 2 * BIN_S, rt_after) if rt_after else None
+        recovered = _recovered_at(rt_series, fail["switch_s"], rt_after) if rt_after else None
         kill = record["times_s"]["kill"]
         out["after_loss"] = {
             "window_s": [lo, hi],
@@ -526,7 +529,7 @@ def _compare(record: dict, sim: dict, rt_series: dict) -> dict:
             "before_simulator_tokens_per_s": _mean_in(sim_series, 2 * BIN_S, kill),
             "throughput_recovered_at_s": recovered,
             "loss_to_switch_s": fail["switch_s"] - kill,
-            "loss_to_new_plan_s": max(fail["switch_s"], recovered or float("inf")) - kill,
+            "loss_to_new_plan_s": (recovered - kill) if recovered is not None else None,
             "after_replan_over_sim": rt_after / sim_after if rt_after and sim_after else None,
         }
     return out
