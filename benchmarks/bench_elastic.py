@@ -14,7 +14,8 @@ factor: a weaker comparison). Four steps:
 
 1. Load calibration: throw-away workers of `--calibration-layers` layers (1 and 10) are started one at
    a time and timed; ``wall(k) = fixed + k · per_layer`` fitted (`ElasticController.calibrate_load`).
-2. Capacity probe: Poisson arrivals above capacity; capacity = decode tokens/s in the second half.
+2. Capacity probe: `--probe-concurrency` requests always in flight (closed loop) for `--probe-s`;
+   capacity = decode tokens/s in the second half.
 3. Scenario: Poisson arrivals at `--load` × capacity for 300 s; SIGKILL of the worker of `--victim` at
    60 s, `POST /admin/join` of that node at 150 s, `POST /admin/drain` of `--drained` at 240 s
    (`--time-scale` scales the four times, recorded in the JSON). Throughput over time in 5 s bins.
@@ -211,6 +212,61 @@ def _recovered_at(series: dict, after_s: float, level: float) -> float | None:
     return None
 
 
+def _closed_loop_capacity(url: str, model: str, key: str, args) -> tuple[float, dict]:
+    """Decode tokens/s with `--probe-concurrency` requests always in flight, over the second half of
+    `--probe-s` (a steady state, unlike the second half of an open-loop overload)."""
+    import asyncio
+
+    from helix.runtime.loadgen import LoadSpec, Sample, _one, prompt_text
+
+    spec = LoadSpec(
+        url + "/v1",
+        model,
+        1.0,
+        args.probe_s,
+        args.prompt_tokens,
+        args.output_tokens,
+        api_key=key,
+        timeout_s=900.0,
+    )
+    samples: list[Sample] = []
+
+    async def run() -> None:
+        import httpx
+
+        headers = {"Authorization": f"Bearer {key}"}
+        async with httpx.AsyncClient(
+            base_url=spec.base_url, headers=headers, timeout=spec.timeout_s
+        ) as client:
+            start = time.perf_counter()
+
+            async def slot(j: int) -> None:
+                i = j
+                while time.perf_counter() - start < args.probe_s:
+                    sample = Sample(sent_s=time.perf_counter() - start)
+                    samples.append(sample)
+                    await _one(client, spec, prompt_text(i, spec.prompt_tokens), start, sample)
+                    i += args.probe_concurrency
+
+            await asyncio.wait_for(
+                asyncio.gather(*(slot(j) for j in range(args.probe_concurrency))), args.probe_s + 300
+            )
+
+    asyncio.run(run())
+    lo, hi = args.probe_s / 2, args.probe_s
+    tokens = sum(1 for s in samples for t in s.token_times_s if lo <= t < hi)
+    capacity = tokens / (hi - lo)
+    return capacity, {
+        "concurrency": args.probe_concurrency,
+        "duration_s": args.probe_s,
+        "window_s": [lo, hi],
+        "sent": len(samples),
+        "failed": sum(1 for s in samples if s.error),
+        "decode_tokens_per_s": capacity,
+        "loadavg": os.getloadavg(),
+    }
+
+
 class _Actions:
     """Membership actions at given offsets from `start` (a wall-clock time), in a thread."""
 
@@ -313,18 +369,10 @@ def runtime_part(args) -> tuple[dict, dict]:
                 **kw,
             )
 
-        probe = load_spec(
-            args.probe_rate, args.probe_s, args.seed, warmup_s=args.probe_s / 2, drain_timeout_s=5.0
-        )
-        probe_summary = summarise(probe, *asyncio.run(send(probe)))
-        capacity = probe_summary["decode_tokens_per_s"]
-        record["capacity_probe"] = {
-            k: probe_summary[k]
-            for k in ("offered_rate_per_s", "duration_s", "sent", "completed", "decode_tokens_per_s")
-        } | {"loadavg": os.getloadavg()}
+        capacity, record["capacity_probe"] = _closed_loop_capacity(url, runtime.model_name, key, args)
         print("capacity", capacity, flush=True)
         if not capacity > 0:
-            raise RuntimeError(f"the capacity probe measured no throughput: {probe_summary['errors']}")
+            raise RuntimeError(f"the capacity probe measured no throughput: {record['capacity_probe']}")
         rate = args.load * capacity / args.output_tokens
         spec = load_spec(rate, duration_s, args.seed + 1, drain_timeout_s=args.drain_timeout_s)
         arrivals = poisson_arrivals(rate, duration_s, np.random.default_rng(args.seed + 1))
@@ -547,9 +595,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--victim", default=VICTIM)
     parser.add_argument("--drained", default=DRAINED)
     parser.add_argument("--prompt-tokens", type=int, default=32)
-    parser.add_argument("--output-tokens", type=int, default=32)
-    parser.add_argument("--probe-rate", type=float, default=3.0, help="req/s, above the demo's capacity")
-    parser.add_argument("--probe-s", type=float, default=40.0)
+    parser.add_argument("--output-tokens", type=int, default=16)
+    parser.add_argument("--probe-concurrency", type=int, default=32, help="requests in flight (probe)")
+    parser.add_argument("--probe-s", type=float, default=90.0)
     parser.add_argument(
         "--calibration-layers",
         type=lambda text: tuple(int(k) for k in text.split(",")),

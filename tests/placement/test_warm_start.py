@@ -104,3 +104,16 @@ def test_trim_sweep_drops_newly_loaded_layers_that_buy_no_flow(helix_setup):
     # from the old placement there is nothing to trim
     same, same_score = trim_sweep(placement, scorer, model.num_layers, deadline=float("inf"))
     assert same == placement and same_score == pytest.approx(scorer.score(placement))
+
+
+def test_trim_sweep_leaves_one_layer_ranges_whole(helix_setup):
+    from helix.flow.graph import FlowOptions
+    from helix.placement.warm_start import _Scorer, trim_sweep
+
+    cluster, model, capacity, placement = _base(helix_setup)
+    scorer = _Scorer(cluster, model, capacity, FlowOptions(), placement, 1e-3)
+    scorer.reference = scorer.flow(placement)
+    node = sorted(placement)[0]
+    one = Placement({**placement.ranges, node: type(placement[node])(3, 4)})  # a new 1-layer range
+    trimmed, _ = trim_sweep(one, scorer, model.num_layers, deadline=float("inf"))
+    assert all(r.num_layers >= 1 for r in trimmed.ranges.values())
