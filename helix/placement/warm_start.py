@@ -323,14 +323,12 @@ def trim_sweep(
             r, old = best.ranges[node], scorer.previous.get(node)
             if old == r:
                 continue
-            trials = [old] if old is not None else []
-            if old is None or r.start < old.start or r.start >= old.end:
+            trials = [old] if old is not None and old.end <= num_layers else []
+            if r.num_layers > 1 and (old is None or r.start < old.start or r.start >= old.end):
                 trials.append(LayerRange(r.start + 1, r.end))
-            if old is None or r.end > old.end or r.end <= old.start:
+            if r.num_layers > 1 and (old is None or r.end > old.end or r.end <= old.start):
                 trials.append(LayerRange(r.start, r.end - 1))
             for trial in trials:
-                if trial.num_layers < 1 or trial.end > num_layers:
-                    continue
                 cand = Placement({**best.ranges, node: trial})
                 cand_score = scorer.score(cand)
                 if cand_score > score + 1e-9:

@@ -41,7 +41,7 @@ from helix.specs.placement import Placement
 KV_BLOCK_TOKENS = 16  # the workers' KV block size (tokens)
 # a worker loads its range once: a changed range is a new worker loading all of it
 # make-before-break: the old plan serves while new workers load, so a move costs time, not service
-RUNTIME_REPLAN = ReplanSettings(move_weight=0.002, time_limit_s=5.0, partial_reuse=False)
+RUNTIME_REPLAN = ReplanSettings(move_weight=0.005, time_limit_s=5.0, partial_reuse=False)
 MIN_PER_LAYER_S = 1e-3  # the least load time per layer a calibration reports
 JOIN_POLL_S = 1.0  # how often new Ray nodes advertising a plan node are looked for
 

@@ -83,3 +83,37 @@ def test_restrict_rejects_unknown_nodes(helix_setup):
     cluster, _, _ = helix_setup("cluster10")
     with pytest.raises(HelixInputError, match="unknown node"):
         restrict(cluster, ["nope"])
+
+
+def test_trim_sweep_drops_newly_loaded_layers_that_buy_no_flow(helix_setup):
+    """A node given one more new layer than it needs (its neighbour already holds it) is trimmed back;
+    a node whose new range carries flow is kept."""
+    from helix.flow.graph import FlowOptions
+    from helix.placement.warm_start import _Scorer, trim_sweep
+
+    cluster, model, capacity, placement = _base(helix_setup)
+    scorer = _Scorer(cluster, model, capacity, FlowOptions(), placement, 1e-3)
+    scorer.reference = scorer.flow(placement)
+    # grow one node's range by a layer it does not hold: a move that buys nothing
+    node, r = next((n, r) for n, r in sorted(placement.items()) if r.end < model.num_layers)
+    grown = Placement({**placement.ranges, node: type(r)(r.start, r.end + 1)})
+    assert moved_layers(placement, grown) == 1
+    trimmed, score = trim_sweep(grown, scorer, model.num_layers, deadline=float("inf"))
+    assert moved_layers(placement, trimmed) == 0
+    assert score == pytest.approx(scorer.score(placement))
+    # from the old placement there is nothing to trim
+    same, same_score = trim_sweep(placement, scorer, model.num_layers, deadline=float("inf"))
+    assert same == placement and same_score == pytest.approx(scorer.score(placement))
+
+
+def test_trim_sweep_leaves_one_layer_ranges_whole(helix_setup):
+    from helix.flow.graph import FlowOptions
+    from helix.placement.warm_start import _Scorer, trim_sweep
+
+    cluster, model, capacity, placement = _base(helix_setup)
+    scorer = _Scorer(cluster, model, capacity, FlowOptions(), placement, 1e-3)
+    scorer.reference = scorer.flow(placement)
+    node = sorted(placement)[0]
+    one = Placement({**placement.ranges, node: type(placement[node])(3, 4)})  # a new 1-layer range
+    trimmed, _ = trim_sweep(one, scorer, model.num_layers, deadline=float("inf"))
+    assert all(r.num_layers >= 1 for r in trimmed.ranges.values())
