@@ -18,6 +18,10 @@ What the runtime is compared with, in the same run, same weights, same KV capaci
   bound no workload with prompts reaches; `saturation_over_engine_decode_best` divides by its best.
 The hop's cost per token is the lone request's TPOT on two workers minus on one.
 
+Prefix caching in the workers (`prefix_cache` per deployment): TTFT of lone requests sharing a
+384-token system prompt (hits after the first) against requests of the same lengths with distinct system
+prompts (misses), in the same deployment.
+
 The serving path measured is the default one: routes decode on their own (the last stage feeds each
 token back to the first, `CoordinatorConfig.pipeline_decode`) and workers on one GPU step in turn
 (`helix.runtime.device_turn`); `two_workers_without_turns` is the same deployment with the turns off,
@@ -275,6 +279,7 @@ def measure(coordinator, deployment, check, reference, args, label: str) -> dict
         s, _, _ = run_requests(coordinator, [0.0], prompts(1), args.lone_tokens, 300)
         lone.append((s[0].e2e_s - s[0].ttft_s) / (s[0].tokens - 1))
     out["lone_request"] = {"ttft_s": s[0].ttft_s, "tpot_ms_median": 1000 * statistics.median(lone)}
+    out["prefix_cache"] = prefix_cache(coordinator, rng, args)
     out["load"] = []
     for rate in args.rates:
         before = deployment.stats()
@@ -317,6 +322,29 @@ def measure(coordinator, deployment, check, reference, args, label: str) -> dict
     return out
 
 
+def prefix_cache(coordinator, rng: np.random.Generator, args) -> dict:
+    """TTFT of lone requests that share a system prompt (prefix hits after the first) against requests
+    of the same lengths whose system prompts all differ (misses), in the same deployment."""
+    system = rng.integers(0, args.vocab, args.system_prompt_tokens).tolist()
+    ttft: dict[str, list[float]] = {"shared": [], "unique": []}
+    for _ in range(args.prefix_requests):
+        question = rng.integers(0, args.vocab, args.question_tokens).tolist()
+        unique = rng.integers(0, args.vocab, args.system_prompt_tokens).tolist()
+        for kind, prompt in (("shared", system + question), ("unique", unique + question)):
+            samples, _, _ = run_requests(coordinator, [0.0], [prompt], 1, 60)
+            ttft[kind].append(samples[0].ttft_s)
+    shared, unique = statistics.median(ttft["shared"][1:]), statistics.median(ttft["unique"])
+    return {
+        "system_prompt_tokens": args.system_prompt_tokens,
+        "question_tokens": args.question_tokens,
+        "requests": args.prefix_requests,
+        "ttft_ms_shared_first": 1000 * ttft["shared"][0],
+        "ttft_ms_shared_p50_after_first": 1000 * shared,
+        "ttft_ms_unique_p50": 1000 * unique,
+        "ttft_speedup": unique / shared,
+    }
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -339,6 +367,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--configs", nargs="+", default=["one_worker", "two_workers", "two_workers_without_turns"]
     )
+    parser.add_argument("--system-prompt-tokens", type=int, default=384)
+    parser.add_argument("--question-tokens", type=int, default=32)
+    parser.add_argument("--prefix-requests", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     args.device = "cpu" if args.tiny or not torch.cuda.is_available() else "cuda"
@@ -406,6 +437,7 @@ def main() -> None:
                 "saturation_over_engine_decode_best": config["saturation_over_engine_decode_best"],
                 "lone_tpot_ms": config["lone_request"]["tpot_ms_median"],
                 "greedy_identical_to_engine": config["greedy_identical_to_engine"],
+                "prefix_cache_ttft_speedup": config["prefix_cache"]["ttft_speedup"],
             }
     if "one_worker" in summary and "two_workers" in summary:
         one, two = summary["one_worker"], summary["two_workers"]

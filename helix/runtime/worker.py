@@ -370,15 +370,25 @@ class Worker:
         return {hop: HopBatch(batch, None, now, self.name) for hop, batch in grouped.items()}
 
     def _split_by_next_hop(self, items: list[StageItem], hidden: torch.Tensor) -> dict[str, HopBatch]:
+        """One batch per next hop; items keep their order (hidden rows pass through whole when every item
+        goes to one hop, the common case). Requests freed while the step ran are left out."""
+        now = time.time()
+        hops = [self._next_hop.get(item.seq_id) for item in items]
+        forwarded = [
+            item
+            if item.token_ids is None and item.route is None
+            else replace(item, token_ids=None, stage_done_s=(*item.stage_done_s, now) if item.route else ())
+            for item in items
+        ]
+        if hops and all(hop == hops[0] for hop in hops) and hops[0] is not None:
+            return {hops[0]: HopBatch(forwarded, hidden, now, self.name)}
         grouped_items: dict[str, list[StageItem]] = defaultdict(list)
         grouped_rows: dict[str, list[torch.Tensor]] = defaultdict(list)
-        now = time.time()
-        for item, rows in zip(items, torch.split(hidden, [i.num_new_tokens for i in items]), strict=True):
-            hop = self._next_hop[item.seq_id]
-            done = (*item.stage_done_s, now) if item.route is not None else ()
-            forwarded = replace(item, token_ids=None, stage_done_s=done)
-            grouped_items[hop].append(forwarded)
-            grouped_rows[hop].append(rows)
+        sizes = [i.num_new_tokens for i in items]
+        for hop, item, rows in zip(hops, forwarded, torch.split(hidden, sizes), strict=True):
+            if hop is not None:
+                grouped_items[hop].append(item)
+                grouped_rows[hop].append(rows)
         return {
             hop: HopBatch(grouped_items[hop], torch.cat(grouped_rows[hop]), now, self.name)
             for hop in grouped_items

@@ -65,6 +65,8 @@ SIM = "simulation.json"
 CAP = "capacity_model.json"
 ENG = "engine_h100.json"
 GPU2 = "runtime_2gpu.json"
+H1 = "runtime_1gpu.json"
+H200 = "engine_h200.json"
 
 
 def _cpu_row(name: str, label: str, bold: bool) -> tuple:
@@ -231,6 +233,56 @@ FIGURES: list[tuple[str, list[tuple[Callable[[], Any], Callable[[Any], str]]]]] 
         [
             (at(ENG, "hf_generate.tokens_per_s"), f0),
             (at(ENG, "summary.speedup_over_hf_generate_at_batch.32"), f1),
+        ],
+    ),
+]
+
+
+def fc(v: float) -> str:
+    return f"{v:,.0f}"
+
+
+def f3(v: float) -> str:
+    return f"{v:.3f}"
+
+
+FIGURES += [
+    # The engine on one H200 (bench_engine.py)
+    (
+        "| decode, fraction of HBM roofline, batch 1 / 64 / 128 | 0.658 / 0.645 / 0.588 | {} / {} / {} |",
+        [(at(H200, f"summary.decode_fraction_of_roofline_by_batch.{b}"), f3) for b in (1, 64, 128)],
+    ),
+    (
+        "| 4 stages / 1 stage at batch 64 | 0.916 | {} |",
+        [(at(H200, "summary.four_stage_over_single_by_batch.64"), f3)],
+    ),
+    # Serving on one H200 (bench_runtime_1gpu.py)
+    (
+        "the engine serving the same workload ({} tok/s; {} pure decode) | 5,404 tok/s (0.40 of pure decode) "
+        "| {} tok/s ({}; {} of pure decode) |",
+        [
+            (at(H1, "summary.engine_best_tokens_per_s"), fc),
+            (at(H1, "summary.engine_decode_only_best_tokens_per_s"), fc),
+            (at(H1, "summary.one_worker.saturation_decode_tokens_per_s"), fc),
+            (at(H1, "summary.one_worker.saturation_over_engine_best"), f3),
+            (at(H1, "summary.one_worker.saturation_over_engine_decode_best"), f3),
+        ],
+    ),
+    (
+        "| {} tok/s ({} × one worker; {} with the GPU turns off), {} ms |",
+        [
+            (at(H1, "summary.two_workers.saturation_decode_tokens_per_s"), fc),
+            (at(H1, "summary.two_over_one_worker"), f3),
+            (at(H1, "summary.two_workers_without_turns.saturation_decode_tokens_per_s"), fc),
+            (at(H1, "summary.hop_ms_per_token"), f2),
+        ],
+    ),
+    (
+        "TTFT distinct → shared prompts | — | {} → {} ms ({}×) |",
+        [
+            (at(H1, "configs.one_worker.prefix_cache.ttft_ms_unique_p50"), f1),
+            (at(H1, "configs.one_worker.prefix_cache.ttft_ms_shared_p50_after_first"), f1),
+            (at(H1, "configs.one_worker.prefix_cache.ttft_speedup"), f2),
         ],
     ),
 ]
