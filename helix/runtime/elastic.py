@@ -119,6 +119,7 @@ class ElasticController:
         self.placement: Placement = runtime.plan.placement  # by node name
         self.instances = {n: n for n in self.placement}  # node → serving worker instance
         self.members = set(self.placement)
+        self._intended = set(self.members)  # members once the queued changes are applied
         self.generation = 0
         self.history: list[dict[str, Any]] = []
         self.busy = False
@@ -135,20 +136,35 @@ class ElasticController:
     def join(self, node: str) -> None:
         """Plan `node` (a node of the cluster spec not serving now) in."""
         self._check(node)
-        if node in self.members:
-            raise HelixInputError(
-                f"node {node!r} already serves", field="node", fix="name a node not serving"
-            )
-        self._events.put(MembershipChange("join", node, time.time()))
+        with self._lock:
+            if node in self._intended:
+                raise HelixInputError(
+                    f"node {node!r} already serves", field="node", fix="name a node not serving"
+                )
+            self._enqueue(MembershipChange("join", node, time.time()))
 
     def drain(self, node: str) -> None:
         """Re-plan without `node`; its requests move at the switch (none fails); then its worker stops."""
         self._check(node)
-        if node not in self.members:
-            raise HelixInputError(f"node {node!r} does not serve", field="node", fix="name a serving node")
-        if len(self.members) == 1:
-            raise HelixInputError("cannot drain the last node", field="node", fix="join another node first")
-        self._events.put(MembershipChange("drain", node, time.time()))
+        with self._lock:
+            if node not in self._intended:
+                raise HelixInputError(
+                    f"node {node!r} does not serve", field="node", fix="name a serving node"
+                )
+            if len(self._intended) == 1:
+                raise HelixInputError(
+                    "cannot drain the last node", field="node", fix="join another node first"
+                )
+            self._enqueue(MembershipChange("drain", node, time.time()))
+
+    def _enqueue(self, change: MembershipChange) -> None:
+        """Queue `change` (under the lock); `_intended` is the membership once every queued change is
+        applied, which a later `join` or `drain` is checked against."""
+        if change.kind == "join":
+            self._intended.add(change.node)
+        else:
+            self._intended.discard(change.node)
+        self._events.put(change)
 
     def status(self) -> dict[str, Any]:
         with self._lock:
@@ -216,7 +232,8 @@ class ElasticController:
     def _lost(self, instance: str) -> None:
         node = next((n for n, i in self.instances.items() if i == instance), None)
         if node is not None:
-            self._events.put(MembershipChange("fail", node, time.time()))
+            with self._lock:
+                self._enqueue(MembershipChange("fail", node, time.time()))
 
     def _detect_joins(self) -> None:
         """A Ray node that appeared since the last look and advertises ``helix_node_<name>`` of a node of
@@ -227,9 +244,10 @@ class ElasticController:
             return
         for ray_node, node in sorted(advertised - self._ray_nodes_seen, key=lambda pair: pair[1]):
             self._ray_nodes_seen.add((ray_node, node))
-            if node not in self.members:
-                self._on_own_ray_node.add(node)
-                self._events.put(MembershipChange("join", node, time.time()))
+            with self._lock:
+                if node not in self._intended:
+                    self._on_own_ray_node.add(node)
+                    self._enqueue(MembershipChange("join", node, time.time()))
 
     def _run(self) -> None:
         while True:
@@ -246,6 +264,10 @@ class ElasticController:
             except Exception as exc:  # a failed re-plan leaves the old plan serving
                 with self._lock:
                     self.history.append({"kind": change.kind, "node": change.node, "error": str(exc)})
+                    if change.kind == "join":  # not planned in: it may be joined again
+                        self._intended.discard(change.node)
+                    elif change.kind == "drain":  # still serving
+                        self._intended.add(change.node)
             finally:
                 self.busy = False
 

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from helix.engine.sampling_params import SamplingParams
+from helix.errors import HelixInputError
 from helix.runtime.deploy import wait_until
 from helix.runtime.elastic import ElasticController
 from helix.runtime.requests import ErrorEvent, FinishEvent
@@ -104,6 +105,8 @@ def test_drain_under_load_fails_nothing(elastic):
     rt, controller, load = elastic
     failed = load.failed
     controller.drain("t4-1")
+    with pytest.raises(HelixInputError, match="does not serve"):  # already queued to leave
+        controller.drain("t4-1")
     assert controller.wait_idle(90)
     last = controller.status()["history"][-1]
     assert last["kind"] == "drain" and "error" not in last, last
