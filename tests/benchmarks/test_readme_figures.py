@@ -149,7 +149,7 @@ FIGURES: list[tuple[str, list[tuple[Callable[[], Any], Callable[[Any], str]]]]] 
     # Served plans (bench_plans_served.py)
     *(
         _served_row(c, p, m)
-        for c in ("single24", "3cluster24")
+        for c in ("single24", "3cluster24", "cluster42")
         for p in ("helix", "improved")
         for m in ("offline", "online")
     ),
