@@ -69,17 +69,17 @@ H1 = "runtime_1gpu.json"
 H200 = "engine_h200.json"
 
 
-def _cpu_row(name: str, label: str, bold: bool) -> tuple:
-    s = f"summary.{name}."
+def _cpu_row(name: str, label: str, bold: bool, file: str = "runtime_cpu.json", prefix: str = "") -> tuple:
+    s = f"{prefix}summary.{name}."
     cell = "**{}**" if bold else "{}"
     return (
         f"| {label} | {cell} | {{}} ({{}}) | {{}} s | {{}} s |",
         [
-            (at(RT, s + "decode_tokens_per_s"), f1),
-            (at(RT, s + "sim_decode_tokens_per_s"), f1),
-            (at(RT, s + "sim_error"), signed_pct),
-            (at(RT, s + "ttft_s.p50"), f1),
-            (at(RT, s + "tpot_s.p50"), f1),
+            (at(file, s + "decode_tokens_per_s"), f1),
+            (at(file, s + "sim_decode_tokens_per_s"), f1),
+            (at(file, s + "sim_error"), signed_pct),
+            (at(file, s + "ttft_s.p50"), f1),
+            (at(file, s + "tpot_s.p50"), f1),
         ],
     )
 
@@ -146,6 +146,9 @@ FIGURES: list[tuple[str, list[tuple[Callable[[], Any], Callable[[Any], str]]]]] 
     _cpu_row("maxflow", "max-flow (IWRR)", True),
     _cpu_row("random", "random", False),
     _cpu_row("swarm", "swarm", False),
+    _cpu_row("maxflow", "max-flow (IWRR)", True, "runtime_cpu_unpadded.json", "unpadded."),
+    _cpu_row("random", "random", False, "runtime_cpu_unpadded.json", "unpadded."),
+    _cpu_row("swarm", "swarm", False, "runtime_cpu_unpadded.json", "unpadded."),
     # Served plans (bench_plans_served.py)
     *(
         _served_row(c, p, m)
