@@ -164,6 +164,31 @@ FIGURES: list[tuple[str, list[tuple[Callable[[], Any], Callable[[Any], str]]]]] 
             (at(RT, "hop_overhead.ray_actor_call_round_trip_ms_p50"), f2),
         ],
     ),
+    # Failover (bench_failover.py)
+    (
+        "49 accepted, 49 completed, **0 failed**; {} decode tok/s",
+        [(at("failover.json", "capacity_probe.decode_tokens_per_s"), f1)],
+    ),
+    (
+        "{} accepted, {} completed, **{} failed**, {} re-routed",
+        [
+            (at("failover.json", "failover.accepted"), str),
+            (at("failover.json", "failover.completed"), str),
+            (at("failover.json", "failover.failed"), str),
+            (at("failover.json", "failover.rerouted"), str),
+        ],
+    ),
+    (
+        "{} s after the kill at p50 (max {} s; target ≤ 2 s p50)",
+        [
+            (at("failover.json", "failover.kill_to_first_resumed_token_s.p50"), f2),
+            (at("failover.json", "failover.kill_to_first_resumed_token_s.max"), f2),
+        ],
+    ),
+    (
+        "for the surviving topology: {} of the prediction (target ≥ 0.9)",
+        [(at("failover.json", "failover.throughput.after_vs_prediction"), f2)],
+    ),
     # Multi-GPU deployment (bench_runtime_2gpu.py)
     (
         "the hop between workers adds {} ms per token ({} ms of it",
