@@ -20,9 +20,10 @@ iterations still in flight then meet a worker that no longer holds the request a
 it every iteration returns through the coordinator, which starts the next one.
 A cancelled request is freed when its next result comes back, and its KV is freed on every worker.
 An iteration in flight for longer than `stall_timeout_s` while iterations started after it on the same
-route have come back (it was lost: a route is FIFO), or for `STALL_CEILING` × that in any case, is
-re-admitted (at most `MAX_STALLS` times, then it fails with a 504 instead of hanging). A route that is
-merely slow — every step long on an overloaded host — stalls nothing.
+route have come back (it was lost: a route is FIFO) is re-admitted (at most `MAX_STALLS` times, then it
+fails with a 504 instead of hanging). One that nothing overtook is re-admitted after `STALL_CEILING` ×
+that and never fails for it: a route that is merely slow — every step long on an overloaded host —
+fails nothing, and nothing stays stuck.
 
 No accepted request is lost to KV pressure or to a lost worker:
 
@@ -67,7 +68,7 @@ from helix.scheduling.recovery import TopologySource, has_pipeline, max_request_
 
 POLL_S = 0.002
 MAX_STALLS = 2  # re-admissions after a stall before a request fails with a timeout
-STALL_CEILING = 5.0  # × stall_timeout_s: an iteration not overtaken on its route counts as stalled after it
+STALL_CEILING = 2.0  # × stall_timeout_s: an iteration not overtaken on its route is re-admitted after it
 
 
 class QueueFullError(RuntimeError):
@@ -546,7 +547,10 @@ class Coordinator:
             if state is None or not state.in_flight or now - since <= timeout_s:
                 continue
             overtaken = self._route_returned.get(state.route, 0) > state.sent_seq
-            if not overtaken and now - since <= STALL_CEILING * timeout_s:
+            if not overtaken:
+                if now - since > STALL_CEILING * timeout_s and not state.cancelled:
+                    self.counters["stall_requeued"] += 1  # slow or stuck, not known lost: never fails
+                    self._requeue(state)
                 continue
             state.stalls += 1
             if state.stalls <= MAX_STALLS and not state.cancelled:

@@ -1,5 +1,6 @@
 """The coordinator with no worker, or with one plain ZeroMQ peer speaking the wire (no model): a lost
-iteration is re-admitted at the stall timeout, then fails with 504; a merely slow route stalls nothing."""
+iteration is re-admitted at the stall timeout; an unanswered one later, never failed; a merely slow route
+stalls nothing."""
 
 import queue
 import socket
@@ -37,7 +38,9 @@ def _source():
     )
 
 
-def test_a_stalled_request_is_readmitted_before_it_times_out():
+def test_an_unanswered_request_is_readmitted_and_never_failed():
+    """No worker answers and nothing overtakes the iteration: it is re-admitted every 2 × the stall
+    timeout (not failed: nothing shows it was lost rather than slow)."""
     source = _source()
     scheduler = create_scheduler("maxflow", source.surviving())
     config = CoordinatorConfig(max_model_len=4096, stall_timeout_s=0.5)
@@ -48,10 +51,9 @@ def test_a_stalled_request_is_readmitted_before_it_times_out():
     try:
         events = queue.SimpleQueue()
         coordinator.submit([1, 2, 3], SamplingParams(temperature=0.0, max_tokens=4), events.put)
-        assert wait_until(lambda: not events.empty(), 15)
-        error = events.get()
-        assert isinstance(error, ErrorEvent) and error.status == 504
-        assert coordinator.counters["stall_requeued"] == 2 and coordinator.counters["admitted"] == 3
+        assert wait_until(lambda: coordinator.counters["stall_requeued"] >= 3, 15)
+        assert coordinator.counters["admitted"] >= 4
+        assert events.empty()  # no error, no token
     finally:
         coordinator.close()
 
