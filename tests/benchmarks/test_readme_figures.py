@@ -164,6 +164,26 @@ FIGURES: list[tuple[str, list[tuple[Callable[[], Any], Callable[[Any], str]]]]] 
             (at(RT, "hop_overhead.ray_actor_call_round_trip_ms_p50"), f2),
         ],
     ),
+    # Elastic membership (bench_elastic.py)
+    (
+        "cluster42 warm re-plan **{} s** (target ≤ 5 s); **{}** layers moved against {} from",
+        [
+            (at("elastic.json", "cluster42.warm_replan_s"), f2),
+            (at("elastic.json", "cluster42.warm_moved_layers"), str),
+            (at("elastic.json", "cluster42.scratch_moved_layers"), str),
+        ],
+    ),
+    (
+        "The loss re-plan served after **{} s** (target ≤ 30 s;",
+        [(at("elastic.json", "loss_to_new_plan_s"), f1)],
+    ),
+    (
+        "None of the {} requests failed, but only {} finished.",
+        [
+            (at("elastic.json", "runtime.counts.sent"), str),
+            (at("elastic.json", "runtime.counts.completed"), str),
+        ],
+    ),
     # Failover (bench_failover.py)
     (
         "49 accepted, 49 completed, **0 failed**; {} decode tok/s",
