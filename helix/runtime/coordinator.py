@@ -383,11 +383,16 @@ class Coordinator:
         return max(0, min(left, self.config.max_model_len - state.num_tokens))
 
     def _send(self, state: RequestState, item: StageItem) -> None:
+        self._iteration_started(state)
+        self._outgoing[state.route[0]].append(item)
+
+    def _iteration_started(self, state: RequestState) -> None:
+        """The request's next iteration leaves now (from here, or from its route's last stage): number it
+        for the stall watchdog and start its progress clock."""
         state.in_flight = True
         self._sent += 1
         state.sent_seq = self._sent
         self._last_progress[state.seq_id] = time.monotonic()
-        self._outgoing[state.route[0]].append(item)
 
     def _on_result(self, result: TokenResult) -> None:
         state = self._requests.get(result.seq_id)
@@ -431,11 +436,8 @@ class Coordinator:
             self._finish(state, reason)
             return
         self.scheduler.on_tokens(state.seq_id, 1, now)
-        if state.decode_budget > 0:  # the route starts the next iteration itself
-            state.in_flight = True
-            self._sent += 1  # that iteration starts now, at the route's last stage
-            state.sent_seq = self._sent
-            self._last_progress[state.seq_id] = time.monotonic()
+        if state.decode_budget > 0:  # the route starts the next iteration itself, at its last stage
+            self._iteration_started(state)
             return
         self._send(
             state,
