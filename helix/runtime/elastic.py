@@ -30,7 +30,7 @@ from typing import Any
 
 from helix.errors import HelixInputError
 from helix.runtime.deploy import Deployment, WorkerSpec
-from helix.runtime.emulation import slowdowns, step_timers
+from helix.runtime.emulation import reference_layers, slowdowns, step_timers
 from helix.runtime.stage_backend import StageConfig
 from helix.runtime.tp_node import tp_size_for
 from helix.scheduling.recovery import TopologySource
@@ -117,6 +117,8 @@ class ElasticController:
         self.model = runtime.coordinator.topology_source.model
         self.capacity = capacity_model(self.cluster, self.model)
         self.placement: Placement = runtime.plan.placement  # by node name
+        # relative emulation: every node keeps its GPU type's factor of the first plan (`slowdowns`)
+        self._reference_layers = reference_layers(self.placement)
         self.instances = {n: n for n in self.placement}  # node → serving worker instance
         self.members = set(self.placement)
         self._intended = set(self.members)  # members once the queued changes are applied
@@ -305,7 +307,11 @@ class ElasticController:
         rt = self.runtime
         opts = rt.options
         live = restrict(self.cluster, new.members)
-        factors = slowdowns(live, self.capacity, new.placement) if opts.emulate else {}
+        factors = (
+            slowdowns(self.cluster, self.capacity, new.placement, self._reference_layers)
+            if opts.emulate and opts.emulation != "profile"
+            else {}
+        )
         timers = (
             step_timers(live, self.capacity, new.placement)
             if opts.emulate and opts.emulation == "profile"
@@ -327,7 +333,7 @@ class ElasticController:
             specs[node] = WorkerSpec(
                 f"{node}.g{self.generation}",
                 stage,
-                factors.get(node, 1.0) if opts.emulation != "profile" else 1.0,
+                opts.relative_scale * factors[node] if factors else 1.0,
                 require_node_resource=opts.ray_address is not None or node in self._on_own_ray_node,
                 step_timer=timers.get(node),
                 resource_node=node,

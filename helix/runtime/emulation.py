@@ -2,9 +2,11 @@
 
 Two modes, both padding a worker's step by sleeping after it:
 
-- **relative** (the default): a node of GPU type g holding k layers has capacity tp(g, k) tokens/s in the
-  capacity model; its worker pads every step to ``slowdown = max_j tp(g_j, k) / tp(g, k)`` times its
-  measured compute time (the fastest type runs at the host's own speed). Works with any capacity model
+- **relative** (the default): a node of GPU type g has capacity tp(g, k) tokens/s in the capacity model
+  when it holds k layers; its worker pads every step to ``slowdown = max_j tp(g_j, k) / tp(g, k)`` times
+  its measured compute time (the fastest type runs at the host's own speed), with k the median range
+  length of the deployment's first plan (`reference_layers`), so a node's factor is a property of its
+  GPU type that a re-plan does not change. Works with any capacity model
   (the roofline included), but CPU contention stretches every node's steps alike.
 - **profile**: the cluster names profile tables (``profiles:`` in its file) whose times are reachable on
   this host (e.g. this CPU's own `helix profile` tables scaled per GPU type); each worker pads every step
@@ -43,16 +45,38 @@ def capacity_model(cluster: ClusterSpec, model: ModelSpec) -> CapacityModel:
     return RooflineCapacityModel(model, cluster.composition(), catalog=catalog)
 
 
-def slowdowns(cluster: ClusterSpec, capacity: CapacityModel, placement: Placement) -> dict[str, float]:
-    """Node → slowdown factor ≥ 1 of the relative mode (see the module docstring)."""
+def reference_layers(placement: Placement) -> int:
+    """The layer count the relative mode compares GPU types at: the median range length of `placement`
+    (the deployment's first plan), so the factors do not change when a re-plan changes the ranges."""
+    counts = sorted(r.num_layers for _, r in placement.items())
+    return counts[(len(counts) - 1) // 2]
+
+
+def type_slowdowns(cluster: ClusterSpec, capacity: CapacityModel, layers: int) -> dict[str, float]:
+    """GPU type → slowdown factor ≥ 1 of the relative mode: ``max_j tp(g_j, k) / tp(g, k)`` at k =
+    `layers` (or the most a type holds, if fewer), over the cluster's types (see the module docstring).
+
+    A property of the hardware, fixed for a deployment: a node keeps its factor when a re-plan gives it
+    another range. Evaluating the ratio at each node's own range instead lets a capacity model's
+    batch-size effects at some range lengths (a type whose typical batch jumps at few layers) turn
+    into a factor several times the type's real speed ratio."""
+    types = sorted({n.gpu.name for n in cluster.nodes})
     out: dict[str, float] = {}
-    types = {n.gpu.name for n in cluster.nodes}
-    for name, r in placement.items():
-        k = r.num_layers
+    for gpu in types:
+        k = min(layers, capacity.max_layers(gpu))
         best = max(capacity.throughput_tokens_per_s(g, k) for g in types if capacity.max_layers(g) >= k)
-        own = capacity.throughput_tokens_per_s(cluster.node(name).gpu.name, k)
-        out[name] = best / own if own > 0 else 1.0
+        own = capacity.throughput_tokens_per_s(gpu, k)
+        out[gpu] = max(1.0, best / own) if own > 0 else 1.0
     return out
+
+
+def slowdowns(
+    cluster: ClusterSpec, capacity: CapacityModel, placement: Placement, layers: int | None = None
+) -> dict[str, float]:
+    """Node → slowdown factor ≥ 1 of the relative mode: its GPU type's `type_slowdowns` at `layers`
+    (default: `reference_layers(placement)`)."""
+    by_type = type_slowdowns(cluster, capacity, layers or reference_layers(placement))
+    return {name: by_type[cluster.node(name).gpu.name] for name in placement}
 
 
 def _clamped(curve: Curve, x: float) -> float:

