@@ -31,6 +31,7 @@ from typing import Any
 from helix.errors import HelixInputError
 from helix.runtime.deploy import Deployment, WorkerSpec
 from helix.runtime.emulation import reference_layers, slowdowns, step_timers
+from helix.runtime.kv_capacity import real_kv_token_layers
 from helix.runtime.stage_backend import StageConfig
 from helix.runtime.tp_node import tp_size_for
 from helix.scheduling.recovery import TopologySource
@@ -38,7 +39,6 @@ from helix.scheduling.replan import Replan, ReplanSettings, replan
 from helix.specs.membership import rename, restrict
 from helix.specs.placement import Placement
 
-KV_BLOCK_TOKENS = 16  # the workers' KV block size (tokens)
 # a worker loads its range once: a changed range is a new worker loading all of it
 # make-before-break: the old plan serves while new workers load, so a move costs time, not service
 RUNTIME_REPLAN = ReplanSettings(move_weight=0.005, time_limit_s=5.0, partial_reuse=False)
@@ -357,11 +357,8 @@ class ElasticController:
         rt = self.runtime
         live = rename(restrict(self.cluster, members), instances)
         view = Placement({instances[n]: r for n, r in placement.items()})
-        kv = {
-            inst: rt.deployment.info[inst]["kv_blocks"] * KV_BLOCK_TOKENS * view[inst].num_layers
-            for inst in view
-            if inst in rt.deployment.info
-        }
+        info = {inst: rt.deployment.info[inst] for inst in view if inst in rt.deployment.info}
+        kv = real_kv_token_layers(info, dict(view.items()))
         return replace(
             rt.coordinator.topology_source, cluster=live, placement=view, kv_capacity_token_layers=kv
         )
