@@ -174,28 +174,6 @@ VICTIM, DRAINED = "h100-1", "t4-1"
 BIN_S = 5.0
 
 
-def _serve(runtime, api_key: str):
-    """The HTTP API of `runtime` on a free loopback port, in a thread: (server, thread, url)."""
-    import socket
-    import threading
-
-    import uvicorn
-
-    from helix.runtime.deploy import wait_until
-    from helix.server.app import create_app
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    app = create_app(runtime, api_key=api_key)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    if not wait_until(lambda: server.started, 60):
-        raise RuntimeError("the HTTP server did not start in 60 s")
-    return server, thread, f"http://127.0.0.1:{port}"
-
-
 def _series(samples, end_s: float) -> dict:
     from helix.sim.elastic import throughput_series
 
@@ -353,9 +331,12 @@ def runtime_part(args) -> tuple[dict, dict]:
     )
     runtime.elastic = controller = ElasticController(runtime)
     record["startup_s"] = time.perf_counter() - wall
-    server = thread = None
+    server = None
     try:
-        server, thread, url = _serve(runtime, key)
+        from helix.server.background import BackgroundServer
+
+        server = BackgroundServer(runtime, api_key=key, log_level="error").start()
+        url = server.url
         admin = {"Authorization": f"Bearer {key}"}
         calibration = controller.calibrate_load(args.victim, args.calibration_layers)
         record["load_calibration"] = asdict(calibration)
@@ -450,8 +431,7 @@ def runtime_part(args) -> tuple[dict, dict]:
         )
     finally:
         if server is not None:
-            server.should_exit = True
-            thread.join(timeout=10)
+            server.stop()
         controller.close()
         runtime.shutdown()
     sim_result = _sim_of_runtime(runtime, record, calibration, capacity, arrivals, end_s, args)

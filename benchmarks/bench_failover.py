@@ -32,22 +32,18 @@ import asyncio
 import json
 import os
 import signal
-import socket
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import numpy as np
-import uvicorn
 
 from helix.cli.serve_cmd import DEMO_PLACEMENT
-from helix.runtime.deploy import wait_until
 from helix.runtime.emulation import capacity_model
 from helix.runtime.loadgen import percentiles, prompt_text
 from helix.runtime.service import ServeOptions, ServingRuntime
-from helix.server.app import create_app
+from helix.server.background import BackgroundServer
 from helix.sim.config import SimConfig
 from helix.sim.run import simulate
 from helix.sim.workload import Lengths, poisson_arrivals
@@ -206,18 +202,11 @@ def main() -> None:
         )
     )
     record["startup_s"] = time.perf_counter() - started
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(runtime), host="127.0.0.1", port=port, log_level="error")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
+    server = BackgroundServer(runtime, log_level="error")
+    url = server.url
     stopped_pid: list[int] = []
     try:
-        assert wait_until(lambda: server.started, 60)
+        server.start()
         coordinator = runtime.coordinator
         rng = np.random.default_rng(args.seed)
 
@@ -320,8 +309,7 @@ def main() -> None:
                 os.kill(pid, signal.SIGCONT)
             except ProcessLookupError:
                 pass
-        server.should_exit = True
-        thread.join(timeout=10)
+        server.stop()
         runtime.shutdown()
     record["loadavg"]["end"] = os.getloadavg()
     record["wall_s"] = time.perf_counter() - started

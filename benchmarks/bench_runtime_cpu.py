@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,13 +39,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import uvicorn
 import zmq
 
 import helix
 from helix.cli.serve_cmd import DEMO_PLACEMENT
 from helix.engine.loader import resolve_model
-from helix.runtime.deploy import start_ray, wait_until
+from helix.runtime.deploy import start_ray
 from helix.runtime.emulated_profiles import fit_host_profile, write_emulated_profiles
 from helix.runtime.emulation import capacity_model, slowdowns
 from helix.runtime.loadgen import LoadSpec, probe, prompt_text, run_load
@@ -55,7 +53,7 @@ from helix.runtime.service import ServeOptions, ServingRuntime
 from helix.runtime.stage_backend import kv_blocks
 from helix.runtime.transport import Inbox, Outbox
 from helix.scheduling import KVParameters
-from helix.server.app import create_app
+from helix.server.background import BackgroundServer
 from helix.sim.config import SimConfig
 from helix.sim.run import simulate
 from helix.sim.workload import Lengths
@@ -186,15 +184,10 @@ def run_scheduler(scheduler: str, cluster_file: str, args, emulation: str = "pro
             max_waiting=100_000,
         )
     )
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(runtime), port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_until(lambda: server.started, 30)
+    server = BackgroundServer(runtime)
     try:
-        spec = load_spec(port, runtime.model_name, args)
+        server.start()
+        spec = load_spec(server.port, runtime.model_name, args)
         alone = asyncio.run(probe(spec)) if args.probe else None
         result = asyncio.run(run_load(spec))
         result["alone"] = alone
@@ -206,8 +199,7 @@ def run_scheduler(scheduler: str, cluster_file: str, args, emulation: str = "pro
         }
         result["max_flow_tokens_per_s"] = runtime.topology.max_flow_tokens_per_s
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+        server.stop()
         runtime.shutdown()
     return result
 

@@ -202,29 +202,18 @@ def _devices(pairs: list[str]) -> dict[str, str]:
 
 
 def _run_server(runtime, host: str, port: int, api_key: str | None, once: str | None) -> None:
-    import uvicorn
-
-    from helix.server.app import create_app
+    from helix.server.background import BackgroundServer
     from helix.server.logs import configure_server_logs
 
     configure_server_logs()
-
-    config = uvicorn.Config(create_app(runtime, api_key=api_key), host=host, port=port, log_level="warning")
-    server = uvicorn.Server(config)
-    runtime.on_shutdown.append(lambda reason: setattr(server, "should_exit", True))
+    background = BackgroundServer(runtime, api_key=api_key, host=host, port=port)
+    runtime.on_shutdown.append(lambda reason: setattr(background.server, "should_exit", True))
     if once is None:
-        typer.echo(f"serving {runtime.model_name} on http://{host}:{port}/v1", err=True)
-        server.run()
+        typer.echo(f"serving {runtime.model_name} on {background.url}/v1", err=True)
+        background.server.run()
         return
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    try:
-        _ask(runtime, f"http://{host}:{port}/v1", api_key, once)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with background:
+        _ask(runtime, background.url + "/v1", api_key, once)
 
 
 def _ask(runtime, base_url: str, api_key: str | None, question: str) -> None:

@@ -12,21 +12,18 @@ import json
 import os
 import queue
 import signal
-import socket
-import threading
 import time
 
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 
 from helix.engine.sampling_params import SamplingParams
 from helix.runtime.deploy import wait_until
 from helix.runtime.requests import ErrorEvent, FinishEvent, TokenEvent
 from helix.runtime.service import ServeOptions, ServingRuntime
 from helix.scheduling import KVParameters
-from helix.server.app import create_app
+from helix.server.background import BackgroundServer
 from helix.sim.config import SimConfig
 from helix.sim.simulator import Simulator
 from helix.sim.workload import Lengths
@@ -52,26 +49,18 @@ def served():
             kv_params=KV,
         )
     )
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(runtime), host="127.0.0.1", port=port, log_level="error")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
+    server = BackgroundServer(runtime, log_level="error")
     stopped: list[int] = []
     try:
-        assert wait_until(lambda: server.started, 60)
-        yield runtime, f"http://127.0.0.1:{port}", stopped
+        server.start()
+        yield runtime, server.url, stopped
     finally:
         for pid in stopped:  # never leave a stopped process behind
             try:
                 os.kill(pid, signal.SIGCONT)
             except ProcessLookupError:
                 pass
-        server.should_exit = True
-        thread.join(timeout=10)
+        server.stop()
         runtime.shutdown()
 
 

@@ -8,14 +8,11 @@ from __future__ import annotations
 import os
 import queue
 import signal
-import socket
-import threading
 import time
 
 import openai
 import pytest
 import torch
-import uvicorn
 from fastapi.testclient import TestClient
 
 from helix.engine.kv_cache import kv_block_bytes
@@ -29,6 +26,7 @@ from helix.runtime.requests import ErrorEvent, TokenEvent
 from helix.runtime.service import ServeOptions, ServingRuntime
 from helix.runtime.tp_node import parse_device, rank_devices, tp_size_for
 from helix.server.app import create_app
+from helix.server.background import BackgroundServer
 from helix.specs.gpu import default_catalog
 from helix.specs.placement import Placement
 
@@ -74,21 +72,12 @@ def served(tmp_path_factory):
         )
     )
     pids = list(runtime.deployment.info["n1"]["rank_pids"])
-    srv = None
+    server = BackgroundServer(runtime)
     try:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        srv = uvicorn.Server(
-            uvicorn.Config(create_app(runtime), host="127.0.0.1", port=port, log_level="warning")
-        )
-        thread = threading.Thread(target=srv.run, daemon=True)
-        thread.start()
-        assert wait_until(lambda: srv.started, 30)
-        yield runtime, f"http://127.0.0.1:{port}", pids
+        server.start()
+        yield runtime, server.url, pids
     finally:
-        if srv is not None:
-            srv.should_exit = True
+        server.stop()
         runtime.shutdown()
         gone = wait_until(lambda: not any(_alive(p) for p in pids), 15)
         _kill(pids)

@@ -4,16 +4,12 @@ server for every test in tests/server; stopped by the fixture, even on failure."
 from __future__ import annotations
 
 import logging
-import socket
-import threading
 
 import openai
 import pytest
-import uvicorn
 
-from helix.runtime.deploy import wait_until
 from helix.runtime.service import ServeOptions, ServingRuntime
-from helix.server.app import create_app
+from helix.server.background import BackgroundServer
 from helix.specs.placement import Placement
 
 PLACEMENT = Placement.from_pairs({"h100-0": (0, 12), "h100-1": (12, 30), "t4-0": (0, 30)})
@@ -31,18 +27,11 @@ def server():
             max_waiting=8,
         )
     )
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    app = create_app(runtime)
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    assert wait_until(lambda: srv.started, 30)
-    yield runtime, f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=10)
-    runtime.shutdown()
+    try:
+        with BackgroundServer(runtime) as background:
+            yield runtime, background.url
+    finally:
+        runtime.shutdown()
 
 
 @pytest.fixture(scope="session")
