@@ -194,14 +194,26 @@ def wire_microbench(repeats: int) -> list[dict]:
     return rows
 
 
-def run_variant(label: str, ranges, curve: bool, max_stages: int, hf: dict, args, trace_dir: Path) -> dict:
+def run_variant(
+    label: str, ranges, curve: bool, max_stages: int, graph_batch: int, hf: dict, args, trace_dir: Path
+) -> dict:
     names = [f"n{i}" for i in range(len(ranges))]
     head_dim = hf["hidden_size"] // hf["num_attention_heads"]
     device = "cuda:0" if args.device == "cuda" else "cpu"
     specs = []
     for name, (s, e) in zip(names, ranges, strict=True):
         kv_bytes = args.kv_tokens * (e - s) * 2 * hf["num_key_value_heads"] * head_dim * args.itemsize
-        stage = StageConfig("random", s, e, device, args.dtype, kv_bytes, args.max_model_len, 1)
+        stage = StageConfig(
+            "random",
+            s,
+            e,
+            device,
+            args.dtype,
+            kv_bytes,
+            args.max_model_len,
+            1,
+            max_graph_batch_size=graph_batch,
+        )
         specs.append(processes.ProcessWorkerSpec(name, stage, hf, args.seed))
     variant_dir = trace_dir / label
     variant_dir.mkdir(parents=True, exist_ok=True)
@@ -210,23 +222,34 @@ def run_variant(label: str, ranges, curve: bool, max_stages: int, hf: dict, args
     generate = WireKeys.generate
     if not curve:
         WireKeys.generate = classmethod(lambda cls: None)  # type: ignore[method-assign]
-    config_cls = coordinator_module.CoordinatorConfig
-    processes.CoordinatorConfig = functools.partial(config_cls, pipeline_decode_max_stages=max_stages)
     phases = Phases()
-    saved = {n: getattr(coordinator_module.Coordinator, n) for n in ("_on_result", "_admit_waiting", "_flush", "_watchdog")}
+    saved = {
+        n: getattr(coordinator_module.Coordinator, n)
+        for n in ("_on_result", "_admit_waiting", "_flush", "_watchdog")
+    }
     saved_recv = transport.Inbox.recv
     try:
         deployment = processes.ProcessDeployment(specs)
     finally:
         WireKeys.generate = generate  # type: ignore[method-assign]
-    window = (0.0, 0.0)
-    out: dict = {"label": label, "curve": curve, "pipeline_decode_max_stages": max_stages}
+    out: dict = {
+        "label": label,
+        "curve": curve,
+        "pipeline_decode_max_stages": max_stages,
+        "max_graph_batch_size": graph_batch,
+    }
     try:
         cluster = cluster_from_dict(CLUSTER, where="profile cluster")
         model = model_from_hf_config(hf, name="llama-3-8b-shape")
         placement = Placement.from_pairs(dict(zip(names, ranges, strict=True)))
         coordinator = processes.start_coordinator(
-            deployment, cluster, model, placement, capacity_model(cluster, model), max_model_len=args.max_model_len
+            deployment,
+            cluster,
+            model,
+            placement,
+            capacity_model(cluster, model),
+            max_model_len=args.max_model_len,
+            pipeline_decode_max_stages=max_stages,
         )
         try:
             rng = np.random.default_rng(args.seed)
@@ -235,26 +258,38 @@ def run_variant(label: str, ranges, curve: bool, max_stages: int, hf: dict, args
             lone = run_requests(coordinator, [0.0], warm[:1], 64, 60)[0][0]
             out["lone_tpot_ms"] = 1000 * (lone.e2e_s - lone.ttft_s) / (lone.tokens - 1)
             install_coordinator_tracing(phases)
-            arrivals, prompts = workload(args.rate, args)
-            before = deployment.stats()
-            started = time.perf_counter()
-            samples, _, wall_s = run_requests(coordinator, arrivals, prompts, args.output_tokens, args.drain_s)
-            loop_s = time.perf_counter() - started
-            window = (started, started + loop_s)
-            after = deployment.stats()
-            done = [s for s in samples if s.e2e_s is not None and s.tokens]
-            out["rate"] = args.rate
-            out["sent"], out["completed"] = len(samples), len(done)
-            out["wall_s"] = wall_s
-            out["decode_tokens_per_s"] = sum(s.tokens for s in done) / wall_s
-            out["coordinator"] = {
-                "loop_s": loop_s,
-                "seconds": dict(phases.seconds),
-                "calls": dict(phases.calls),
-            }
-            out["worker_stats"] = {
-                n: {k: after[n][k] - before[n][k] for k in ("steps", "tokens", "busy_s")} for n in after
-            }
+            out["rates"] = []
+            for rate in args.rates:
+                phases.seconds.clear()
+                phases.calls.clear()
+                arrivals, prompts = workload(rate, args)
+                before = deployment.stats()
+                started = time.perf_counter()
+                samples, _, wall_s = run_requests(
+                    coordinator, arrivals, prompts, args.output_tokens, args.drain_s
+                )
+                loop_s = time.perf_counter() - started
+                after = deployment.stats()
+                done = [s for s in samples if s.e2e_s is not None and s.tokens]
+                out["rates"].append(
+                    {
+                        "rate": rate,
+                        "window": (started, started + loop_s),
+                        "sent": len(samples),
+                        "completed": len(done),
+                        "wall_s": wall_s,
+                        "decode_tokens_per_s": sum(s.tokens for s in done) / wall_s,
+                        "coordinator": {
+                            "loop_s": loop_s,
+                            "seconds": dict(phases.seconds),
+                            "calls": dict(phases.calls),
+                        },
+                        "worker_stats": {
+                            n: {k: after[n][k] - before[n][k] for k in ("steps", "tokens", "busy_s")}
+                            for n in after
+                        },
+                    }
+                )
         finally:
             for n, f in saved.items():
                 setattr(coordinator_module.Coordinator, n, f)
@@ -263,15 +298,16 @@ def run_variant(label: str, ranges, curve: bool, max_stages: int, hf: dict, args
     finally:
         deployment.shutdown()
         processes._worker_main = ORIGINAL_WORKER_MAIN
-        processes.CoordinatorConfig = config_cls
-    out["workers"] = {}
+    traces = {}
     for name in names:
         path = variant_dir / f"{name}.json"
         if path.exists():
-            out["workers"][name] = summarise_worker(json.loads(path.read_text()), window)
-    print(json.dumps({k: v for k, v in out.items() if k != "workers"}, indent=1), flush=True)
-    for name, w in out["workers"].items():
-        print(name, json.dumps({k: v for k, v in w.items() if k != "timeline_tail"}), flush=True)
+            traces[name] = json.loads(path.read_text())
+    for row in out.get("rates", []):
+        row["workers"] = {name: summarise_worker(trace, row["window"]) for name, trace in traces.items()}
+        print(json.dumps({k: v for k, v in row.items() if k != "workers"}), flush=True)
+        for name, w in row["workers"].items():
+            print(name, json.dumps({k: v for k, v in w.items() if k != "timeline_tail"}), flush=True)
     return out
 
 
@@ -304,10 +340,12 @@ def summarise_worker(trace: dict, window: tuple[float, float]) -> dict:
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--rate", type=float, default=128.0)
+    parser.add_argument("--rates", type=float, nargs="+", default=[64.0, 192.0])
     parser.add_argument("--duration-s", type=float, default=4.0)
     parser.add_argument("--drain-s", type=float, default=4.0)
     parser.add_argument("--prompt-tokens", type=int, default=128)
@@ -318,8 +356,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--variants",
         nargs="+",
-        default=["one:curve:1", "two:curve:1", "two:plain:1", "two:plain:2"],
-        help="deployment:curve|plain:pipeline_decode_max_stages",
+        default=["one:curve:1:256", "two:curve:1:256", "two:plain:1:256", "two:plain:2:256"],
+        help="deployment:curve|plain:pipeline_decode_max_stages:max_graph_batch_size",
     )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -340,29 +378,43 @@ def main() -> None:
     result: dict = {"wire": wire_microbench(args.wire_repeats), "variants": []}
     trace_dir = args.out.parent / (args.out.stem + "_traces")
     for variant in args.variants:
-        deployment, wire, stages = variant.split(":")
+        deployment, wire, stages, graph = variant.split(":")
         try:
-            row = run_variant(variant.replace(":", "_"), plans[deployment], wire == "curve", int(stages), hf, args, trace_dir)
+            row = run_variant(
+                variant.replace(":", "_"),
+                plans[deployment],
+                wire == "curve",
+                int(stages),
+                int(graph),
+                hf,
+                args,
+                trace_dir,
+            )
         except Exception as exc:
             row = {"label": variant, "error": f"{type(exc).__name__}: {exc}"}
             print(row, flush=True)
         result["variants"].append(row)
         args.out.write_text(json.dumps(result, indent=1))
-    for row in result["variants"]:
-        if "error" in row:
-            continue
-        gpu_s = sum((w["gpu_ms_total"] or 0) for w in row["workers"].values()) / 1000
-        window_s = max((w.get("window_s", 0) for w in row["workers"].values()), default=0)
-        line = f"GPU busy {gpu_s:.2f}/{window_s:.2f} s {row['label']:16s} {row['decode_tokens_per_s']:8.0f} tok/s wall {row['wall_s']:5.1f} s lone {row['lone_tpot_ms']:.2f} ms"
-        for name, w in row["workers"].items():
-            s = w["seconds"]
-            line += (
-                f" | {name} gpu {w['gpu_ms_total'] or 0:7.0f} ms launch {1000 * s.get('launch_host', 0):6.0f}"
-                f" turn {1000 * s.get('turn_wait', 0):6.0f} sync {1000 * s.get('event_sync', 0):6.0f}"
-                f" dec {1000 * s.get('frame_decode', 0):5.0f} enc {1000 * s.get('frame_encode', 0):5.0f}"
-                f" send {1000 * s.get('send_total', 0):5.0f} poll {1000 * s.get('poll_wait', 0):6.0f}"
+    for variant in result["variants"]:
+        for row in variant.get("rates", []):
+            gpu_s = sum((w["gpu_ms_total"] or 0) for w in row["workers"].values()) / 1000
+            window_s = row["window"][1] - row["window"][0]
+            line = (
+                f"{variant['label']:18s} rate {row['rate']:5.0f}: {row['decode_tokens_per_s']:7.0f} tok/s "
+                f"{row['completed']}/{row['sent']} wall {row['wall_s']:5.1f} s "
+                f"lone {variant['lone_tpot_ms']:.2f} ms "
+                f"GPU busy {gpu_s:.2f}/{window_s:.2f} s"
             )
-        print(line)
+            for name, w in row["workers"].items():
+                ms = {k: 1000 * v for k, v in w["seconds"].items()}
+                line += (
+                    f" | {name} {w['steps']} st {w['tokens_per_step_mean']:.0f} tok/st"
+                    f" gpu {w['gpu_ms_total'] or 0:5.0f} launch {ms.get('launch_host', 0):5.0f}"
+                    f" turn {ms.get('turn_wait', 0):5.0f} sync {ms.get('event_sync', 0):5.0f}"
+                    f" dec {ms.get('frame_decode', 0):4.0f} send {ms.get('send_total', 0):4.0f}"
+                    f" poll {ms.get('poll_wait', 0):5.0f}"
+                )
+            print(line)
 
 
 if __name__ == "__main__":

@@ -79,14 +79,15 @@ def profile_step(runner, seqs, context, batch, hidden_size, vocab) -> str:
     for s in seqs[:batch]:
         context[s] += 1
     averages = prof.key_averages()
-    return (
-        averages.table(sort_by="self_cpu_time_total", row_limit=18)
-        + averages.table(sort_by="cuda_time_total", row_limit=12)
+    return averages.table(sort_by="self_cpu_time_total", row_limit=18) + averages.table(
+        sort_by="cuda_time_total", row_limit=12
     )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seqs", type=int, default=560)
     parser.add_argument("--context", type=int, default=192)
@@ -118,11 +119,15 @@ def main() -> None:
         torch.cuda.synchronize()
         rows = []
         for batch in args.batches:
-            rows.append(time_steps(runner, seqs, context, batch, config.hidden_size, config.vocab_size, args.repeats))
+            rows.append(
+                time_steps(runner, seqs, context, batch, config.hidden_size, config.vocab_size, args.repeats)
+            )
             print(f"layers {start}-{stop}", rows[-1], flush=True)
         profiles = {}
         for batch in args.profile_batches:
-            profiles[batch] = profile_step(runner, seqs, context, batch, config.hidden_size, config.vocab_size)
+            profiles[batch] = profile_step(
+                runner, seqs, context, batch, config.hidden_size, config.vocab_size
+            )
             print(f"layers {start}-{stop} batch {batch}\n{profiles[batch]}", flush=True)
         result["stages"][f"{start}-{stop}"] = {"capture_s": capture_s, "steps": rows, "profiles": profiles}
         del runner, stage

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from helix.engine.config import EngineConfig, LayerRange, ModelConfig
+from helix.engine.config import LayerRange, ModelConfig
 from helix.engine.loader import build_stage
 from helix.engine.model.llama import LlamaStage
 from helix.engine.model_runner import ModelRunner
@@ -42,6 +42,7 @@ from helix.runtime.stage_backend import (
     kv_blocks,
     load_backend,
     pin_device,
+    stage_engine_config,
 )
 from helix.runtime.worker import Worker
 from helix.runtime.worker_loop import WorkerLoop
@@ -99,10 +100,7 @@ def build_backend(spec: ProcessWorkerSpec) -> StageBackend:
     num_blocks = None
     if stage.kv_cache_bytes is not None:
         num_blocks = kv_blocks(config, layer_range.num_layers, stage.kv_cache_bytes, dtype, stage.block_size)
-    engine_config = EngineConfig(
-        block_size=stage.block_size, num_kv_blocks=num_blocks, max_model_len=stage.max_model_len
-    )
-    return StageBackend(ModelRunner(model, engine_config))
+    return StageBackend(ModelRunner(model, stage_engine_config(stage, num_blocks)))
 
 
 def _worker_main(spec: ProcessWorkerSpec, conn, keys: WireKeys | None = None) -> None:
@@ -221,15 +219,22 @@ def start_coordinator(
     max_waiting: int = 1 << 20,
     seed: int = 0,
     partial_overlap: bool = DEFAULT_PARTIAL_OVERLAP,
+    pipeline_decode_max_stages: int = 1,
 ) -> Coordinator:
-    """Scheduler over the plan (real KV per node), a started `Coordinator`, and started workers."""
+    """Scheduler over the plan (real KV per node), a started `Coordinator`, and started workers;
+    `pipeline_decode_max_stages` as in `CoordinatorConfig`."""
     topology = Topology.build(cluster, model, placement, capacity, partial_overlap=partial_overlap)
     topology = with_real_kv(topology, deployment.info)
     kv = KVParameters(expected_kv_hwm=0.9, expected_output_length_ratio=0.6)
     coordinator = Coordinator(
         create_scheduler(scheduler, topology, kv, random.Random(seed)),
         deployment.addresses,
-        CoordinatorConfig(max_model_len, eos_token_ids, max_waiting),
+        CoordinatorConfig(
+            max_model_len,
+            eos_token_ids,
+            max_waiting,
+            pipeline_decode_max_stages=pipeline_decode_max_stages,
+        ),
         keys=deployment.keys,
     )
     coordinator.start()
