@@ -150,6 +150,7 @@ def engine_serving(hf: dict, args, device: torch.device) -> dict:
         max_model_len=args.max_model_len,
         max_num_seqs=args.kv_tokens // (args.prompt_tokens + args.output_tokens),
         max_num_batched_tokens=args.max_step_tokens,
+        max_graph_batch_size=args.max_graph_batch,
     )
     engine = LLMEngine([ModelRunner(stage, engine_config)])
     params = SamplingParams(temperature=0.0, max_tokens=args.output_tokens, ignore_eos=True)
@@ -234,7 +235,17 @@ def sweep(label: str, ranges, hf: dict, check, reference, args, device_turns: bo
     specs = []
     for name, (s, e) in zip(names, ranges, strict=True):
         kv_bytes = args.kv_tokens * (e - s) * 2 * hf["num_key_value_heads"] * head_dim * args.itemsize
-        stage = StageConfig("random", s, e, device, args.dtype, kv_bytes, args.max_model_len, args.threads)
+        stage = StageConfig(
+            "random",
+            s,
+            e,
+            device,
+            args.dtype,
+            kv_bytes,
+            args.max_model_len,
+            args.threads,
+            max_graph_batch_size=args.max_graph_batch,
+        )
         specs.append(ProcessWorkerSpec(name, stage, hf, args.seed, device_turns=device_turns))
     cluster = cluster_from_dict(CLUSTER, where="benchmark cluster")
     model = model_from_hf_config(hf, name="llama-3-8b-shape")
@@ -250,6 +261,7 @@ def sweep(label: str, ranges, hf: dict, check, reference, args, device_turns: bo
             placement,
             capacity_model(cluster, model),
             max_model_len=args.max_model_len,
+            pipeline_decode_max_stages=args.pipeline_decode_max_stages,
         )
         result["startup_s"] = time.perf_counter() - started
         result["workers"] = {
@@ -364,6 +376,19 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--engine-batches", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--engine-steps", type=int, default=32)
     parser.add_argument("--max-step-tokens", type=int, default=4096, help="the worker loop's default")
+    parser.add_argument(
+        "--max-graph-batch",
+        type=int,
+        default=512,
+        help="largest decode step replayed from a CUDA graph, workers and engine alike (the KV holds "
+        "512 requests of this workload)",
+    )
+    parser.add_argument(
+        "--pipeline-decode-max-stages",
+        type=int,
+        default=2,
+        help="routes of up to this many workers decode on their own (CoordinatorConfig)",
+    )
     parser.add_argument(
         "--configs", nargs="+", default=["one_worker", "two_workers", "two_workers_without_turns"]
     )

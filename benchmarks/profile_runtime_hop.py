@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import json
 import os
 import sys
@@ -44,6 +45,7 @@ from helix.specs.model import model_from_hf_config  # noqa: E402
 from helix.specs.placement import Placement  # noqa: E402
 
 TRACE_ENV = "HELIX_HOP_TRACE_DIR"
+NO_GC_ENV = "HELIX_HOP_NO_GC"
 
 
 class Phases:
@@ -141,6 +143,9 @@ def traced_worker_main(spec, conn, keys=None) -> None:
     """`processes._worker_main` with the loop's phases timed; writes `<name>.json` when stopped."""
     phases = Phases()
     install_worker_tracing(phases)
+    if os.environ.get(NO_GC_ENV):
+        gc.freeze()  # the loaded stage's objects are never scanned again
+        gc.disable()  # the variant that tells whether collections stall the step loop
     try:
         ORIGINAL_WORKER_MAIN(spec, conn, keys)
     finally:
@@ -195,7 +200,15 @@ def wire_microbench(repeats: int) -> list[dict]:
 
 
 def run_variant(
-    label: str, ranges, curve: bool, max_stages: int, graph_batch: int, hf: dict, args, trace_dir: Path
+    label: str,
+    ranges,
+    curve: bool,
+    max_stages: int,
+    graph_batch: int,
+    hf: dict,
+    args,
+    trace_dir: Path,
+    no_gc: bool = False,
 ) -> dict:
     names = [f"n{i}" for i in range(len(ranges))]
     head_dim = hf["hidden_size"] // hf["num_attention_heads"]
@@ -218,6 +231,9 @@ def run_variant(
     variant_dir = trace_dir / label
     variant_dir.mkdir(parents=True, exist_ok=True)
     os.environ[TRACE_ENV] = str(variant_dir)
+    os.environ.pop(NO_GC_ENV, None)
+    if no_gc:
+        os.environ[NO_GC_ENV] = "1"
     processes._worker_main = traced_worker_main
     generate = WireKeys.generate
     if not curve:
@@ -357,7 +373,7 @@ def parse_args() -> argparse.Namespace:
         "--variants",
         nargs="+",
         default=["one:curve:1:256", "two:curve:1:256", "two:plain:1:256", "two:plain:2:256"],
-        help="deployment:curve|plain:pipeline_decode_max_stages:max_graph_batch_size",
+        help="deployment:curve|plain:pipeline_decode_max_stages:max_graph_batch_size[:nogc]",
     )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
