@@ -235,19 +235,13 @@ def run_variant(
     if no_gc:
         os.environ[NO_GC_ENV] = "1"
     processes._worker_main = traced_worker_main
-    generate = WireKeys.generate
-    if not curve:
-        WireKeys.generate = classmethod(lambda cls: None)  # type: ignore[method-assign]
     phases = Phases()
     saved = {
         n: getattr(coordinator_module.Coordinator, n)
         for n in ("_on_result", "_admit_waiting", "_flush", "_watchdog")
     }
     saved_recv = transport.Inbox.recv
-    try:
-        deployment = processes.ProcessDeployment(specs)
-    finally:
-        WireKeys.generate = generate  # type: ignore[method-assign]
+    deployment = processes.ProcessDeployment(specs, ipc=not curve)  # CURVE on TCP, or private ipc://
     out: dict = {
         "label": label,
         "curve": curve,
@@ -372,8 +366,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--variants",
         nargs="+",
-        default=["one:curve:1:256", "two:curve:1:256", "two:plain:1:256", "two:plain:2:256"],
-        help="deployment:curve|plain:pipeline_decode_max_stages:max_graph_batch_size[:nogc]",
+        default=["one:ipc:1:512", "two:curve:1:512", "two:ipc:1:512", "two:ipc:2:512"],
+        help="deployment:curve|ipc:pipeline_decode_max_stages:max_graph_batch_size[:nogc] (curve: CURVE "
+        "sockets on TCP loopback; ipc: unencrypted sockets in a private directory)",
     )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -394,7 +389,7 @@ def main() -> None:
     result: dict = {"wire": wire_microbench(args.wire_repeats), "variants": []}
     trace_dir = args.out.parent / (args.out.stem + "_traces")
     for variant in args.variants:
-        deployment, wire, stages, graph = variant.split(":")
+        deployment, wire, stages, graph, *extra = variant.split(":")
         try:
             row = run_variant(
                 variant.replace(":", "_"),
@@ -405,6 +400,7 @@ def main() -> None:
                 hf,
                 args,
                 trace_dir,
+                no_gc="nogc" in extra,
             )
         except Exception as exc:
             row = {"label": variant, "error": f"{type(exc).__name__}: {exc}"}

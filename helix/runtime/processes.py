@@ -20,6 +20,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -44,6 +45,7 @@ from helix.runtime.stage_backend import (
     pin_device,
     stage_engine_config,
 )
+from helix.runtime.transport import IPC_PREFIX, private_ipc_dir
 from helix.runtime.worker import Worker
 from helix.runtime.worker_loop import WorkerLoop
 from helix.scheduling import KVParameters, Topology, create_scheduler
@@ -103,7 +105,9 @@ def build_backend(spec: ProcessWorkerSpec) -> StageBackend:
     return StageBackend(ModelRunner(model, stage_engine_config(stage, num_blocks)))
 
 
-def _worker_main(spec: ProcessWorkerSpec, conn, keys: WireKeys | None = None) -> None:
+def _worker_main(
+    spec: ProcessWorkerSpec, conn, keys: WireKeys | None = None, host: str = "127.0.0.1"
+) -> None:
     """Child process: load, report the inbox address, then serve start/stats/stop commands."""
     try:
         os.environ.setdefault("OMP_NUM_THREADS", str(spec.stage.threads))
@@ -111,7 +115,7 @@ def _worker_main(spec: ProcessWorkerSpec, conn, keys: WireKeys | None = None) ->
         started = time.perf_counter()
         backend = build_backend(replace(spec, stage=stage))
         worker = Worker(spec.name, backend, slowdown=spec.slowdown, device_turns=spec.device_turns)
-        loop = WorkerLoop(worker, "127.0.0.1", keys=keys)
+        loop = WorkerLoop(worker, host, keys=keys)
         device = backend.runner.device
         conn.send(
             {
@@ -148,18 +152,25 @@ def _worker_main(spec: ProcessWorkerSpec, conn, keys: WireKeys | None = None) ->
 
 
 class ProcessDeployment:
-    """One spawned process per `ProcessWorkerSpec`; `info`, `addresses`, `start`, `stats`, `shutdown`."""
+    """One spawned process per `ProcessWorkerSpec`; `info`, `addresses`, `start`, `stats`, `shutdown`.
 
-    def __init__(self, specs: list[ProcessWorkerSpec], timeout_s: float = START_TIMEOUT_S) -> None:
+    Its processes share one host, so by default (`ipc`) their sockets are Unix-domain socket files in a
+    directory only this user may enter (`helix.runtime.transport.private_ipc_dir`) and frames travel
+    unencrypted; with ``ipc=False`` they are CURVE sockets on TCP loopback (`keys`)."""
+
+    def __init__(
+        self, specs: list[ProcessWorkerSpec], timeout_s: float = START_TIMEOUT_S, *, ipc: bool = True
+    ) -> None:
         context = mp.get_context("spawn")
-        self.keys = WireKeys.generate()
+        self.host = private_ipc_dir() if ipc else "127.0.0.1"  # what every inbox binds and advertises
+        self.keys = None if ipc else WireKeys.generate()
         self.specs = {s.name: s for s in specs}
         self._conns: dict[str, Any] = {}
         self._procs: dict[str, Any] = {}
         for spec in specs:
             parent, child = context.Pipe()
             proc = context.Process(
-                target=_worker_main, args=(spec, child, self.keys), name=f"helix-{spec.name}"
+                target=_worker_main, args=(spec, child, self.keys, self.host), name=f"helix-{spec.name}"
             )
             proc.start()
             self._conns[spec.name], self._procs[spec.name] = parent, proc
@@ -204,6 +215,8 @@ class ProcessDeployment:
                 proc.kill()
                 proc.join(timeout=5)
         self._procs.clear()
+        if self.host.startswith(IPC_PREFIX):
+            shutil.rmtree(self.host[len(IPC_PREFIX) :], ignore_errors=True)
 
 
 def start_coordinator(
@@ -235,6 +248,7 @@ def start_coordinator(
             max_waiting,
             pipeline_decode_max_stages=pipeline_decode_max_stages,
         ),
+        deployment.host,
         keys=deployment.keys,
     )
     coordinator.start()
