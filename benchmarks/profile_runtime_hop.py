@@ -139,7 +139,7 @@ def dump_worker(phases: Phases, name: str) -> None:
     Path(directory, f"{name}.json").write_text(json.dumps(out))
 
 
-def traced_worker_main(spec, conn, keys=None) -> None:
+def traced_worker_main(spec, conn, *args) -> None:
     """`processes._worker_main` with the loop's phases timed; writes `<name>.json` when stopped."""
     phases = Phases()
     install_worker_tracing(phases)
@@ -147,7 +147,7 @@ def traced_worker_main(spec, conn, keys=None) -> None:
         gc.freeze()  # the loaded stage's objects are never scanned again
         gc.disable()  # the variant that tells whether collections stall the step loop
     try:
-        ORIGINAL_WORKER_MAIN(spec, conn, keys)
+        ORIGINAL_WORKER_MAIN(spec, conn, *args)
     finally:
         dump_worker(phases, spec.name)
 
