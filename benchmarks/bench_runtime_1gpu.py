@@ -2,10 +2,11 @@
 
 LLaMA-3-8B shape, random bf16 weights that do not depend on the split (`init_split_invariant_weights`,
 one seed). Workers are separate processes on the runtime's hot path (`Worker`, `WorkerLoop`, ZeroMQ
-`HopBatch`es, `Coordinator` with the max-flow scheduler), all on the one GPU; requests go to the
-coordinator in-process (no HTTP). Each deployment is swept over Poisson arrival rates up to and past
-saturation (decode tok/s, TTFT and TPOT p50/p99 per rate), after a check that its greedy output equals
-the single-process engine's.
+`HopBatch`es over the deployment's private Unix-domain sockets, `Coordinator` with the max-flow
+scheduler), all on the one GPU; requests go to the coordinator in-process (no HTTP). Workers and the
+engine alike replay decode graphs of up to `--max-graph-batch` requests. Each deployment is swept over
+Poisson arrival rates up to and past saturation (decode tok/s, TTFT and TPOT p50/p99 per rate), after a
+check that its greedy output equals the single-process engine's.
 
 What the runtime is compared with, in the same run, same weights, same KV capacity:
 - `engine_serving`: the single-process `LLMEngine` (CUDA graphs for pure-decode steps, asynchronous
