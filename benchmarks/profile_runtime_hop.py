@@ -95,6 +95,11 @@ def install_worker_tracing(phases: Phases) -> None:
     phases.wrap(worker_module.Worker, "_split_by_next_hop", "split")
     phases.wrap(torch.cuda.Event, "synchronize", "event_sync")
     phases.wrap(worker_loop.WorkerLoop, "_finish", "finish_total")
+    from helix.runtime import stage_backend
+
+    phases.wrap(worker_module._Inputs, "pack", "pack_inputs")  # pinned staging of the received inputs
+    phases.wrap(stage_backend.StageBackend, "forward", "backend_forward")
+    phases.wrap(stage_backend.StageBackend, "sample_launch", "sample_launch")
 
     original_launch = worker_module.Worker._launch_device_work
 
