@@ -380,9 +380,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--max-graph-batch",
         type=int,
-        default=512,
+        default=640,
         help="largest decode step replayed from a CUDA graph, workers and engine alike (the KV holds "
-        "512 requests of this workload)",
+        "512 requests of this workload at full length; the coordinator admits by expected KV, and up to "
+        "578 were seen in one step)",
     )
     parser.add_argument(
         "--pipeline-decode-max-stages",

@@ -47,7 +47,7 @@ from helix.runtime.stage_backend import (
 )
 from helix.runtime.transport import IPC_PREFIX, private_ipc_dir
 from helix.runtime.worker import Worker
-from helix.runtime.worker_loop import WorkerLoop
+from helix.runtime.worker_loop import WorkerLoop, settle_garbage_collector
 from helix.scheduling import KVParameters, Topology, create_scheduler
 from helix.specs.cluster import ClusterSpec
 from helix.specs.model import ModelSpec
@@ -116,6 +116,7 @@ def _worker_main(
         backend = build_backend(replace(spec, stage=stage))
         worker = Worker(spec.name, backend, slowdown=spec.slowdown, device_turns=spec.device_turns)
         loop = WorkerLoop(worker, host, keys=keys)
+        settle_garbage_collector()
         device = backend.runner.device
         conn.send(
             {
