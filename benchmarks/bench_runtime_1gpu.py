@@ -2,10 +2,11 @@
 
 LLaMA-3-8B shape, random bf16 weights that do not depend on the split (`init_split_invariant_weights`,
 one seed). Workers are separate processes on the runtime's hot path (`Worker`, `WorkerLoop`, ZeroMQ
-`HopBatch`es, `Coordinator` with the max-flow scheduler), all on the one GPU; requests go to the
-coordinator in-process (no HTTP). Each deployment is swept over Poisson arrival rates up to and past
-saturation (decode tok/s, TTFT and TPOT p50/p99 per rate), after a check that its greedy output equals
-the single-process engine's.
+`HopBatch`es over the deployment's private Unix-domain sockets, `Coordinator` with the max-flow
+scheduler), all on the one GPU; requests go to the coordinator in-process (no HTTP). Workers and the
+engine alike replay decode graphs of up to `--max-graph-batch` requests. Each deployment is swept over
+Poisson arrival rates up to and past saturation (decode tok/s, TTFT and TPOT p50/p99 per rate), after a
+check that its greedy output equals the single-process engine's.
 
 What the runtime is compared with, in the same run, same weights, same KV capacity:
 - `engine_serving`: the single-process `LLMEngine` (CUDA graphs for pure-decode steps, asynchronous
@@ -150,6 +151,7 @@ def engine_serving(hf: dict, args, device: torch.device) -> dict:
         max_model_len=args.max_model_len,
         max_num_seqs=args.kv_tokens // (args.prompt_tokens + args.output_tokens),
         max_num_batched_tokens=args.max_step_tokens,
+        max_graph_batch_size=args.max_graph_batch,
     )
     engine = LLMEngine([ModelRunner(stage, engine_config)])
     params = SamplingParams(temperature=0.0, max_tokens=args.output_tokens, ignore_eos=True)
@@ -234,7 +236,17 @@ def sweep(label: str, ranges, hf: dict, check, reference, args, device_turns: bo
     specs = []
     for name, (s, e) in zip(names, ranges, strict=True):
         kv_bytes = args.kv_tokens * (e - s) * 2 * hf["num_key_value_heads"] * head_dim * args.itemsize
-        stage = StageConfig("random", s, e, device, args.dtype, kv_bytes, args.max_model_len, args.threads)
+        stage = StageConfig(
+            "random",
+            s,
+            e,
+            device,
+            args.dtype,
+            kv_bytes,
+            args.max_model_len,
+            args.threads,
+            max_graph_batch_size=args.max_graph_batch,
+        )
         specs.append(ProcessWorkerSpec(name, stage, hf, args.seed, device_turns=device_turns))
     cluster = cluster_from_dict(CLUSTER, where="benchmark cluster")
     model = model_from_hf_config(hf, name="llama-3-8b-shape")
@@ -250,6 +262,7 @@ def sweep(label: str, ranges, hf: dict, check, reference, args, device_turns: bo
             placement,
             capacity_model(cluster, model),
             max_model_len=args.max_model_len,
+            pipeline_decode_max_stages=args.pipeline_decode_max_stages,
         )
         result["startup_s"] = time.perf_counter() - started
         result["workers"] = {
@@ -364,6 +377,21 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--engine-batches", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--engine-steps", type=int, default=32)
     parser.add_argument("--max-step-tokens", type=int, default=4096, help="the worker loop's default")
+    parser.add_argument(
+        "--max-graph-batch",
+        type=int,
+        default=640,
+        help="largest decode step replayed from a CUDA graph, workers and engine alike (the KV holds "
+        "512 requests of this workload at full length; the coordinator admits by expected KV, and up to "
+        "578 were seen in one step)",
+    )
+    parser.add_argument(
+        "--pipeline-decode-max-stages",
+        type=int,
+        default=1,
+        help="routes of up to this many workers decode on their own (CoordinatorConfig; with 2 the "
+        "two-worker route measured 5,356 tok/s against 6,040 with 1)",
+    )
     parser.add_argument(
         "--configs", nargs="+", default=["one_worker", "two_workers", "two_workers_without_turns"]
     )

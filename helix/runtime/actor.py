@@ -17,7 +17,7 @@ from helix.runtime.emulation import StepTimer
 from helix.runtime.keys import WireKeys
 from helix.runtime.stage_backend import StageConfig, load_backend
 from helix.runtime.worker import Worker
-from helix.runtime.worker_loop import WorkerLoop
+from helix.runtime.worker_loop import WorkerLoop, settle_garbage_collector
 
 
 class WorkerActor:
@@ -42,6 +42,7 @@ class WorkerActor:
             advertise_host or _node_ip(),
             keys=keys,
         )
+        settle_garbage_collector()
         self.stage = stage
 
     def address(self) -> str:

