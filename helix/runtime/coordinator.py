@@ -132,6 +132,9 @@ class Coordinator:
         self._num_waiting = 0
         self._num_running = 0
         self.dead_workers: dict[str, str] = {}
+        # true while a membership change's new plan is coming (`helix.runtime.elastic` sets it): waiting
+        # requests then wait for it instead of failing for want of a pipeline (`AdmissionQueue.retry`)
+        self.awaiting_replan: Callable[[], bool] = lambda: False
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="helix-coordinator", daemon=True)
         self._outgoing: dict[str, list[StageItem]] = defaultdict(list)
@@ -259,6 +262,7 @@ class Coordinator:
             status = "degraded" if dead else "ok"
         return {
             "status": status,
+            "replanning": self.awaiting_replan(),
             "workers_gone": dead,
             "epoch": self.epoch,
             "serving_workers": sorted(topology.ranges),
@@ -320,11 +324,14 @@ class Coordinator:
     def _admit_waiting(self) -> None:
         if not len(self._admission) or not self._hold.may_admit(len(self.scheduler.active)):
             return
+        awaiting = self.awaiting_replan()
         if not has_pipeline(self.scheduler.topology):
+            if awaiting:  # the new plan brings pipelines: wait for it
+                return
             gone = "; ".join(f"worker {n} is gone: {r}" for n, r in self.dead_workers.items())
             self._fail_waiting(f"no complete pipeline is left ({gone})", 503)
             return
-        admitted, unservable = self._admission.retry(time.time())
+        admitted, unservable = self._admission.retry(time.time(), awaiting_replan=awaiting)
         for waiting, pipeline in admitted:
             self._start(self._requests[waiting.request_id], pipeline)
         for waiting in unservable:

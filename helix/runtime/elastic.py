@@ -125,10 +125,14 @@ class ElasticController:
         self.generation = 0
         self.history: list[dict[str, Any]] = []
         self.busy = False
+        self._outstanding = 0  # changes queued or being applied (under the lock)
         self._events: queue.SimpleQueue[MembershipChange | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         on_gone = runtime.health.on_gone
-        runtime.health.on_gone = lambda name, reason: (on_gone(name, reason), self._lost(name))
+        # the change is queued before the coordinator hears of the loss, so it never sees a lost
+        # pipeline without the re-plan that replaces it (`awaiting`)
+        runtime.health.on_gone = lambda name, reason: (self._lost(name), on_gone(name, reason))
+        runtime.coordinator.awaiting_replan = self.awaiting
         self._ray_nodes_seen = set(advertised_nodes(self.cluster.node_names))  # (Ray node, plan node)
         self._on_own_ray_node: set[str] = set()  # plan nodes whose worker needs their Ray node's resource
         self._thread = threading.Thread(target=self._run, name="helix-elastic", daemon=True)
@@ -166,6 +170,7 @@ class ElasticController:
             self._intended.add(change.node)
         else:
             self._intended.discard(change.node)
+        self._outstanding += 1
         self._events.put(change)
 
     def status(self) -> dict[str, Any]:
@@ -177,6 +182,10 @@ class ElasticController:
                 "replanning": self.busy,
                 "history": list(self.history),
             }
+
+    def awaiting(self) -> bool:
+        """A membership change is queued or being applied: its new plan has not taken traffic yet."""
+        return self._outstanding > 0
 
     def close(self) -> None:
         self._events.put(None)
@@ -272,6 +281,8 @@ class ElasticController:
                         self._intended.add(change.node)
             finally:
                 self.busy = False
+                with self._lock:
+                    self._outstanding -= 1
 
     def _apply(self, change: MembershipChange) -> None:
         before = set(self.members)

@@ -4,7 +4,9 @@ Online serving must never crash or silently drop work under overload (Helix asse
 that cannot be admitted wait here in FIFO order and are retried whenever capacity is released. The head
 of the queue blocks the ones behind it (no overtaking), so a long prompt is not starved by short ones.
 A request that cannot be admitted even when nothing else is in flight can never be served: `retry`
-reports it as unservable instead of waiting forever.
+reports it as unservable instead of waiting forever — unless a re-plan is under way (`awaiting_replan`:
+a membership change whose new plan has not taken traffic yet, `helix.scheduling.replan`), which may bring
+the pipeline it needs; it then waits for the new plan. The simulator and the runtime both pass it.
 
 Offline (closed-loop) feeding uses `should_feed`: start new work only while the scheduler's KV
 bottleneck usage is at or under a high-water mark.
@@ -51,11 +53,14 @@ class AdmissionQueue:
         self.max_waiting = max(self.max_waiting, len(self.waiting))
         return None
 
-    def retry(self, now_s: float) -> tuple[list[tuple[Waiting, Pipeline]], list[Waiting]]:
+    def retry(
+        self, now_s: float, awaiting_replan: bool = False
+    ) -> tuple[list[tuple[Waiting, Pipeline]], list[Waiting]]:
         """Admit waiting requests in order until one does not fit.
 
         Returns (admitted with their pipelines, unservable): a head request that does not fit while the
-        scheduler has nothing in flight can never be admitted and is removed as unservable.
+        scheduler has nothing in flight can never be admitted and is removed as unservable — or, while
+        `awaiting_replan`, waits for the new plan.
         """
         admitted: list[tuple[Waiting, Pipeline]] = []
         unservable: list[Waiting] = []
@@ -65,7 +70,7 @@ class AdmissionQueue:
                 head.request_id, head.prompt_tokens, head.expected_output_tokens, now_s
             )
             if pipeline is None:
-                if self.scheduler.active:
+                if self.scheduler.active or awaiting_replan:
                     break
                 unservable.append(self.waiting.popleft())
                 continue

@@ -56,8 +56,21 @@ class ElasticState:
     members: set[str]
     generation: int = 0
     replans: list[dict[str, Any]] = field(default_factory=list)
+    pending: bool = False  # a re-plan is scheduled and has not taken traffic yet
+    changing: bool = False  # an event is being applied (its re-plan not scheduled yet)
+
+    @property
+    def awaiting(self) -> bool:
+        """A new plan is coming: waiting requests wait for it (`AdmissionQueue.retry`)."""
+        return self.pending or self.changing
 
     def on_event(self, sim: Simulator, now_s: float, event: MembershipEvent) -> None:
+        try:
+            self._apply(sim, now_s, event)
+        finally:
+            self.changing = False
+
+    def _apply(self, sim: Simulator, now_s: float, event: MembershipEvent) -> None:
         if event.kind == "fail":
             self.members.discard(event.node)
         elif event.kind == "join":
@@ -83,12 +96,14 @@ class ElasticState:
         plan_s = new.plan_s if self.spec.plan_time_s is None else self.spec.plan_time_s
         new = replace(new, plan_s=plan_s)
         self.generation += 1
+        self.pending = True
         ready_s = now_s + new.ready_after_s(sim.model, self.spec.settings)
         sim.loop.schedule(ready_s, EventKind.MEMBERSHIP, _Switch(self.generation, new, trigger, now_s))
 
     def on_switch(self, sim: Simulator, now_s: float, pending: _Switch) -> None:
         if pending.generation != self.generation:
             return  # superseded by a later event
+        self.pending = False
         new = pending.replan
         flow_before = sim.scheduler.topology.max_flow_tokens_per_s
         live = restrict(self.spec.cluster, self.members)

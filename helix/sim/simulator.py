@@ -299,6 +299,8 @@ class Simulator:
         if self.elastic is not None and not isinstance(event, MembershipEvent):
             self.elastic.on_switch(self, now_s, event)
             return
+        if self.elastic is not None:
+            self.elastic.changing = True  # its re-plan follows: nothing waiting is unservable meanwhile
         if event.kind == "fail":
             self._on_fail(now_s, event)
         if self.elastic is not None:
@@ -385,7 +387,8 @@ class Simulator:
     def _admit_waiting(self, now_s: float) -> None:
         if not self.hold.may_admit(len(self.scheduler.active)):
             return
-        admitted, unservable = self.queue.retry(now_s)
+        awaiting = self.elastic is not None and self.elastic.awaiting
+        admitted, unservable = self.queue.retry(now_s, awaiting_replan=awaiting)
         for waiting, pipeline in admitted:
             self._launch(waiting.request_id, pipeline, now_s)
         self.rec.count("requests_unservable", len(unservable))

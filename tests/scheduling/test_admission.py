@@ -31,6 +31,15 @@ def test_unservable_request_is_reported_not_stuck(model):
     assert not admitted and [w.request_id for w in unservable] == ["huge"] and len(queue) == 0
 
 
+def test_a_request_waits_for_a_pending_replan_instead_of_being_unservable(model):
+    queue = AdmissionQueue(_scheduler(model))
+    assert queue.submit("huge", 1500, None, 0.0) is None
+    admitted, unservable = queue.retry(1.0, awaiting_replan=True)
+    assert not admitted and not unservable and len(queue) == 1  # the new plan may hold it
+    admitted, unservable = queue.retry(2.0)  # the new plan took traffic and still cannot
+    assert [w.request_id for w in unservable] == ["huge"]
+
+
 def test_should_feed(model):
     sched = _scheduler(model)
     assert should_feed(sched, 0.8)

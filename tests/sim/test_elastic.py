@@ -61,9 +61,14 @@ def test_drain_under_load_moves_requests_and_fails_none(helix_setup):
 def test_lost_node_replan_restores_throughput(helix_setup):
     cluster, _, _ = helix_setup("cluster10")
     victim = "n0"
-    result, _, _, _ = _run(helix_setup, [MembershipEvent(30.0, "fail", victim)])
+    result, _, _, arrived = _run(helix_setup, [MembershipEvent(30.0, "fail", victim)])
     (rp,) = result["elastic"]["replans"]
     assert rp["flow_before_tokens_per_s"] == 0.0  # a single pipeline set: nothing serves until the re-plan
+    counters = result["summary"]["counters"]
+    # no pipeline is left until the switch: the requests re-routed and those arriving meanwhile wait for
+    # the new plan instead of being dropped as unservable
+    assert counters["requests_rerouted"] > 0 and counters.get("requests_unservable", 0) == 0
+    assert counters["requests_completed"] == arrived
     assert victim not in rp["placement"] and rp["flow_after_tokens_per_s"] > 0
     before = _mean_rate(result, 10, 30)
     after = _mean_rate(result, rp["switch_s"] + 10, rp["switch_s"] + 40)
