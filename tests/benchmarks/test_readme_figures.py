@@ -201,14 +201,17 @@ FIGURES: list[tuple[str, list[tuple[Callable[[], Any], Callable[[Any], str]]]]] 
         ],
     ),
     (
-        "The loss re-plan served after **{} s** (target ≤ 30 s;",
+        "The loss re-plan served after\n  **{} s** (target ≤ 30 s;",
         [(at("elastic.json", "loss_to_new_plan_s"), f1)],
     ),
     (
-        "None of the {} requests failed, but only {} finished.",
+        "**{} of {}** requests completed, **{} failed**; on the plan after the loss the runtime\n"
+        "  served **{}**",
         [
-            (at("elastic.json", "runtime.counts.sent"), str),
             (at("elastic.json", "runtime.counts.completed"), str),
+            (at("elastic.json", "runtime.counts.sent"), str),
+            (at("elastic.json", "failed"), str),
+            (at("elastic.json", "after_replan_over_sim"), f2),
         ],
     ),
     # Failover (bench_failover.py)
