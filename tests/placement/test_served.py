@@ -143,6 +143,7 @@ def test_confirm_checker_reorders_the_best_checked_candidates():
             confirm_checker=confirm,
             confirm_description="fewest nodes",
             confirm_candidates=2,
+            confirm_within=1.0,  # confirm the best two however far apart their first checks are
         ),
     )
     assert 1 <= len(confirmed) <= 2 and len(confirmed) <= len(screened)
@@ -151,6 +152,28 @@ def test_confirm_checker_reorders_the_best_checked_candidates():
     assert len(result.placement) == min(len(p) for p in confirmed)
     assert result.details["confirmed_by"] == "fewest nodes"
     assert result.details["served"]["confirmed_decode_tokens_per_s"] == 100.0 - len(result.placement)
+
+
+def test_a_clear_lead_on_the_first_check_is_not_confirmed():
+    """Early stop: when the best first check leads every other by more than `confirm_within`, the
+    confirmation could not change the choice and is skipped."""
+    cluster, model, capacity = tiny_cluster(), TINY_MODEL, TINY
+    confirmed = []
+
+    def screen(placements):
+        return [1000.0 if i == 0 else 10.0 for i, _ in enumerate(placements)]
+
+    def confirm(placements):
+        confirmed.extend(placements)
+        return [1.0] * len(placements)
+
+    options = PlannerOptions(
+        time_limit_s=2.0, checker=screen, check_candidates=4, confirm_checker=confirm, confirm_candidates=2
+    )
+    result = milp_plan(cluster, model, capacity, options)
+    assert confirmed == []
+    assert result.details["confirmed_by"] is None
+    assert result.details["served"]["checked_decode_tokens_per_s"] == 1000.0
 
 
 def test_checked_candidates_span_families():
