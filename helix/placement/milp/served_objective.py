@@ -232,9 +232,10 @@ def _confirm(checked, options: PlannerOptions):
     if not checked or options.confirm_checker is None or options.confirm_candidates <= 0:
         return []
     top = sorted(checked, key=lambda row: -row[5])[: options.confirm_candidates]
-    top = [row for row in top if row[5] >= (1.0 - options.confirm_within) * top[0][5]]
-    if len(top) < 2:
-        return []
+    close = [row for row in top if row[5] >= (1.0 - options.confirm_within) * top[0][5]]
+    if len(close) == 1 < len(top):
+        return []  # the others are too far behind to overtake the best
+    top = close
     values = options.confirm_checker([row[2] for row in top])
     for row, value in zip(top, values, strict=True):
         row.append(float(value))
