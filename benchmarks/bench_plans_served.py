@@ -17,9 +17,9 @@ simulation is single-threaded); methods that return the same placement share the
     python benchmarks/bench_plans_served.py [--only single24] [--workers 2]
         → benchmarks/results/plans_served.json
 
-With `--only`, the other clusters already in the output file are kept as the earlier run wrote them
-(listed in `clusters_from_an_earlier_run`; each cluster's `measured` says when, with which code and
-windows it was measured).
+With `--only`, the clusters already in the output file are kept as the earlier run wrote them until this
+run replaces them (listed in `clusters_from_an_earlier_run`; each cluster's `measured` says when, with
+which code and windows it was measured).
 """
 
 from __future__ import annotations
@@ -322,17 +322,17 @@ def main(argv: list[str] | None = None) -> int:
     }
     out_path = Path(args.out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    kept = earlier_clusters(out_path, names) if args.only else {}
-    if kept:
-        record["clusters"].update(kept)
-        record["clusters_from_an_earlier_run"] = sorted(kept)
+    if args.only:  # until this run replaces them, the clusters of the file stay as an earlier run wrote them
+        record["clusters"].update(earlier_clusters(out_path))
     totals = {"offline_distinct": 0, "online_distinct": 0, "sim_wall_s_total": 0.0}
     pool = Pool(args.workers) if args.workers > 1 else None
     try:
-        for name in names:  # one cluster at a time: each is written as soon as it is complete
+        # one cluster at a time: each is written as soon as it is complete
+        for done, name in enumerate(names):
             row, stats = run_cluster(pool, name, started)
             row["measured"] = run_settings(name)
             record["clusters"][name] = row
+            record["clusters_from_an_earlier_run"] = sorted(set(record["clusters"]) - set(names[: done + 1]))
             for key, value in stats.items():
                 totals[key] = round(totals[key] + value, 1)
             record["simulations"] = totals
@@ -380,13 +380,12 @@ def run_settings(name: str) -> dict:
     }
 
 
-def earlier_clusters(out_path: Path, names: list[str]) -> dict:
-    """The clusters of an earlier run in `out_path` that this run does not measure (`--only`), as that
-    run wrote them; each says what it was measured with (`measured`, absent in files that predate it)."""
+def earlier_clusters(out_path: Path) -> dict:
+    """The clusters of an earlier run in `out_path`, as that run wrote them (`--only` reruns some); each
+    says what it was measured with (`measured`, absent in files that predate it)."""
     if not out_path.is_file():
         return {}
-    earlier = json.loads(out_path.read_text()).get("clusters", {})
-    return {k: v for k, v in earlier.items() if k not in names}
+    return json.loads(out_path.read_text()).get("clusters", {})
 
 
 def run_cluster(pool, name: str, started: float) -> tuple[dict, dict]:
