@@ -322,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     out_path = Path(args.out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    code = code_version()
     if args.only:  # until this run replaces them, the clusters of the file stay as an earlier run wrote them
         record["clusters"].update(earlier_clusters(out_path))
     totals = {"offline_distinct": 0, "online_distinct": 0, "sim_wall_s_total": 0.0}
@@ -330,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         # one cluster at a time: each is written as soon as it is complete
         for done, name in enumerate(names):
             row, stats = run_cluster(pool, name, started)
-            row["measured"] = run_settings(name)
+            row["measured"] = run_settings(name, code)
             record["clusters"][name] = row
             record["clusters_from_an_earlier_run"] = sorted(set(record["clusters"]) - set(names[: done + 1]))
             for key, value in stats.items():
@@ -364,12 +365,13 @@ def code_version() -> str:
     return out.stdout.strip()
 
 
-def run_settings(name: str) -> dict:
-    """What one cluster's figures were measured with (kept beside them when other clusters are rerun)."""
+def run_settings(name: str, code: str) -> dict:
+    """What one cluster's figures were measured with (kept beside them when other clusters are rerun);
+    `code`: the checkout's version when the run started."""
     warmup, window = WINDOWS[name]
     return {
         "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "code": code_version(),
+        "code": code,
         "warmup_s": warmup,
         "duration_s": window,
         "check_candidates": CHECK_CANDIDATES,
