@@ -69,3 +69,28 @@ def test_steady_state_window_waits_for_kv_to_fill_on_slow_links(helix_setup, ref
         windows[name] = steady_state_window(config, est)
     assert all(w.duration_s == 180 for w in windows.values())
     assert 60 <= windows["single24"].warmup_s < 120 < windows["3cluster24"].warmup_s
+
+
+def test_checks_do_not_depend_on_the_placements_node_order(helix_setup, ref):
+    """The simulator breaks ties in node order; the checker simulates every plan in name order."""
+    from helix.scheduling.kv import KVParameters
+    from helix.sim.config import KV_PARAMS
+    from helix.sim.select import simulation_checker
+    from helix.sim.workload import load_lengths
+    from helix.specs.helix_ini import load_helix_placement
+
+    cluster, model, capacity = helix_setup("3cluster24")
+    plan = load_helix_placement(ref / "placements" / "3cluster24_llama70b_helix_milp.ini")
+    reordered = Placement(dict(reversed(list(plan.items()))))
+    values = [
+        simulation_checker(
+            cluster,
+            model,
+            capacity,
+            load_lengths("azure_conversation"),
+            SimConfig.preset("helix", warmup_s=20, duration_s=40),
+            kv_params=KVParameters(*KV_PARAMS["helix"]),
+        )([placement])[0]
+        for placement in (plan, reordered)
+    ]
+    assert values[0] == values[1] > 0
