@@ -227,9 +227,11 @@ def _served_inputs(cluster, model, capacity, workload, fidelity, check, duration
             kv_params=KVParameters(*KV_PARAMS[fidelity]),
             partial_overlap=partial_overlap,
             cache=cache,
+            setup=setup,
         )
         seed_text = f"seed {seeds[0]}" if len(seeds) == 1 else f"mean over seeds {list(seeds)}"
-        out.append((checker, f"offline simulation, {fidelity} preset, 60 s + {duration_s:g} s, {seed_text}"))
+        windows = f"60 s (longer while KV fills) + {duration_s:g} s"
+        out.append((checker, f"offline simulation, {fidelity} preset, {windows}, {seed_text}"))
     return setup, out
 
 

@@ -38,6 +38,8 @@ class PlannerOptions:
             checked one is chosen. checker_description says what it ran; check_candidates how many.
         confirm_checker: for ``served``: called with the best `confirm_candidates` placements by the
             first check (e.g. the same simulation on more seeds); the best confirmed one is chosen.
+            Only candidates within `confirm_within` (a fraction) of the best first check are confirmed;
+            when none but the best is, the confirmation is skipped (it could not change the choice).
         solver_log: file that receives the MILP solver's console output (milp; default: discarded).
         warm_start: a `helix.placement.warm_start.WarmStart` (the placement being served): re-plan
             from it, trading flow for moved layers by its ``move_weight``; ``method`` plans the fresh
@@ -60,6 +62,7 @@ class PlannerOptions:
     confirm_checker: Callable[[Sequence[Placement]], Sequence[float]] | None = None
     confirm_description: str = ""
     confirm_candidates: int = 2
+    confirm_within: float = 0.1
     solver_log: str | None = None
     warm_start: Any = None
 

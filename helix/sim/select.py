@@ -10,6 +10,7 @@ fall behind once contexts grow, so use the window the result will be judged on.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -18,7 +19,7 @@ from helix.flow.graph import DEFAULT_PARTIAL_OVERLAP, FlowOptions
 from helix.flow.maxflow import evaluate_placement
 from helix.perf.base import CapacityModel
 from helix.placement.result import PlanResult
-from helix.placement.served import ServingSetup
+from helix.placement.served import ServedEstimate, ServingSetup, estimate_served
 from helix.scheduling.kv import KVParameters
 from helix.sim.config import KV_PARAMS, SimConfig
 from helix.sim.run import simulate
@@ -102,9 +103,12 @@ def simulation_checker(
     partial_overlap: bool = False,
     max_tokens: float = 2e6,
     cache: dict | None = None,
+    setup: ServingSetup | None = None,
 ):
     """A `PlannerOptions.checker`: each placement's mean offline decode tokens/s over `seeds`.
 
+    With `setup` (the served objective's inputs), each placement's warm-up is at least its
+    `steady_state_window`'s, so a plan whose KV fills slowly is measured once it has, not on its ramp.
     Simulation cost grows with the tokens simulated: where max flow × (warm-up + duration) exceeds
     `max_tokens` (small models on fast clusters), both windows shrink in proportion. `cache` (a dict
     shared between checkers of the same settings, e.g. a screening checker on one seed and a confirming
@@ -114,13 +118,19 @@ def simulation_checker(
     def window(placement: Placement) -> SimConfig:
         flow = evaluate_placement(
             cluster, model, placement, capacity, FlowOptions(partial_overlap=partial_overlap)
-        ).value_tokens_per_s
-        scale = min(1.0, max_tokens / max(1e-9, flow * (config.warmup_s + config.duration_s)))
-        return replace(config, warmup_s=config.warmup_s * scale, duration_s=config.duration_s * scale)
+        )
+        base = config
+        if setup is not None and flow.value_tokens_per_s > 0:
+            est = estimate_served(cluster, model, capacity, placement, flow, setup)
+            base = steady_state_window(config, est)
+        total_s = base.warmup_s + base.duration_s
+        scale = min(1.0, max_tokens / max(1e-9, flow.value_tokens_per_s * total_s))
+        return replace(base, warmup_s=base.warmup_s * scale, duration_s=base.duration_s * scale)
 
     def check(placements: Sequence[Placement]) -> list[float]:
         out = []
-        for placement in placements:
+        for given in placements:
+            placement = canonical(given)
             base = window(placement)
             values = []
             for seed in seeds:
@@ -143,12 +153,48 @@ def simulation_checker(
     return check
 
 
+def canonical(placement: Placement) -> Placement:
+    """`placement` with its nodes in name order. A simulation breaks ties (equal IWRR weights, equal
+    arrival times) in the placement's node order: two cluster42 plans that simulate alike in name order
+    were checked at 818 and 785 decode tokens/s (one seed) in the orders the planner built them in, and
+    Helix's 3cluster24 plan serves 107.9 or 110.2 by its order; checks in one order compare plans."""
+    return Placement(dict(sorted(placement.items())))
+
+
+FILL_MARGIN = 2.0  # the ramp's TTFT exceeds the steady one (its first prompts queue together): 150-200 s
+#                    measured against 115-120 s from the steady TTFT on 3cluster24
+
+
+def steady_state_window(config: SimConfig, est: ServedEstimate) -> SimConfig:
+    """`config` with the warm-up at least the time the offline feed takes to fill KV (the served
+    estimate's), so the window measures a full population, not its ramp.
+
+    The feed launches one request per finished prompt, so about `initial_requests` prompts are in
+    progress while KV fills: N requests in flight take N · TTFT / initial_requests (× FILL_MARGIN) to
+    launch. On single24 that is 30-110 s; on 3cluster24, whose routes cross 12.5 Mbps links (one
+    prompt's activations take ~8 s there), 150-250 s, where a 60 s warm-up measures a population still
+    growing linearly and ranks plans by how fast they fill."""
+    fill_s = FILL_MARGIN * est.requests_in_flight * est.ttft_s / max(1, config.initial_requests)
+    if not math.isfinite(fill_s):
+        return config
+    return replace(config, warmup_s=max(config.warmup_s, fill_s))
+
+
+def in_flight_prompt_tokens(lengths: Lengths) -> float:
+    """Mean prompt length of the requests in flight: each is in flight for a time ∝ its output length,
+    so E[I·O] / E[O] (Azure conversations: 924 tokens against a mean prompt of 763, since long prompts
+    come with long answers)."""
+    outputs = lengths.output_tokens.astype(float)
+    return float((lengths.prompt_tokens * outputs).sum() / outputs.sum())
+
+
 def serving_setup(lengths: Lengths, fidelity: str = "improved") -> ServingSetup:
     """The served objective's inputs for `lengths` and a fidelity preset's offline admission policy."""
     h, r = KV_PARAMS[fidelity]
     config = SimConfig.preset(fidelity)
     return ServingSetup(
         prompt_tokens=float(lengths.prompt_tokens.mean()),
+        prompt_tokens_in_flight=in_flight_prompt_tokens(lengths),
         output_tokens=float(lengths.output_tokens.mean()),
         expected_kv_hwm=h,
         expected_output_ratio=r,

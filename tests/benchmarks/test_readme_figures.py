@@ -183,6 +183,15 @@ FIGURES: list[tuple[str, list[tuple[Callable[[], Any], Callable[[Any], str]]]]] 
         for p in ("helix", "improved")
         for m in ("offline", "online")
     ),
+    (
+        "The default's planning took {} s and {} s on single24, {} s and {} s on 3cluster24, "
+        "{} s and {} s on cluster42",
+        [
+            (at(PS, f"clusters.{c}.planning.{p}.default.planner_s"), f1)
+            for c in ("single24", "3cluster24", "cluster42")
+            for p in ("helix", "improved")
+        ],
+    ),
     ("Max-flow delivers {}× random's decode throughput", [(at(RT, "maxflow_over_random"), f2)]),
     (
         "One ZeroMQ hop costs {} ms at p50 against {} ms for a Ray actor call",

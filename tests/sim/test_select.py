@@ -47,3 +47,50 @@ def test_plan_candidates_round_trip(model):
     assert [s for s, _ in got] == ["x", "y"]
     assert got[1][1] == placement
     assert plan_candidates(PlanResult(placement, flow, "milp"))[0][1] == placement
+
+
+def test_steady_state_window_waits_for_kv_to_fill_on_slow_links(helix_setup, ref):
+    """3cluster24's routes cross 12.5 Mbps links: the feed fills KV only after minutes (150-200 s
+    simulated for Helix's plan there, 30-65 s on single24), so the warm-up grows past 120 s; the
+    window itself is left as given."""
+    from helix.placement.served import estimate_served
+    from helix.sim.select import serving_setup, steady_state_window
+    from helix.sim.workload import load_lengths
+    from helix.specs.helix_ini import load_helix_placement
+
+    setup = serving_setup(load_lengths("azure_conversation"), "helix")
+    config = SimConfig.preset("helix", warmup_s=60, duration_s=180)
+    windows = {}
+    for name in ("single24", "3cluster24"):
+        cluster, model, capacity = helix_setup(name)
+        placement = load_helix_placement(ref / "placements" / f"{name}_llama70b_helix_milp.ini")
+        flow = evaluate_placement(cluster, model, placement, capacity)
+        est = estimate_served(cluster, model, capacity, placement, flow, setup)
+        windows[name] = steady_state_window(config, est)
+    assert all(w.duration_s == 180 for w in windows.values())
+    assert 60 <= windows["single24"].warmup_s < 120 < windows["3cluster24"].warmup_s
+
+
+def test_checks_do_not_depend_on_the_placements_node_order(helix_setup, ref):
+    """The simulator breaks ties in node order; the checker simulates every plan in name order."""
+    from helix.scheduling.kv import KVParameters
+    from helix.sim.config import KV_PARAMS
+    from helix.sim.select import simulation_checker
+    from helix.sim.workload import load_lengths
+    from helix.specs.helix_ini import load_helix_placement
+
+    cluster, model, capacity = helix_setup("3cluster24")
+    plan = load_helix_placement(ref / "placements" / "3cluster24_llama70b_helix_milp.ini")
+    reordered = Placement(dict(reversed(list(plan.items()))))
+    values = [
+        simulation_checker(
+            cluster,
+            model,
+            capacity,
+            load_lengths("azure_conversation"),
+            SimConfig.preset("helix", warmup_s=20, duration_s=40),
+            kv_params=KVParameters(*KV_PARAMS["helix"]),
+        )([placement])[0]
+        for placement in (plan, reordered)
+    ]
+    assert values[0] == values[1] > 0
