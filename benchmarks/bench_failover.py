@@ -9,7 +9,9 @@ streamed completions of `--prompt-words` words and exactly `--output-tokens` tok
 2. 2× overload: Poisson arrivals at 2 × capacity for `--overload-s`: accepted / completed / failed /
    preempted (HTTP 429 before acceptance is allowed).
 3. Failover: Poisson arrivals at 0.7 × capacity for `--duration-s`; `kill -9` of one worker (``t4-1``)
-   at 1/3 of it, SIGSTOP of another (``a10g-1``) at 2/3 (SIGCONT at the end). Reported: accepted /
+   at 1/3 of it, SIGSTOP of another (``a10g-1``) at 2/3 (SIGCONT at the end); each fault fires at its
+   time or, if its worker carries no request then, as soon as it does (at most `FAULT_WAIT_S` later;
+   the wait is recorded), so that the time to resume is measured. Reported: accepted /
    completed / failed; time from the kill (and the stop) to the first token of each re-routed request
    (p50, max; the coordinator records when each re-routed request's first resumed token is emitted);
    decode throughput before the kill and after the stop was detected, against the simulator's
@@ -32,7 +34,9 @@ import asyncio
 import json
 import os
 import signal
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +54,7 @@ from helix.sim.workload import Lengths, poisson_arrivals
 from helix.specs.placement import Placement
 
 OUT = Path(__file__).parent / "results" / "failover.json"
+FAULT_WAIT_S = 20.0  # a fault waits at most this long past its time for its worker to carry a request
 KILLED, STOPPED = "t4-1", "a10g-1"
 
 
@@ -242,22 +247,43 @@ def main() -> None:
         events: dict[str, float] = {}
         info = runtime.deployment.info
 
+        def when_loaded(name: str, worker: str, fault) -> Callable[[], None]:
+            """At its time, `fault` fires as soon as `worker` carries a request (at most `FAULT_WAIT_S`
+            later), so the time to resume is measured on requests it really held."""
+
+            def wait_then_fire() -> None:
+                planned = time.time()
+                deadline = time.monotonic() + FAULT_WAIT_S
+                while coordinator.running_on(worker) == 0 and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                events[name] = time.time()
+                delays[name] = events[name] - planned
+                fault()
+
+            def start() -> None:
+                threads.append(threading.Thread(target=wait_then_fire, daemon=True))
+                threads[-1].start()
+
+            return start
+
         def kill() -> None:
-            events["kill"] = time.time()
             os.kill(info[KILLED]["pid"], signal.SIGKILL)
 
         def stop() -> None:
-            events["stop"] = time.time()
             os.kill(info[STOPPED]["pid"], signal.SIGSTOP)
             stopped_pid.append(info[STOPPED]["pid"])
+
+        threads: list[threading.Thread] = []
+        delays: dict[str, float] = {}
+        faults = [(kill_at, when_loaded("kill", KILLED, kill)), (stop_at, when_loaded("stop", STOPPED, stop))]
 
         recoveries0 = len(coordinator.recoveries)
         counters0 = dict(coordinator.counters)
         rate = 0.7 * capacity_rps
         arrivals = poisson_arrivals(rate, args.duration_s, rng)
-        samples, _ = asyncio.run(
-            drive(url, runtime.model_name, arrivals, args, [(kill_at, kill), (stop_at, stop)])
-        )
+        samples, _ = asyncio.run(drive(url, runtime.model_name, arrivals, args, faults))
+        for thread in threads:
+            thread.join(timeout=FAULT_WAIT_S + 5)
         health = httpx.get(url + "/health", timeout=10)
         recoveries = coordinator.recoveries[recoveries0:]
         by_event = {"kill": [], "stop": []}
@@ -271,7 +297,7 @@ def main() -> None:
         }
         before_from = kill_at / 2  # past the ramp-up: requests live ~10-20 s on the emulated demo
         before = tokens_per_s(samples, before_from, kill_at)
-        after_from = stop_at + detected_s["stop"] + 5.0
+        after_from = stop_at + delays.get("stop", 0.0) + detected_s["stop"] + 5.0
         after = tokens_per_s(samples, after_from, args.duration_s)
         survivors = Placement({n: r for n, r in runtime.plan.placement.items() if n not in (KILLED, STOPPED)})
         prediction = simulated_prediction(runtime, survivors, args)
@@ -279,8 +305,18 @@ def main() -> None:
         record["failover"] = {
             "offered_rate_per_s": rate,
             "duration_s": args.duration_s,
-            "killed": {"worker": KILLED, "at_s": kill_at, "detected_after_s": detected_s["kill"]},
-            "stopped": {"worker": STOPPED, "at_s": stop_at, "detected_after_s": detected_s["stop"]},
+            "killed": {
+                "worker": KILLED,
+                "at_s": kill_at,
+                "waited_for_work_s": delays.get("kill"),
+                "detected_after_s": detected_s["kill"],
+            },
+            "stopped": {
+                "worker": STOPPED,
+                "at_s": stop_at,
+                "waited_for_work_s": delays.get("stop"),
+                "detected_after_s": detected_s["stop"],
+            },
             **counts(samples),
             "rerouted": coordinator.counters["rerouted"] - counters0["rerouted"],
             "preempted": coordinator.counters["preempted"] - counters0["preempted"],

@@ -269,6 +269,11 @@ class Coordinator:
             "max_flow_tokens_per_s": topology.max_flow_tokens_per_s,
         }
 
+    def running_on(self, worker: str) -> int:
+        """Admitted requests whose pipeline uses `worker` (read from another thread: a snapshot that may
+        be a step old; for benchmarks and tests that time a fault)."""
+        return sum(1 for s in list(self._requests.values()) if s.pipeline is not None and worker in s.route)
+
     def snapshot(self) -> dict[str, object]:
         """Queue length, running requests, expected KV use per node, dead workers (for /metrics)."""
         with self._lock:

@@ -186,3 +186,34 @@ def test_a_slow_route_stalls_nothing(pipeline_decode):
     finally:
         coordinator.close()
         peer.close()
+
+
+def test_with_no_pipeline_requests_wait_for_a_pending_replan_and_fail_without_one():
+    """The only worker is gone: while a re-plan is awaited a request waits for it (no 503); once none is,
+    it fails with a 503 naming the lost worker."""
+    source = _source()
+    config = CoordinatorConfig(max_model_len=4096)
+    coordinator = Coordinator(
+        create_scheduler("maxflow", source.surviving()),
+        {"a": f"tcp://127.0.0.1:{_free_port()}"},
+        config,
+        topology_source=source,
+    )
+    awaiting = threading.Event()
+    awaiting.set()
+    coordinator.awaiting_replan = awaiting.is_set
+    coordinator.start()
+    try:
+        events = queue.SimpleQueue()
+        coordinator.submit([1, 2, 3], SamplingParams(temperature=0.0, max_tokens=4), events.put)
+        assert wait_until(lambda: coordinator.running_on("a") == 1, 5)
+        coordinator.worker_gone("a", "killed")
+        assert wait_until(lambda: coordinator.snapshot()["waiting"] == 1, 5)  # re-routed: waits
+        time.sleep(0.5)
+        assert events.empty() and coordinator.health()["replanning"]
+        awaiting.clear()  # no new plan is coming after all
+        assert wait_until(lambda: not events.empty(), 5)
+        error = events.get()
+        assert isinstance(error, ErrorEvent) and error.status == 503 and "worker a is gone" in error.message
+    finally:
+        coordinator.close()
