@@ -225,8 +225,13 @@ FIGURES: list[tuple[str, list[tuple[Callable[[], Any], Callable[[Any], str]]]]] 
     ),
     # Failover (bench_failover.py)
     (
-        "49 accepted, 49 completed, **0 failed**; {} decode tok/s",
-        [(at("failover.json", "capacity_probe.decode_tokens_per_s"), f1)],
+        "{} accepted, {} completed, **{} failed**; {} decode tok/s",
+        [
+            (at("failover.json", "capacity_probe.accepted"), str),
+            (at("failover.json", "capacity_probe.completed"), str),
+            (at("failover.json", "capacity_probe.failed"), str),
+            (at("failover.json", "capacity_probe.decode_tokens_per_s"), f1),
+        ],
     ),
     (
         "{} accepted, {} completed, **{} failed**, {} re-routed",
