@@ -30,8 +30,9 @@ from typing import Any
 
 from helix.errors import HelixInputError
 from helix.runtime.deploy import Deployment, WorkerSpec
-from helix.runtime.emulation import reference_layers, slowdowns, step_timers
+from helix.runtime.emulation import reference_layers
 from helix.runtime.kv_capacity import real_kv_token_layers
+from helix.runtime.service import worker_emulation
 from helix.runtime.stage_backend import StageConfig
 from helix.runtime.tp_node import tp_size_for
 from helix.scheduling.recovery import TopologySource
@@ -194,7 +195,7 @@ class ElasticController:
     def wait_idle(self, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if not self.busy and self._events.empty():
+            if not self.awaiting():
                 return True
             time.sleep(0.05)
         return False
@@ -317,16 +318,8 @@ class ElasticController:
             return {}, 0.0
         rt = self.runtime
         opts = rt.options
-        live = restrict(self.cluster, new.members)
-        factors = (
-            slowdowns(self.cluster, self.capacity, new.placement, self._reference_layers)
-            if opts.emulate and opts.emulation != "profile"
-            else {}
-        )
-        timers = (
-            step_timers(live, self.capacity, new.placement)
-            if opts.emulate and opts.emulation == "profile"
-            else {}
+        factors, timers = worker_emulation(
+            opts, self.cluster, self.capacity, new.placement, self._reference_layers
         )
         specs = {}
         for node, r in loading.items():
@@ -344,7 +337,7 @@ class ElasticController:
             specs[node] = WorkerSpec(
                 f"{node}.g{self.generation}",
                 stage,
-                opts.relative_scale * factors[node] if factors else 1.0,
+                factors.get(node, 1.0),
                 require_node_resource=opts.ray_address is not None or node in self._on_own_ray_node,
                 step_timer=timers.get(node),
                 resource_node=node,

@@ -119,7 +119,7 @@ class ServingRuntime:
         cluster = load_cluster(options.cluster)
         capacity = capacity_model(cluster, spec)
         plan = _plan(options, cluster, spec, capacity)
-        factors, timers = _emulation(options, cluster, capacity, plan)
+        factors, timers = worker_emulation(options, cluster, capacity, plan.placement)
         report("runtime", "starting Ray")
         start_ray(options.ray_address)
         report("runtime", f"starting {len(plan.placement)} workers")
@@ -226,10 +226,17 @@ def _coordinator_host(options: ServeOptions) -> str:
     return ray.util.get_node_ip_address()
 
 
-def _emulation(
-    options: ServeOptions, cluster: ClusterSpec, capacity: CapacityModel, plan: Plan
+def worker_emulation(
+    options: ServeOptions,
+    cluster: ClusterSpec,
+    capacity: CapacityModel,
+    placement: Placement,
+    layers: int | None = None,
 ) -> tuple[dict[str, float], dict[str, StepTimer]]:
-    """Relative slowdowns (relative mode) or step timers (profile mode) per node; none when off."""
+    """Per node of `placement`: relative slowdowns × `relative_scale` (relative mode; GPU types compared
+    at `layers`, default the placement's `reference_layers`) or step timers (profile mode); none when
+    off. The deployment's first workers and those of every re-plan (`helix.runtime.elastic`) get theirs
+    here."""
     if not options.emulate:
         return {}, {}
     if options.emulation not in EMULATION_MODES:
@@ -239,14 +246,14 @@ def _emulation(
             fix=f"use one of {EMULATION_MODES}",
         )
     if options.emulation == "profile":
-        return {}, step_timers(cluster, capacity, plan.placement)
+        return {}, step_timers(cluster, capacity, placement)
     if not options.relative_scale >= 1.0:
         raise HelixInputError(
             f"relative emulation scale {options.relative_scale} is below 1",
             field="relative_scale",
             fix="use a scale of at least 1 (1 = the fastest type at this host's own speed)",
         )
-    slow = slowdowns(cluster, capacity, plan.placement)
+    slow = slowdowns(cluster, capacity, placement, layers)
     return {n: options.relative_scale * s for n, s in slow.items()}, {}
 
 

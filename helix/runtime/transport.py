@@ -66,11 +66,11 @@ def private_ipc_dir() -> str:
 
 
 def _check_private(directory: str) -> None:
-    mode = os.stat(directory).st_mode
+    info = os.stat(directory)
     if (
-        not stat.S_ISDIR(mode)
-        or mode & (stat.S_IRWXG | stat.S_IRWXO)
-        or os.stat(directory).st_uid != os.getuid()
+        not stat.S_ISDIR(info.st_mode)
+        or info.st_mode & (stat.S_IRWXG | stat.S_IRWXO)
+        or info.st_uid != os.getuid()
     ):
         raise ValueError(
             f"refusing to bind sockets in {directory} without CURVE keys: it must be a directory of this "
