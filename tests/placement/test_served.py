@@ -45,17 +45,24 @@ def test_estimate_ranks_plans_as_the_simulator_does(ref, helix_setup):
     24-stage chain, the most max flow) and Swarm (4 layers per node, 20 stages). Short offline
     simulations (helix preset, seed 0) and the estimate order them the same way, where max flow
     puts the max-flow optimum first."""
-    from helix.scheduling.kv import KVParameters
-    from helix.sim.config import KV_PARAMS, SimConfig
-    from helix.sim.select import serving_setup, simulation_checker
-    from helix.sim.workload import load_lengths
-
     cluster, model, capacity = helix_setup("single24")
     plans = {
         "helix": load_helix_placement(ref / "placements" / "single24_llama70b_helix_milp.ini"),
         "max-flow": milp_plan(cluster, model, capacity, PlannerOptions(objective="max-flow")).placement,
         "swarm": BASELINES["swarm"](cluster, model, capacity),
     }
+    estimate, simulated = _estimated_and_simulated(cluster, model, capacity, plans, 60, 120)
+    assert sorted(plans, key=estimate.get) == sorted(plans, key=simulated.get), (estimate, simulated)
+
+
+def _estimated_and_simulated(cluster, model, capacity, plans: dict, warmup_s: float, duration_s: float):
+    """Per plan: the served estimate's decode tokens/s, and the simulator's (helix preset, Azure
+    conversation lengths, seed 0, `warmup_s` + `duration_s`)."""
+    from helix.scheduling.kv import KVParameters
+    from helix.sim.config import KV_PARAMS, SimConfig
+    from helix.sim.select import serving_setup, simulation_checker
+    from helix.sim.workload import load_lengths
+
     lengths = load_lengths("azure_conversation")
     setup = serving_setup(lengths, "helix")
     estimate = {
@@ -69,11 +76,10 @@ def test_estimate_ranks_plans_as_the_simulator_does(ref, helix_setup):
         model,
         capacity,
         lengths,
-        SimConfig.preset("helix", warmup_s=60, duration_s=120),
+        SimConfig.preset("helix", warmup_s=warmup_s, duration_s=duration_s),
         kv_params=KVParameters(*KV_PARAMS["helix"]),
     )
-    simulated = dict(zip(plans, check(list(plans.values())), strict=True))
-    assert sorted(plans, key=estimate.get) == sorted(plans, key=simulated.get), (estimate, simulated)
+    return estimate, dict(zip(plans, check(list(plans.values())), strict=True))
 
 
 # A 20-node stage-IP placement of 3cluster24 (max flow 1347.9): 4 A100s of region 0 hold layers 0-30,
@@ -93,34 +99,13 @@ def test_estimate_ranks_slow_link_plans_as_the_simulator_does(ref, helix_setup):
     state (300 s warm-up: KV fills only after 150-200 s there; 600 s window; helix preset, seed 0)
     serves about 150, 110 and 86 decode tokens/s; the estimate orders them the same way (it put
     Helix's plan first while it counted each link's transfers of one decode batch only)."""
-    from helix.scheduling.kv import KVParameters
-    from helix.sim.config import KV_PARAMS, SimConfig
-    from helix.sim.select import serving_setup, simulation_checker
-    from helix.sim.workload import load_lengths
-
     cluster, model, capacity = helix_setup("3cluster24")
     plans = {
         "stage IP": Placement.from_pairs(STAGE_IP_3CLUSTER24),
         "helix": load_helix_placement(ref / "placements" / "3cluster24_llama70b_helix_milp.ini"),
         "parallax-greedy": BASELINES["parallax-greedy"](cluster, model, capacity),
     }
-    lengths = load_lengths("azure_conversation")
-    setup = serving_setup(lengths, "helix")
-    estimate = {
-        k: estimate_served(
-            cluster, model, capacity, p, evaluate_placement(cluster, model, p, capacity), setup
-        ).decode_tokens_per_s
-        for k, p in plans.items()
-    }
-    check = simulation_checker(
-        cluster,
-        model,
-        capacity,
-        lengths,
-        SimConfig.preset("helix", warmup_s=300, duration_s=600),
-        kv_params=KVParameters(*KV_PARAMS["helix"]),
-    )
-    simulated = dict(zip(plans, check(list(plans.values())), strict=True))
+    estimate, simulated = _estimated_and_simulated(cluster, model, capacity, plans, 300, 600)
     assert sorted(plans, key=estimate.get) == sorted(plans, key=simulated.get), (estimate, simulated)
     assert sorted(plans, key=simulated.get) == ["parallax-greedy", "helix", "stage IP"], simulated
 
