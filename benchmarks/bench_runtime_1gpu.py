@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_runtime_2gpu import LLAMA3_8B, TINY, reference_outputs, run_requests  # noqa: E402
+from bench_runtime_2gpu import LLAMA3_8B, TINY, reference_outputs, run_requests, worker_specs  # noqa: E402
 
 from helix.engine.config import EngineConfig, LayerRange, ModelConfig  # noqa: E402
 from helix.engine.llm_engine import LLMEngine  # noqa: E402
@@ -59,11 +59,9 @@ from helix.runtime.emulation import capacity_model  # noqa: E402
 from helix.runtime.loadgen import LoadSpec, Sample, summarise  # noqa: E402
 from helix.runtime.processes import (  # noqa: E402
     ProcessDeployment,
-    ProcessWorkerSpec,
     init_split_invariant_weights,
     start_coordinator,
 )
-from helix.runtime.stage_backend import StageConfig  # noqa: E402
 from helix.sim.workload import gamma_arrivals  # noqa: E402
 from helix.specs.cluster_yaml import cluster_from_dict  # noqa: E402
 from helix.specs.model import model_from_hf_config  # noqa: E402
@@ -231,23 +229,16 @@ def engine_serving(hf: dict, args, device: torch.device) -> dict:
 
 def sweep(label: str, ranges, hf: dict, check, reference, args, device_turns: bool = True) -> dict:
     names = [f"n{i}" for i in range(len(ranges))]
-    head_dim = hf["hidden_size"] // hf["num_attention_heads"]
     device = "cuda:0" if args.device == "cuda" else "cpu"
-    specs = []
-    for name, (s, e) in zip(names, ranges, strict=True):
-        kv_bytes = args.kv_tokens * (e - s) * 2 * hf["num_key_value_heads"] * head_dim * args.itemsize
-        stage = StageConfig(
-            "random",
-            s,
-            e,
-            device,
-            args.dtype,
-            kv_bytes,
-            args.max_model_len,
-            args.threads,
-            max_graph_batch_size=args.max_graph_batch,
-        )
-        specs.append(ProcessWorkerSpec(name, stage, hf, args.seed, device_turns=device_turns))
+    specs = worker_specs(
+        ranges,
+        hf,
+        args,
+        [device] * len(ranges),
+        threads=args.threads,
+        max_graph_batch_size=args.max_graph_batch,
+        device_turns=device_turns,
+    )
     cluster = cluster_from_dict(CLUSTER, where="benchmark cluster")
     model = model_from_hf_config(hf, name="llama-3-8b-shape")
     placement = Placement.from_pairs(dict(zip(names, ranges, strict=True)))

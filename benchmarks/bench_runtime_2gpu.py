@@ -211,18 +211,36 @@ def run_requests(coordinator, arrivals_s, prompts, output_tokens: int, drain_s: 
     return samples, collector.tokens, wall_s
 
 
+def worker_specs(
+    ranges, hf: dict, args, devices, *, threads: int = 1, max_graph_batch_size: int = 256, device_turns=True
+) -> list[ProcessWorkerSpec]:
+    """One `ProcessWorkerSpec` per layer range (workers n0, n1, …, the i-th on `devices[i]`): random
+    weights of the `hf` shape, a KV cache of `args.kv_tokens` tokens each."""
+    head_dim = hf["hidden_size"] // hf["num_attention_heads"]
+    specs = []
+    for i, (s, e) in enumerate(ranges):
+        kv_bytes = args.kv_tokens * (e - s) * 2 * hf["num_key_value_heads"] * head_dim * args.itemsize
+        stage = StageConfig(
+            "random",
+            s,
+            e,
+            devices[i],
+            args.dtype,
+            kv_bytes,
+            args.max_model_len,
+            threads,
+            max_graph_batch_size=max_graph_batch_size,
+        )
+        specs.append(ProcessWorkerSpec(f"n{i}", stage, hf, args.seed, device_turns=device_turns))
+    return specs
+
+
 def serve_config(label: str, ranges, hf: dict, prompts_check, reference, args) -> dict:
     """Start the workers of one plan, check greedy output, then run the load at every rate."""
     count = torch.cuda.device_count() if args.device == "cuda" else 0
     names = [f"n{i}" for i in range(len(ranges))]
-    kv_tokens = args.kv_tokens
-    head_dim = hf["hidden_size"] // hf["num_attention_heads"]
-    specs = []
-    for i, (name, (s, e)) in enumerate(zip(names, ranges, strict=True)):
-        device = f"cuda:{i % count}" if count else "cpu"
-        kv_bytes = kv_tokens * (e - s) * 2 * hf["num_key_value_heads"] * head_dim * args.itemsize
-        stage = StageConfig("random", s, e, device, args.dtype, kv_bytes, args.max_model_len, args.threads)
-        specs.append(ProcessWorkerSpec(name, stage, hf, args.seed))
+    devices = [f"cuda:{i % count}" if count else "cpu" for i in range(len(ranges))]
+    specs = worker_specs(ranges, hf, args, devices, threads=args.threads)
     cluster = cluster_from_dict(CLUSTER, where="benchmark cluster")
     model = model_from_hf_config(hf, name="llama-3-8b-shape")
     placement = Placement.from_pairs(dict(zip(names, ranges, strict=True)))

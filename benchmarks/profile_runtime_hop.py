@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_runtime_1gpu import CLUSTER, workload  # noqa: E402
-from bench_runtime_2gpu import LLAMA3_8B, TINY, run_requests  # noqa: E402
+from bench_runtime_2gpu import LLAMA3_8B, TINY, run_requests, worker_specs  # noqa: E402
 
 import helix.runtime.processes as processes  # noqa: E402
 from helix.runtime import coordinator as coordinator_module  # noqa: E402
@@ -39,7 +39,6 @@ from helix.runtime import transport  # noqa: E402
 from helix.runtime.emulation import capacity_model  # noqa: E402
 from helix.runtime.keys import WireKeys  # noqa: E402
 from helix.runtime.messages import HopBatch, StageItem  # noqa: E402
-from helix.runtime.stage_backend import StageConfig  # noqa: E402
 from helix.specs.cluster_yaml import cluster_from_dict  # noqa: E402
 from helix.specs.model import model_from_hf_config  # noqa: E402
 from helix.specs.placement import Placement  # noqa: E402
@@ -216,23 +215,8 @@ def run_variant(
     no_gc: bool = False,
 ) -> dict:
     names = [f"n{i}" for i in range(len(ranges))]
-    head_dim = hf["hidden_size"] // hf["num_attention_heads"]
     device = "cuda:0" if args.device == "cuda" else "cpu"
-    specs = []
-    for name, (s, e) in zip(names, ranges, strict=True):
-        kv_bytes = args.kv_tokens * (e - s) * 2 * hf["num_key_value_heads"] * head_dim * args.itemsize
-        stage = StageConfig(
-            "random",
-            s,
-            e,
-            device,
-            args.dtype,
-            kv_bytes,
-            args.max_model_len,
-            1,
-            max_graph_batch_size=graph_batch,
-        )
-        specs.append(processes.ProcessWorkerSpec(name, stage, hf, args.seed))
+    specs = worker_specs(ranges, hf, args, [device] * len(ranges), max_graph_batch_size=graph_batch)
     variant_dir = trace_dir / label
     variant_dir.mkdir(parents=True, exist_ok=True)
     os.environ[TRACE_ENV] = str(variant_dir)
