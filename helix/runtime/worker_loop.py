@@ -16,6 +16,7 @@ inside a step fails only the requests of that step: each gets an error result, a
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import threading
 import time
@@ -25,8 +26,11 @@ from helix.runtime.keys import WireKeys
 from helix.runtime.messages import COORDINATOR_HOP, Control, HopBatch, ResultBatch, TokenResult
 from helix.runtime.transport import Outbox, Wire, is_loopback
 from helix.runtime.worker import LaunchedStep, Worker
+from helix.scheduling import Topology
+from helix.scheduling.topology import DECODE_CONTEXT_PER_SEQ
 
 IDLE_POLL_S = 0.05
+MAX_STEP_TOKENS = 4096  # new tokens (prompt and decode) one step takes; the rest wait for the next
 GC_YOUNG_THRESHOLD = 20_000  # allocations between collections of young objects (CPython's default: 700)
 
 
@@ -43,6 +47,24 @@ def settle_garbage_collector() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
+def with_step_limits(topology: Topology, max_step_tokens: int = MAX_STEP_TOKENS) -> Topology:
+    """The topology with each node's batch limits set to what this loop really batches, for a simulation
+    that reproduces a deployment (`helix.sim`): one step takes every prompt that fits in
+    `max_step_tokens` new tokens (there is no per-step prompt count; a default topology carries
+    Helix's two prompts per pass) and every decode that fits in the same budget; KV bounds the context."""
+    limits = {
+        name: dataclasses.replace(
+            limit,
+            max_prompt_requests=max_step_tokens,
+            max_prompt_tokens=max_step_tokens,
+            max_decode_seqs=max_step_tokens,
+            max_decode_context_tokens=max_step_tokens * DECODE_CONTEXT_PER_SEQ,
+        )
+        for name, limit in topology.limits.items()
+    }
+    return dataclasses.replace(topology, limits=limits)
+
+
 class WorkerLoop:
     """Owns a worker's sockets and runs its step loop in a daemon thread."""
 
@@ -51,7 +73,7 @@ class WorkerLoop:
         worker: Worker,
         host: str = "127.0.0.1",
         *,
-        max_step_tokens: int = 4096,
+        max_step_tokens: int = MAX_STEP_TOKENS,
         bind_host: str | None = None,
         keys: WireKeys | None = None,
         overlap_steps: bool = False,

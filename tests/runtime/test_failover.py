@@ -7,7 +7,6 @@ model)."""
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
 import os
 import queue
@@ -15,7 +14,6 @@ import signal
 import time
 
 import httpx
-import numpy as np
 import pytest
 
 from helix.engine.sampling_params import SamplingParams
@@ -24,11 +22,7 @@ from helix.runtime.requests import ErrorEvent, FinishEvent, TokenEvent
 from helix.runtime.service import ServeOptions, ServingRuntime
 from helix.scheduling import KVParameters
 from helix.server.background import BackgroundServer
-from helix.sim.config import SimConfig
-from helix.sim.simulator import Simulator
-from helix.sim.workload import Lengths
 from helix.specs.placement import Placement
-from tests.scheduling.conftest import FlatCapacity
 
 PLACEMENT = {"h100-0": (0, 15), "h100-1": (15, 30), "a10g-0": (0, 30), "t4-0": (0, 30), "t4-1": (0, 30)}
 LIVENESS_S = 4.0
@@ -148,48 +142,6 @@ def test_overload_burst_preempts_and_loses_nothing(served):
     assert all(count == 40 and not error for _, count, error in accepted), [r for r in accepted if r[1] != 40]
     assert runtime.coordinator.counters["preempted"] > before
     assert wait_until(lambda: _all_kv_free(runtime), 10, poll_s=0.1)
-
-
-BURSTS = 3  # the runtime's count of one burst varies ±13 % (sd) with step timing: compare the sum
-
-
-def test_simulator_and_runtime_agree_on_preemptions(served):
-    """The same burst (48 requests of 8 + 40 tokens at once), `BURSTS` times, on the same topology, KV and
-    scheduler: the runtime's preemption count is within ±20 % of the simulator's."""
-    runtime, _, _ = served
-    coordinator = runtime.coordinator
-    runtime_count = sim_count = 0
-    for _ in range(BURSTS):
-        before = coordinator.counters["preempted"]
-        scheduler = copy.deepcopy(coordinator.scheduler)  # the same scheduler state (IWRR loads) for both
-        prompts = [[1 + (i + j) % 50 for j in range(8)] for i in range(48)]
-        _, ends = _stream_all(runtime, prompts, 40)
-        assert all(isinstance(e, FinishEvent) for e in ends)
-        runtime_count += coordinator.counters["preempted"] - before
-        summary = _simulate_burst(coordinator.topology_source, scheduler, 48, 8, 40)
-        assert summary["counters"]["requests_completed"] == 48
-        sim_count += summary["counters"].get("preemptions", 0)
-    assert sim_count > 0
-    assert abs(runtime_count - sim_count) <= 0.2 * sim_count, (runtime_count, sim_count)
-
-
-def _simulate_burst(source, scheduler, n: int, prompt_tokens: int, max_tokens: int) -> dict:
-    """The simulator on `n` requests arriving at once, from `scheduler`'s state."""
-    # the simulator admits without knowing max_tokens: its default output length is set to it
-    scheduler.kv.params = KVParameters(KV.expected_kv_hwm, KV.expected_output_length_ratio, max_tokens)
-    config = SimConfig(
-        mode="online",
-        warmup_s=0.0,
-        duration_s=600.0,
-        model_loading=False,
-        decodes_per_request="output-1",
-        double_single_decode=False,
-        bandwidth="link",
-        kv_block_tokens=16,
-    )
-    timing = FlatCapacity(1.0, prompt_s_per_token=2e-5, decode_s=1e-3)  # every worker: the same CPU
-    lengths = Lengths(np.array([prompt_tokens]), np.array([max_tokens]), "burst")
-    return Simulator(scheduler, timing, source.model, config, lengths, np.zeros(n)).run()
 
 
 def test_non_streamed_client_disconnect_frees_kv(served):
