@@ -1,5 +1,6 @@
-"""Planner benchmark: the MILP planner on Helix's clusters (profile capacity model) and a synthetic
-200-node cluster, beside Helix's published Gurobi figures.
+"""Planner benchmark: the MILP planner on Helix's clusters (profile capacity model), a synthetic 200-node
+cluster (Helix's profiled types) and a synthetic 1,000-node cluster of 8 GPU types (roofline capacity
+model: GPU specs only, since Helix profiled 7 types), beside Helix's published Gurobi figures.
 
     python benchmarks/bench_planner.py [--time-limit 60] [--only NAME] [--out benchmarks/results/planner.json]
 """
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 
 from helix.flow.maxflow import evaluate_placement
+from helix.perf.factory import capacity_model_for
 from helix.perf.helix_profile import profile_capacity_model
 from helix.placement.milp import milp_plan
 from helix.placement.result import PlannerOptions
@@ -31,15 +33,16 @@ INSTANCES = {
     "cluster10": ("cluster10", "llama-1-30b", 286.587, 277, 286.587, 10, True),
 }
 SYNTHETIC_TYPES = ("A100-40GB", "L4", "L4x2", "T4", "T4x4")
+SCALE_TYPES = ("H100-80GB", "A100-80GB", "A100-40GB", "L40S", "A10G", "L4", "T4", "V100-16GB")
 
 
-def synthetic_cluster(num_nodes: int = 200, regions: int = 4):
-    """5 GPU types spread over `regions` regions: 10 Gbps inside a region, 100 Mbps between regions."""
-    per = num_nodes // (len(SYNTHETIC_TYPES) * regions)
+def synthetic_cluster(num_nodes: int = 200, regions: int = 4, types: tuple[str, ...] = SYNTHETIC_TYPES):
+    """`types` spread evenly over `regions` regions: 10 Gbps inside a region, 100 Mbps between regions."""
+    per = num_nodes // (len(types) * regions)
     nodes = [
         {"name": f"{gpu.lower()}-r{r}", "gpu": gpu, "region": f"r{r}", "count": per}
         for r in range(regions)
-        for gpu in SYNTHETIC_TYPES
+        for gpu in types
     ]
     data = {
         "name": f"synthetic{num_nodes}",
@@ -121,6 +124,26 @@ def main(argv: list[str] | None = None) -> int:
         row = run_instance("synthetic200", cluster, model, capacity, args.time_limit or 120, 1e-4)
         row.update(helix_gurobi_tokens_per_s=None, target="valid placement in <= 120 s, gap reported")
         row["target_met"] = row["value_tokens_per_s"] > 0 and row["elapsed_s"] <= 121
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    if not args.only or "synthetic1000" in args.only:
+        started = time.perf_counter()
+        cluster = synthetic_cluster(1000, regions=5, types=SCALE_TYPES)
+        model = builtin_model("llama-2-70b")
+        capacity = capacity_model_for(cluster, model, kind="roofline")
+        build_s = time.perf_counter() - started
+        row = run_instance("synthetic1000", cluster, model, capacity, args.time_limit or 120, 1e-4)
+        row.update(
+            gpu_types=len(cluster.composition()),
+            links=len(cluster.links),
+            cluster_build_s=round(build_s, 3),
+            capacity_model="roofline (GPU specs)",
+            helix_gurobi_tokens_per_s=None,
+            target="1,000 nodes of 8 types: valid placement in <= 120 s on 2 cores, bound reported",
+        )
+        row["target_met"] = (
+            row["value_tokens_per_s"] > 0 and row["elapsed_s"] <= 121 and row["gpu_types"] == 8
+        )
         rows.append(row)
         print(json.dumps(row), flush=True)
     out = {

@@ -51,7 +51,8 @@ class FlowResult:
 
 def solve_max_flow(graph: FlowGraph) -> FlowResult:
     """Max flow from `SOURCE` to `SINK` of `graph`."""
-    index = {v: i for i, v in enumerate(graph.vertices)}
+    vertices = graph.vertices  # a property that walks every edge: read it once
+    index = {v: i for i, v in enumerate(vertices)}
     solver = ortools_max_flow.SimpleMaxFlow()
     for edge in graph.edges:
         solver.add_arc_with_capacity(
@@ -67,7 +68,7 @@ def solve_max_flow(graph: FlowGraph) -> FlowResult:
         flows[(edge.src_node, edge.dst_node, edge.kind)] = value
         if edge.kind == "node":
             inflow[edge.src_node] = value
-    source_side = {graph.vertices[i] for i in solver.get_source_side_min_cut()}
+    source_side = {vertices[i] for i in solver.get_source_side_min_cut()}
     cut = tuple(e for e in graph.edges if e.tail in source_side and e.head not in source_side)
     return FlowResult(solver.optimal_flow() / SCALE, flows, inflow, cut)
 

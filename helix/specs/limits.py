@@ -20,7 +20,7 @@ from helix.errors import HelixInputError
 MAX_CONFIG_FILE_BYTES = 16 << 20  # Helix INI (a full mesh of links grows with nodes²), plan JSON, profiles
 MAX_YAML_FILE_BYTES = 1 << 20  # cluster YAML (links come from regions; PyYAML reads ~ 100 kB/s)
 MAX_TRACE_FILE_BYTES = 512 << 20  # workload traces (a day of Azure's trace is ~ 100 MB), after unzipping
-MAX_NODES = 512  # nodes of one cluster (every pair of nodes gets a link: 262k links)
+MAX_NODES = 1024  # nodes of one cluster (every pair of nodes gets a link: 1M links, ~300 MB, ~4 s to build)
 MAX_NESTING_DEPTH = 32  # nested mappings / lists in a YAML or JSON file
 MAX_YAML_NODES = 1_000_000  # YAML values after expanding aliases (defeats "billion laughs" files)
 MAX_SIMULATED_REQUESTS = 5_000_000  # online arrivals: rate × simulated seconds

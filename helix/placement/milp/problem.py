@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from helix.errors import HelixInputError
 from helix.flow.graph import node_capacity_tokens_per_s
 from helix.perf.base import CapacityModel
@@ -188,27 +190,34 @@ def check_feasible(problem: Problem, cluster: ClusterSpec, model: ModelSpec) -> 
 
 def _reachable_boundaries(problem: Problem, cluster: ClusterSpec, model: ModelSpec) -> set[int]:
     """Boundaries b such that some chain of linked nodes covers [0, b), starting at the coordinator
-    (a node-level search over (node, end boundary) states; ignores that a node appears once)."""
+    (ignores that a node appears once). Chains only grow, so boundaries are settled in increasing order:
+    ``ends[e, v]`` (a chain ending at node v covers [0, e)) holds when v was entered at some b in
+    [e − max_layers(v), e); v is entered at b = 0 when the coordinator links to it, and at b > 0 when a
+    node u ≠ v with ``ends[b, u]`` links to it. O(L · N²) boolean work (N nodes), vectorised."""
     L = problem.num_layers
     max_k = {n: c.max_layers for c in problem.classes for n in c.nodes}
-    starts = [n for c in problem.classes if c.source_cap[1] > 0 for n in c.nodes]
-    frontier = {(n, e) for n in starts for e in range(1, max_k[n] + 1)}
-    seen = set(frontier)
-    succ = {n: [b for b in max_k if b != n and cluster.link(n, b) is not None] for n in max_k}
-    while frontier:
-        nxt = set()
-        for node, end in frontier:
-            for other in succ[node]:
-                for e in range(end + 1, min(L, end + max_k[other]) + 1):
-                    if (other, e) not in seen:
-                        seen.add((other, e))
-                        nxt.add((other, e))
-        frontier = nxt
-    sink_nodes = {n for c in problem.classes if c.sink_cap[1] > 0 for n in c.nodes}
-    ends = {e for n, e in seen}
-    if not any(e == L and n in sink_nodes for n, e in seen):
-        ends.discard(L)
-    return ends | {0}
+    names = list(max_k)
+    index = {n: i for i, n in enumerate(names)}
+    k = np.array([max_k[n] for n in names], dtype=np.int64)
+    adjacency = np.zeros((len(names), len(names)), dtype=bool)
+    for src, dst in cluster.link_by_pair:
+        if src in index and dst in index and src != dst:
+            adjacency[index[src], index[dst]] = True
+    ends = np.zeros((L + 1, len(names)), dtype=bool)
+    entered = np.zeros(len(names), dtype=bool)
+    for c in problem.classes:
+        if c.source_cap[1] > 0:
+            entered[[index[n] for n in c.nodes]] = True
+    for b in range(L):
+        if b > 0:
+            entered = adjacency[ends[b]].any(axis=0)
+        for d in range(1, min(int(k.max(initial=0)), L - b) + 1):
+            ends[b + d] |= entered & (k >= d)
+    reached = {e for e in range(1, L + 1) if ends[e].any()}
+    sinks = [index[n] for c in problem.classes if c.sink_cap[1] > 0 for n in c.nodes]
+    if not ends[L, sinks].any():
+        reached.discard(L)
+    return reached | {0}
 
 
 __all__ = ["NodeClass", "Problem", "build_problem", "check_feasible"]
