@@ -84,6 +84,7 @@ PLANNER_TIME_LIMIT_S = 60.0
 CHECK_CANDIDATES = 8
 CONFIRM_CANDIDATES = 2
 CONFIRM_WITHIN = 0.1  # confirm only candidates within 10 % of the best first check (else it stands)
+CHECK_WORKERS = 2  # processes for the simulated checks: `helix plan`'s default --threads
 
 
 @cache
@@ -124,6 +125,7 @@ def default_options(name: str, preset: str) -> PlannerOptions:
             seeds=seeds,
             kv_params=KVParameters(*KV_PARAMS[preset]),
             cache=cache,
+            workers=CHECK_WORKERS,  # in-process when planning runs in the bench's own pool
         )
 
     return PlannerOptions(
@@ -331,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         # one cluster at a time: each is written as soon as it is complete
         for done, name in enumerate(names):
             row, stats = run_cluster(pool, name, started)
-            row["measured"] = run_settings(name, code)
+            row["measured"] = run_settings(name, code, args.workers)
             record["clusters"][name] = row
             record["clusters_from_an_earlier_run"] = sorted(set(record["clusters"]) - set(names[: done + 1]))
             for key, value in stats.items():
@@ -365,15 +367,18 @@ def code_version() -> str:
     return out.stdout.strip()
 
 
-def run_settings(name: str, code: str) -> dict:
+def run_settings(name: str, code: str, workers: int) -> dict:
     """What one cluster's figures were measured with (kept beside them when other clusters are rerun);
-    `code`: the checkout's version when the run started."""
+    `code`: the checkout's version when the run started; `workers`: the bench's pool (1: planning runs
+    one at a time, each with its checks on `CHECK_WORKERS` processes; more: checks in-process)."""
     warmup, window = WINDOWS[name]
     return {
         "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "code": code,
         "warmup_s": warmup,
         "duration_s": window,
+        "workers": workers,
+        "check_workers": CHECK_WORKERS if workers == 1 else 1,
         "check_candidates": CHECK_CANDIDATES,
         "confirm_candidates": CONFIRM_CANDIDATES,
         "confirm_within": CONFIRM_WITHIN,

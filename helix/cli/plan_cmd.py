@@ -82,7 +82,9 @@ def plan_command(
     capacity: str = CapacityOpt,
     partial_overlap: bool = typer.Option(False, "--partial-overlap", help="Allow s_j <= e_i < e_j links."),
     time_limit: float = typer.Option(60.0, "--time-limit", help="Seconds for search-based methods."),
-    threads: int = typer.Option(2, "--threads", help="Solver threads."),
+    threads: int = typer.Option(
+        2, "--threads", help="Solver threads, and processes for the served objective's simulated checks."
+    ),
     seed: int = typer.Option(0, "--seed"),
     mip_gap: float = typer.Option(1e-4, "--mip-gap", help="Stop at this relative gap."),
     objective: str = typer.Option(
@@ -126,7 +128,15 @@ def plan_command(
     if confirm < 0:
         raise HelixInputError("must be >= 0", field="--confirm", fix="pass --confirm 0 (none) or e.g. 2")
     serving, checkers = _served_inputs(
-        cluster_spec, model_spec, capacity_model, workload, fidelity, check, check_duration, partial_overlap
+        cluster_spec,
+        model_spec,
+        capacity_model,
+        workload,
+        fidelity,
+        check,
+        check_duration,
+        partial_overlap,
+        threads,
     )
     options = PlannerOptions(
         serving=serving,
@@ -195,7 +205,7 @@ def plan_command(
     typer.echo(json.dumps(summary))
 
 
-def _served_inputs(cluster, model, capacity, workload, fidelity, check, duration_s, partial_overlap):
+def _served_inputs(cluster, model, capacity, workload, fidelity, check, duration_s, partial_overlap, workers):
     """(ServingSetup, [(checker, description) on seed 0, (checker, description) on seeds 0-4]) for the
     served objective; no checkers when `check` is 0. The two share their simulations."""
     from helix.scheduling.kv import KVParameters
@@ -228,6 +238,7 @@ def _served_inputs(cluster, model, capacity, workload, fidelity, check, duration
             partial_overlap=partial_overlap,
             cache=cache,
             setup=setup,
+            workers=workers,
         )
         seed_text = f"seed {seeds[0]}" if len(seeds) == 1 else f"mean over seeds {list(seeds)}"
         windows = f"60 s (longer while KV fills) + {duration_s:g} s"

@@ -11,7 +11,10 @@ fall behind once contexts grow, so use the window the result will be judged on.
 from __future__ import annotations
 
 import math
+import multiprocessing as mp
+import os
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from typing import Any
 
@@ -104,6 +107,7 @@ def simulation_checker(
     max_tokens: float = 2e6,
     cache: dict | None = None,
     setup: ServingSetup | None = None,
+    workers: int = 1,
 ):
     """A `PlannerOptions.checker`: each placement's mean offline decode tokens/s over `seeds`.
 
@@ -112,7 +116,9 @@ def simulation_checker(
     Simulation cost grows with the tokens simulated: where max flow × (warm-up + duration) exceeds
     `max_tokens` (small models on fast clusters), both windows shrink in proportion. `cache` (a dict
     shared between checkers of the same settings, e.g. a screening checker on one seed and a confirming
-    one on five) keeps each (placement, seed) result, so no run is repeated."""
+    one on five) keeps each (placement, seed) result, so no run is repeated. `workers` > 1 runs the
+    simulations of one call in that many forked processes (`parallel_map`); each is deterministic, so
+    the values do not depend on it."""
     memo: dict = {} if cache is None else cache
 
     def window(placement: Placement) -> SimConfig:
@@ -128,29 +134,70 @@ def simulation_checker(
         return replace(base, warmup_s=base.warmup_s * scale, duration_s=base.duration_s * scale)
 
     def check(placements: Sequence[Placement]) -> list[float]:
-        out = []
-        for given in placements:
-            placement = canonical(given)
-            base = window(placement)
-            values = []
-            for seed in seeds:
-                if (placement, seed) not in memo:
-                    memo[placement, seed] = simulate(
-                        cluster,
-                        model,
-                        placement,
-                        capacity,
-                        lengths,
-                        replace(base, mode="offline", seed=seed),
-                        scheduler=scheduler,
-                        kv_params=kv_params,
-                        partial_overlap=partial_overlap,
-                    )["summary"]["decode_tokens_per_s"]
-                values.append(memo[placement, seed])
-            out.append(sum(values) / len(values))
-        return out
+        chosen = [canonical(given) for given in placements]
+        jobs = {}
+        for placement in chosen:
+            missing = [seed for seed in seeds if (placement, seed) not in memo]
+            if missing:
+                base = window(placement)
+                jobs.update({(placement, seed): replace(base, mode="offline", seed=seed) for seed in missing})
+        runs = [
+            (cluster, model, placement, capacity, lengths, run_config, scheduler, kv_params, partial_overlap)
+            for (placement, _), run_config in jobs.items()
+        ]
+        memo.update(zip(jobs, parallel_map(_decode_tokens_per_s, runs, workers), strict=True))
+        return [sum(memo[p, seed] for seed in seeds) / len(seeds) for p in chosen]
 
     return check
+
+
+def _decode_tokens_per_s(args: tuple) -> float:
+    """One offline simulation's decode tokens/s (module level: it runs in worker processes)."""
+    cluster, model, placement, capacity, lengths, config, scheduler, kv_params, partial_overlap = args
+    result = simulate(
+        cluster,
+        model,
+        placement,
+        capacity,
+        lengths,
+        config,
+        scheduler=scheduler,
+        kv_params=kv_params,
+        partial_overlap=partial_overlap,
+    )
+    return result["summary"]["decode_tokens_per_s"]
+
+
+def parallel_map(function, items: Sequence, workers: int) -> list:
+    """`[function(x) for x in items]`, in up to `workers` forked processes when there are several items
+    (results in order). The processes inherit `function` and `items` (nothing but an index and the
+    result is pickled: specs hold read-only mappings). In-process where forking is not possible: one
+    worker or one item, a daemonic process (a multiprocessing pool's worker may not have children), or
+    no ``fork`` start method."""
+    workers = min(workers, len(items))
+    if workers <= 1 or mp.current_process().daemon or "fork" not in mp.get_all_start_methods():
+        return [function(item) for item in items]
+    context = mp.get_context("fork")
+    with ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_inherit, initargs=(function, items)
+    ) as pool:
+        return list(pool.map(_run_inherited, range(len(items))))
+
+
+_INHERITED: dict = {}  # set only inside a `parallel_map` worker process, by its initializer
+
+
+def _inherit(function, items) -> None:
+    _INHERITED["function"], _INHERITED["items"] = function, items
+
+
+def _run_inherited(index: int):
+    return _INHERITED["function"](_INHERITED["items"][index])
+
+
+def default_workers() -> int:
+    """Processes for simulated checks: the cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def canonical(placement: Placement) -> Placement:

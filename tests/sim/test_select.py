@@ -94,3 +94,31 @@ def test_checks_do_not_depend_on_the_placements_node_order(helix_setup, ref):
         for placement in (plan, reordered)
     ]
     assert values[0] == values[1] > 0
+
+
+def test_checks_in_forked_workers_equal_checks_in_process(model):
+    """`workers` > 1 simulates in forked processes: the same values, in order, and cached alike."""
+    import os
+
+    from helix.sim.select import parallel_map, simulation_checker
+
+    cluster = make_cluster(["a", "b"])
+    capacity = FlatCapacity(100.0)
+    plans = [
+        Placement.from_pairs({"a": (0, 80)}),
+        Placement.from_pairs({"a": (0, 40), "b": (40, 80)}),
+        Placement.from_pairs({"a": (0, 80), "b": (0, 80)}),
+    ]
+    lengths = Lengths(np.array([10, 30]), np.array([200, 400]), "test")
+    config = SimConfig(model_loading=False, initial_requests=4, feed="population", duration_s=60)
+    values = {}
+    for workers in (1, 2):
+        cache: dict = {}
+        check = simulation_checker(
+            cluster, model, capacity, lengths, config, seeds=(0, 1), cache=cache, workers=workers
+        )
+        values[workers] = check(plans)
+        assert len(cache) == 6 and check(plans) == values[workers]
+    assert values[1] == values[2] and len(set(values[1])) == 3
+    pids = parallel_map(lambda _: os.getpid(), [None] * 4, 2)
+    assert os.getpid() not in pids  # forked workers ran them
