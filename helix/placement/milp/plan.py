@@ -326,10 +326,12 @@ def _result(
         )
     warnings = []
     if incumbent.source.startswith("baseline") and incumbent.gap() > options.mip_gap:
-        warnings.append(
-            f"the time limit ({options.time_limit_s:g} s) expired before the search improved "
-            f"on the best baseline ({incumbent.source[len('baseline ') :]})"
+        why = (
+            f"the time limit ({options.time_limit_s:g} s) expired before the search improved"
+            if stopped_by.startswith("time limit")
+            else "the search, within its work budget, found nothing better than"
         )
+        warnings.append(f"{why} the best baseline ({incumbent.source[len('baseline ') :]})")
     used = set(incumbent.placement)
     unused = sorted(n for c in problem.classes for n in c.nodes if n not in used)
     details = {
