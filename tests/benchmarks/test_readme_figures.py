@@ -284,6 +284,13 @@ FIGURES: list[tuple[str, list[tuple[Callable[[], Any], Callable[[Any], str]]]]] 
     _planner_row("3cluster24", "3cluster24 (full file), LLaMA-2-70B", "1212.2 (2655 s)", ""),
     _planner_row("cluster42", "cluster42, LLaMA-2-70B", "4137.5 (Swarm 4892.2)", ""),
     _planner_row("synthetic200", "synthetic, 200 nodes, 5 GPU types, 4 regions", "—", ""),
+    (
+        "(the cluster itself, with {} links, is built in {} s)",
+        [
+            (at(PL, "instances.instance=synthetic1000.links"), lambda v: f"{v:,}"),
+            (at(PL, "instances.instance=synthetic1000.cluster_build_s"), f1),
+        ],
+    ),
     _planner_row(
         "synthetic1000", "synthetic, 1,000 nodes, 8 GPU types, 5 regions (roofline capacity model)", "—", ""
     ),
