@@ -120,6 +120,30 @@ def _served_row(cluster: str, preset: str, mode: str) -> tuple:
     )
 
 
+def _served_vs_baselines_row(cluster: str, preset: str, mode: str) -> tuple:
+    """A row of README's table for a cluster without a Helix plan: default, the best other method, ratio."""
+    s = f"clusters.{cluster}.presets.{preset}.{mode}."
+
+    def best(field: str) -> Callable[[], float]:
+        def get() -> float:
+            block = _json(PS)["clusters"][cluster]["presets"][preset][mode]
+            return block["methods"][block["best_other_method"]]["decode_tokens_per_s"][field]
+
+        return get
+
+    return (
+        f"| {cluster}, {preset}, {mode} | {{}} ± {{}} | {{}} {{}} ± {{}} | **{{}}×** |",
+        [
+            (at(PS, s + "methods.default.decode_tokens_per_s.mean"), f1),
+            (at(PS, s + "methods.default.decode_tokens_per_s.sd"), f1),
+            (at(PS, s + "best_other_method"), str),
+            (best("mean"), f1),
+            (best("sd"), f1),
+            (at(PS, s + "default_over_best_other"), f2),
+        ],
+    )
+
+
 def _paper_row(cluster: str) -> tuple:
     """A row of README's paper-comparison table (bench_simulator.py): Helix's placement and ours in both
     presets (mean ± sd over the held-out seeds), then separate pipelines."""
@@ -182,6 +206,18 @@ FIGURES: list[tuple[str, list[tuple[Callable[[], Any], Callable[[Any], str]]]]] 
         for c in ("single24", "3cluster24", "cluster42")
         for p in ("helix", "improved")
         for m in ("offline", "online")
+    ),
+    *(
+        _served_vs_baselines_row("synthetic200", p, m)
+        for p in ("helix", "improved")
+        for m in ("offline", "online")
+    ),
+    (
+        "Its planning took {} s and {} s.",
+        [
+            (at(PS, f"clusters.synthetic200.planning.{p}.default.planner_s"), f1)
+            for p in ("helix", "improved")
+        ],
     ),
     (
         "The default's planning took {} s and {} s on single24, {} s and {} s on 3cluster24, "

@@ -116,7 +116,7 @@ CASES = [
     ("duration-1e9", [*SIM, "--duration", "1e9"], {}, ["--duration", "a week"]),
     ("duration-inf", [*SIM, "--duration", "inf"], {}, ["--duration"]),
     ("count-100000", _yaml(""), {"c.yaml": "nodes:\n  - {name: t, gpu: T4, count: 100000}\n"}, ["1024-node"]),
-    ("many-nodes", _yaml(""), {"c.yaml": "nodes:\n" + "  - {name: t, gpu: T4, count: 100}\n" * 11}, ["limit"]),
+    ("many-nodes", _yaml(""), {"c.yaml": "nodes:\n" + "  - {name: t, gpu: T4, count: 200}\n" * 6}, ["limit"]),
     ("alias-bomb", _yaml(""), {"c.yaml": _bomb()}, ["expands to more than"]),
     ("deep-yaml", _yaml(""), {"c.yaml": "nodes: " + "[" * 60 + "]" * 60 + "\n"}, ["nested"]),
     ("very-deep-yaml", _yaml(""), {"c.yaml": "nodes: " + "[" * 5000 + "]" * 5000 + "\n"}, ["nested"]),
