@@ -28,6 +28,7 @@ import numpy as np
 from helix.engine.profile_io import write_profile
 from helix.engine.profiler import ProfileResult
 from helix.perf.profiles import load_profiles
+from helix.runtime.worker_loop import MAX_STEP_TOKENS
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +93,7 @@ def write_emulated_profiles(
     factors: Mapping[str, float],
     kv_blocks_by_layers: Mapping[int, int],
     *,
-    max_prompt_tokens: int = 4096,
+    max_prompt_tokens: int = MAX_STEP_TOKENS,  # what a worker's step takes
     max_decode_seqs: int = 1024,
     prompt_tokens_per_request: int = 64,
 ) -> dict[str, dict[str, list[tuple[int, float]]]]:
