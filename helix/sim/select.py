@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import multiprocessing as mp
-import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
@@ -133,6 +132,21 @@ def simulation_checker(
         scale = min(1.0, max_tokens / max(1e-9, flow.value_tokens_per_s * total_s))
         return replace(base, warmup_s=base.warmup_s * scale, duration_s=base.duration_s * scale)
 
+    def decode_tokens_per_s(job: tuple[Placement, SimConfig]) -> float:
+        placement, run_config = job
+        result = simulate(
+            cluster,
+            model,
+            placement,
+            capacity,
+            lengths,
+            run_config,
+            scheduler=scheduler,
+            kv_params=kv_params,
+            partial_overlap=partial_overlap,
+        )
+        return result["summary"]["decode_tokens_per_s"]
+
     def check(placements: Sequence[Placement]) -> list[float]:
         chosen = [canonical(given) for given in placements]
         jobs = {}
@@ -141,31 +155,11 @@ def simulation_checker(
             if missing:
                 base = window(placement)
                 jobs.update({(placement, seed): replace(base, mode="offline", seed=seed) for seed in missing})
-        runs = [
-            (cluster, model, placement, capacity, lengths, run_config, scheduler, kv_params, partial_overlap)
-            for (placement, _), run_config in jobs.items()
-        ]
-        memo.update(zip(jobs, parallel_map(_decode_tokens_per_s, runs, workers), strict=True))
+        runs = [(placement, run_config) for (placement, _), run_config in jobs.items()]
+        memo.update(zip(jobs, parallel_map(decode_tokens_per_s, runs, workers), strict=True))
         return [sum(memo[p, seed] for seed in seeds) / len(seeds) for p in chosen]
 
     return check
-
-
-def _decode_tokens_per_s(args: tuple) -> float:
-    """One offline simulation's decode tokens/s (module level: it runs in worker processes)."""
-    cluster, model, placement, capacity, lengths, config, scheduler, kv_params, partial_overlap = args
-    result = simulate(
-        cluster,
-        model,
-        placement,
-        capacity,
-        lengths,
-        config,
-        scheduler=scheduler,
-        kv_params=kv_params,
-        partial_overlap=partial_overlap,
-    )
-    return result["summary"]["decode_tokens_per_s"]
 
 
 def parallel_map(function, items: Sequence, workers: int) -> list:
@@ -193,11 +187,6 @@ def _inherit(function, items) -> None:
 
 def _run_inherited(index: int):
     return _INHERITED["function"](_INHERITED["items"][index])
-
-
-def default_workers() -> int:
-    """Processes for simulated checks: the cores this process may use."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def canonical(placement: Placement) -> Placement:
