@@ -48,7 +48,14 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_runtime_2gpu import LLAMA3_8B, TINY, reference_outputs, run_requests, worker_specs  # noqa: E402
+from bench_runtime_2gpu import (  # noqa: E402
+    LLAMA3_8B,
+    TINY,
+    reference_outputs,
+    resolve_device,
+    run_requests,
+    worker_specs,
+)
 
 from helix.engine.config import EngineConfig, LayerRange, ModelConfig  # noqa: E402
 from helix.engine.llm_engine import LLMEngine  # noqa: E402
@@ -390,12 +397,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--question-tokens", type=int, default=32)
     parser.add_argument("--prefix-requests", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    args.device = "cpu" if args.tiny or not torch.cuda.is_available() else "cuda"
-    args.dtype = "float32" if args.device == "cpu" else "bfloat16"
-    args.dtype_t = getattr(torch, args.dtype)
-    args.itemsize = torch.empty((), dtype=args.dtype_t).element_size()
-    args.threads = 1
+    args = resolve_device(parser.parse_args())
     if args.device == "cpu":
         torch.set_num_threads(args.threads)  # the in-process engine like a worker process
     return args

@@ -350,7 +350,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--kv-tokens", type=int, default=65536)
     parser.add_argument("--max-model-len", type=int, default=1024)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    return resolve_device(parser.parse_args())
+
+
+def resolve_device(args: argparse.Namespace) -> argparse.Namespace:
+    """`args` with the device (CPU with ``--tiny`` or without CUDA), its dtype (float32 / bfloat16), the
+    dtype's torch type and item size, and one thread per worker; the GPU serving benchmarks share it."""
     args.device = "cpu" if args.tiny or not torch.cuda.is_available() else "cuda"
     args.dtype = "float32" if args.device == "cpu" else "bfloat16"
     args.dtype_t = getattr(torch, args.dtype)

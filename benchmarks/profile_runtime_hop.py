@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_runtime_1gpu import CLUSTER, workload  # noqa: E402
-from bench_runtime_2gpu import LLAMA3_8B, TINY, run_requests, worker_specs  # noqa: E402
+from bench_runtime_2gpu import LLAMA3_8B, TINY, resolve_device, run_requests, worker_specs  # noqa: E402
 
 import helix.runtime.processes as processes  # noqa: E402
 from helix.runtime import coordinator as coordinator_module  # noqa: E402
@@ -360,10 +360,7 @@ def parse_args() -> argparse.Namespace:
         "sockets on TCP loopback; ipc: unencrypted sockets in a private directory)",
     )
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    args.device = "cpu" if args.tiny or not torch.cuda.is_available() else "cuda"
-    args.dtype = "float32" if args.device == "cpu" else "bfloat16"
-    args.itemsize = 4 if args.device == "cpu" else 2
+    args = resolve_device(parser.parse_args())
     if args.tiny:
         args.kv_tokens = min(args.kv_tokens, 16384)
     return args
