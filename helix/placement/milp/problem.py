@@ -208,10 +208,11 @@ def _reachable_boundaries(problem: Problem, cluster: ClusterSpec, model: ModelSp
     for c in problem.classes:
         if c.source_cap[1] > 0:
             entered[[index[n] for n in c.nodes]] = True
+    longest = int(k.max(initial=0))
     for b in range(L):
         if b > 0:
             entered = adjacency[ends[b]].any(axis=0)
-        for d in range(1, min(int(k.max(initial=0)), L - b) + 1):
+        for d in range(1, min(longest, L - b) + 1):
             ends[b + d] |= entered & (k >= d)
     reached = {e for e in range(1, L + 1) if ends[e].any()}
     sinks = [index[n] for c in problem.classes if c.sink_cap[1] > 0 for n in c.nodes]
