@@ -234,7 +234,16 @@ def engine_serving(hf: dict, args, device: torch.device) -> dict:
     return out
 
 
-def sweep(label: str, ranges, hf: dict, check, reference, args, device_turns: bool = True) -> dict:
+def sweep(
+    label: str,
+    ranges,
+    hf: dict,
+    check,
+    reference,
+    args,
+    device_turns: bool = True,
+    max_stages: int | None = None,
+) -> dict:
     names = [f"n{i}" for i in range(len(ranges))]
     device = "cuda:0" if args.device == "cuda" else "cpu"
     specs = worker_specs(
@@ -260,7 +269,9 @@ def sweep(label: str, ranges, hf: dict, check, reference, args, device_turns: bo
             placement,
             capacity_model(cluster, model),
             max_model_len=args.max_model_len,
-            pipeline_decode_max_stages=args.pipeline_decode_max_stages,
+            pipeline_decode_max_stages=max_stages
+            if max_stages is not None
+            else args.pipeline_decode_max_stages,
         )
         result["startup_s"] = time.perf_counter() - started
         result["workers"] = {
@@ -386,12 +397,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--pipeline-decode-max-stages",
         type=int,
-        default=1,
-        help="routes of up to this many workers decode on their own (CoordinatorConfig; with 2 the "
-        "two-worker route measured 5,356 tok/s against 6,040 with 1)",
+        default=None,
+        help="routes of up to this many workers decode on their own (CoordinatorConfig; default: any "
+        "route); the two_workers_coordinator_decode deployment sets 1",
     )
     parser.add_argument(
-        "--configs", nargs="+", default=["one_worker", "two_workers", "two_workers_without_turns"]
+        "--configs",
+        nargs="+",
+        default=["one_worker", "two_workers", "two_workers_coordinator_decode", "two_workers_without_turns"],
     )
     parser.add_argument("--system-prompt-tokens", type=int, default=384)
     parser.add_argument("--question-tokens", type=int, default=32)
@@ -425,14 +438,22 @@ def main() -> None:
     check = [rng.integers(0, args.vocab, n).tolist() for n in (7, 33, 100)]
     reference = reference_outputs(hf, check, args.check_tokens, args, device)
     split = ((0, 3 * layers // 8), (3 * layers // 8, layers))
-    plans = {"one_worker": ((0, layers),), "two_workers": split, "two_workers_without_turns": split}
+    plans = {
+        "one_worker": ((0, layers),),
+        "two_workers": split,
+        "two_workers_without_turns": split,
+        "two_workers_coordinator_decode": split,
+    }
     result["configs"] = {}
     best = result["engine_serving"]["saturation_decode_tokens_per_s"]
     decode_best = result["engine"]["best_tokens_per_s"]
     for label in args.configs:
         try:
             turns = label != "two_workers_without_turns"  # the ablation: both contexts time-sliced
-            config = sweep(label, plans[label], hf, check, reference, args, device_turns=turns)
+            stages = 1 if label == "two_workers_coordinator_decode" else None  # the ablation: every token
+            config = sweep(
+                label, plans[label], hf, check, reference, args, device_turns=turns, max_stages=stages
+            )
             config["saturation_over_engine_best"] = config["saturation_decode_tokens_per_s"] / best
             config["saturation_over_engine_decode_best"] = (
                 config["saturation_decode_tokens_per_s"] / decode_best

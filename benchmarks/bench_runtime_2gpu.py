@@ -38,7 +38,7 @@ from helix.engine.model_runner import ModelRunner
 from helix.engine.sampling_params import SamplingParams
 from helix.runtime.emulation import capacity_model
 from helix.runtime.loadgen import LoadSpec, Sample, summarise
-from helix.runtime.messages import HopBatch, StageItem, decode, encode
+from helix.runtime.messages import DecodeRows, HopBatch, decode, encode
 from helix.runtime.processes import (
     ProcessDeployment,
     ProcessWorkerSpec,
@@ -92,11 +92,11 @@ def hop_parts(hidden_size: int, batches: list[int], device: torch.device) -> lis
     rows = []
     for batch in batches:
         hidden = torch.randn(batch, hidden_size, device=device).to(torch.bfloat16)
-        items = [StageItem(i, 200 + i, 1) for i in range(batch)]
-        message = HopBatch(items, hidden, time.time())
+        rows = DecodeRows.from_lists(list(range(batch)), [200 + i for i in range(batch)], [1] * batch)
+        message = HopBatch([], hidden, time.time(), "n0", rows)
         host = hidden.cpu()
         frames = encode(message)
-        message_on_host = HopBatch(items, host, time.time())
+        message_on_host = HopBatch([], host, time.time(), "n0", rows)
 
         def d2h(hidden=hidden) -> None:
             hidden.cpu()

@@ -38,7 +38,7 @@ from helix.runtime import coordinator as coordinator_module  # noqa: E402
 from helix.runtime import transport  # noqa: E402
 from helix.runtime.emulation import capacity_model  # noqa: E402
 from helix.runtime.keys import WireKeys  # noqa: E402
-from helix.runtime.messages import HopBatch, StageItem  # noqa: E402
+from helix.runtime.messages import DecodeRows, HopBatch  # noqa: E402
 from helix.specs.cluster_yaml import cluster_from_dict  # noqa: E402
 from helix.specs.model import model_from_hf_config  # noqa: E402
 from helix.specs.placement import Placement  # noqa: E402
@@ -98,16 +98,17 @@ def install_worker_tracing(phases: Phases) -> None:
 
     phases.wrap(worker_module._Inputs, "pack", "pack_inputs")  # pinned staging of the received inputs
     phases.wrap(stage_backend.StageBackend, "forward", "backend_forward")
+    phases.wrap(stage_backend.StageBackend, "forward_decode", "backend_forward")
     phases.wrap(stage_backend.StageBackend, "sample_launch", "sample_launch")
 
     original_launch = worker_module.Worker._launch_device_work
 
-    def launch(self, items, inputs, errors, started):
+    def launch(self, items, rows, inputs, errors, started):
         t0 = time.perf_counter()
         begin = torch.cuda.Event(enable_timing=True) if torch.cuda.is_available() else None
         if begin is not None:
             begin.record()
-        out = original_launch(self, items, inputs, errors, started)
+        out = original_launch(self, items, rows, inputs, errors, started)
         end = None
         if begin is not None:
             end = torch.cuda.Event(enable_timing=True)
@@ -118,8 +119,8 @@ def install_worker_tracing(phases: Phases) -> None:
             {
                 "t0": t0,
                 "launched": t1,
-                "tokens": sum(i.num_new_tokens for i in items),
-                "items": len(items),
+                "tokens": sum(i.num_new_tokens for i in items) + len(rows.seq_ids),
+                "items": len(items) + len(rows.seq_ids),
                 "events": (begin, end),
             }
         )
@@ -185,7 +186,8 @@ def wire_microbench(repeats: int) -> list[dict]:
             rx, tx = transport.Wire(keys, "rx"), transport.Wire(keys, "tx")
             inbox, outbox = rx.inbox("127.0.0.1"), tx.outbox()
             hidden = torch.randn(tokens, 4096).to(torch.bfloat16)
-            message = HopBatch([StageItem(i, 200, 1, admission=1) for i in range(tokens)], hidden, 0.0, "n0")
+            decodes = DecodeRows.from_lists(list(range(tokens)), [200] * tokens, [1] * tokens)
+            message = HopBatch([], hidden, 0.0, "n0", decodes)
             times = []
             for _ in range(repeats + 2):
                 start = time.perf_counter()

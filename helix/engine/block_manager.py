@@ -180,6 +180,24 @@ class BlockManager:
         self._num_tokens[seq_id] += num_new_tokens
         return added
 
+    def grow_to(self, seq_id: int, num_tokens: int) -> bool:
+        """`append` of a known sequence up to `num_tokens` tokens in all, when the free blocks allow: True
+        when done (or nothing to add), False for an unknown sequence or too few free blocks (nothing
+        changes). The check and the act in one call: a decode step grows every sequence by a token."""
+        held = self._num_tokens.get(seq_id)
+        if held is None:
+            return False
+        if num_tokens <= held:
+            return True
+        table = self._block_tables[seq_id]
+        needed = -(-num_tokens // self.block_size) - len(table)
+        if needed > 0:
+            if needed > len(self._free_blocks) + len(self._evictable):
+                return False
+            table.extend([self._new_block() for _ in range(needed)])
+        self._num_tokens[seq_id] = num_tokens
+        return True
+
     def free(self, seq_id: int) -> None:
         """Drop a sequence's references (no-op for an unknown sequence, so cancel is idempotent)."""
         table = self._block_tables.pop(seq_id, None)

@@ -14,7 +14,7 @@ import importlib.util
 import numpy as np
 import torch
 
-from helix.engine.batch import AttentionMetadata, PrefillSegment, StepBatch
+from helix.engine.batch import AttentionMetadata, PrefillSegment, SeqChunk, StepBatch
 from helix.engine.block_manager import BlockManager
 from helix.engine.config import EngineConfig
 from helix.engine.cuda_graphs import DecodeGraphs
@@ -218,6 +218,24 @@ class ModelRunner:
             return hidden
         rows = torch.tensor(batch.last_token_rows()).to(self.device, non_blocking=True)
         return self.model.compute_logits(hidden.index_select(0, rows))
+
+    @torch.inference_mode()
+    def execute_decode(self, seq_ids: list[int], context: list[int], inputs: torch.Tensor) -> torch.Tensor:
+        """`execute` of a pure-decode step whose KV is already reserved: sequence `seq_ids[i]` computes
+        one new token after `context[i]` cached ones and already holds `context[i] + 1` tokens of blocks
+        (`BlockManager.append`). A runtime worker grows its requests' KV while it admits them, so its
+        decode steps replay a graph without building a `StepBatch` (no Python object per request)."""
+        graphs = self.graphs
+        if graphs is None or not graphs.bucket_for(len(seq_ids)):
+            chunks = tuple(SeqChunk(s, c, 1) for s, c in zip(seq_ids, context, strict=True))
+            return self.execute(StepBatch(chunks), inputs)
+        manager = self.block_manager
+        lens = [c + 1 for c in context]
+        for seq_id, length in zip(seq_ids, lens, strict=True):
+            if manager.num_tokens(seq_id) < length:  # a caller that did not reserve: fail, never misplace K/V
+                raise ValueError(f"sequence {seq_id} has no KV reserved for position {length - 1}")
+        tables = [manager.block_table(s) for s in seq_ids]
+        return graphs.run(inputs.to(self.device, non_blocking=True), seq_ids, lens, tables)
 
     def _reserve_decode(self, batch: StepBatch) -> None:
         """`reserve` for decode chunks of known sequences, without the general checks' overhead."""

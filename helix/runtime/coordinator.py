@@ -10,8 +10,8 @@ One thread owns the coordinator's sockets and state. Each loop iteration it
 3. retries admission of waiting requests (the scheduler's `AdmissionQueue`: FIFO, KV expectation);
 4. sends one `HopBatch` per first-hop worker with all iterations started in this loop iteration.
 
-With `CoordinatorConfig.pipeline_decode` (the default, for routes of up to `pipeline_decode_max_stages`
-workers) the coordinator starts only the prompt iteration:
+With `CoordinatorConfig.pipeline_decode` (the default, for routes of any length unless
+`pipeline_decode_max_stages` says otherwise) the coordinator starts only the prompt iteration:
 it gives the route a decode budget (`StageItem.decode_budget`: the tokens left to max_tokens or to the
 context window) and the route's last stage feeds every sampled token straight back to its first stage,
 so decode steps never wait for a round trip through the coordinator; the coordinator still gets, emits
@@ -58,7 +58,15 @@ from dataclasses import dataclass
 from helix.engine.sampling_params import SamplingParams
 from helix.errors import HelixInputError
 from helix.runtime.keys import WireKeys
-from helix.runtime.messages import COORDINATOR_HOP, Control, HopBatch, ResultBatch, StageItem, TokenResult
+from helix.runtime.messages import (
+    COORDINATOR_HOP,
+    Control,
+    DecodeRows,
+    HopBatch,
+    ResultBatch,
+    StageItem,
+    TokenResult,
+)
 from helix.runtime.requests import ErrorEvent, EventSink, FinishEvent, RequestState, TokenEvent
 from helix.runtime.transport import Outbox, Wire, is_loopback
 from helix.scheduling import AdmissionQueue, Scheduler
@@ -90,11 +98,10 @@ class CoordinatorConfig:
     stall_timeout_s: float = 120.0
     retry_after_s: float = 1.0
     pipeline_decode: bool = True  # routes decode on their own (see the module docstring)
-    # ... routes of at most this many workers: on one GPU a two-stage route decoding on its own measured
-    # 0.39 × one worker against 0.63 × with the coordinator driving each token (runtime_1gpu.json), and
-    # no better with decode graphs up to 512 requests and ipc sockets (4,344 against 4,510 tok/s at 64
-    # requests/s, profile_runtime_hop.py)
-    pipeline_decode_max_stages: int = 1
+    # ... routes of at most this many workers (None: any): on one H200 two chained workers serve more
+    # with their route decoding on its own than with the coordinator starting each token
+    # (`benchmarks/results/runtime_1gpu.json`, two_workers against two_workers_coordinator_decode)
+    pipeline_decode_max_stages: int | None = None
     prefix_caching: bool = True  # workers start prompts past the KV blocks they hold (`StageItem`)
 
 
@@ -138,6 +145,8 @@ class Coordinator:
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="helix-coordinator", daemon=True)
         self._outgoing: dict[str, list[StageItem]] = defaultdict(list)
+        # decode iterations per first hop: (seq_id, context, admission, input token)
+        self._outgoing_rows: dict[str, list[tuple[int, int, int, int]]] = defaultdict(list)
         self._frees: dict[str, list[tuple[int, int]]] = defaultdict(list)  # node → (seq_id, admission)
         self._controls: dict[str, list[Control]] = defaultdict(list)
         self._last_progress: dict[int, float] = {}
@@ -305,6 +314,17 @@ class Coordinator:
                         continue
                     for result in message.results:
                         self._on_result(result)
+                    if message.tokens is not None:
+                        tokens = message.tokens
+                        columns = (
+                            tokens.seq_ids.tolist(),
+                            tokens.token_ids.tolist(),
+                            tokens.admissions.tolist(),
+                        )
+                        for seq_id, token_id, admission in zip(*columns, strict=True):
+                            state = self._returned(seq_id, admission)
+                            if state is not None:
+                                self._take_token(state, token_id, None, None)
                 self._admit_waiting()
                 self._flush(outbox)
                 if time.monotonic() - last_watchdog > 1.0:
@@ -391,7 +411,8 @@ class Coordinator:
         """Tokens the route may generate on its own for this admission: up to max_tokens or the context
         window, whichever comes first (0 without `pipeline_decode`, or on a longer route than
         `pipeline_decode_max_stages`)."""
-        if not self.config.pipeline_decode or len(state.route) > self.config.pipeline_decode_max_stages:
+        limit = self.config.pipeline_decode_max_stages
+        if not self.config.pipeline_decode or (limit is not None and len(state.route) > limit):
             return 0
         left = state.params.max_tokens - len(state.output_ids)
         return max(0, min(left, self.config.max_model_len - state.num_tokens))
@@ -409,12 +430,9 @@ class Coordinator:
         self._last_progress[state.seq_id] = time.monotonic()
 
     def _on_result(self, result: TokenResult) -> None:
-        state = self._requests.get(result.seq_id)
-        if state is None or not state.in_flight or result.admission != state.admission:
-            return  # finished, or a late result of an earlier admission
-        state.in_flight = False
-        route = state.route
-        self._route_returned[route] = max(self._route_returned.get(route, 0), state.sent_seq)
+        state = self._returned(result.seq_id, result.admission)
+        if state is None:
+            return
         if result.prefix_miss and not state.cancelled:
             self.counters["prefix_misses"] = self.counters.get("prefix_misses", 0) + 1
             state.no_prefix = True  # re-prefill in full (no admission hold: nothing ran short of KV)
@@ -432,10 +450,27 @@ class Coordinator:
         if result.stage_done_s and self.scheduler.wants_stage_events:
             for index, done_s in enumerate(result.stage_done_s):
                 self.scheduler.on_stage_done(state.seq_id, index, done_s)
+        self._take_token(state, result.token_id, result.logprob, result.top_logprobs)
+
+    def _returned(self, seq_id: int, admission: int) -> RequestState | None:
+        """The request whose in-flight iteration just came back (None: finished, or a late result of an
+        earlier admission)."""
+        state = self._requests.get(seq_id)
+        if state is None or not state.in_flight or admission != state.admission:
+            return None
+        state.in_flight = False
+        route = state.route
+        self._route_returned[route] = max(self._route_returned.get(route, 0), state.sent_seq)
+        return state
+
+    def _take_token(
+        self, state: RequestState, token_id: int, logprob: float | None, top: dict[int, float] | None
+    ) -> None:
+        """A sampled token of a running request: emit it, then finish the request or go on decoding."""
         if state.cancelled:
             self._finish(state, "cancelled")
             return
-        state.output_ids.append(result.token_id)
+        state.output_ids.append(token_id)
         now = time.time()
         if state.first_token_s is None:
             state.first_token_s = now
@@ -444,8 +479,8 @@ class Coordinator:
                 {"seq_id": state.seq_id, "lost_at_s": state.lost_at_s, "resumed_at_s": now}
             )
             state.lost_at_s = None
-        self._emit(state, TokenEvent(result.token_id, result.logprob, result.top_logprobs))
-        reason = self._stop_reason(state, result.token_id)
+        self._emit(state, TokenEvent(token_id, logprob, top))
+        reason = self._stop_reason(state, token_id)
         if reason is not None:
             self._finish(state, reason)
             return
@@ -453,9 +488,9 @@ class Coordinator:
         if state.decode_budget > 0:  # the route starts the next iteration itself, at its last stage
             self._iteration_started(state)
             return
-        self._send(
-            state,
-            StageItem(state.seq_id, state.num_tokens - 1, 1, (result.token_id,), admission=state.admission),
+        self._iteration_started(state)
+        self._outgoing_rows[state.route[0]].append(
+            (state.seq_id, state.num_tokens - 1, state.admission, token_id)
         )
 
     def _preempt(self, state: RequestState) -> None:
@@ -594,10 +629,16 @@ class Coordinator:
             outbox.send(self._addresses[node], Control("free", seq_ids, admissions))
         self._frees.clear()
         now = time.time()
-        for node, items in self._outgoing.items():
-            if items and node not in self.dead_workers:
-                outbox.send(self._addresses[node], HopBatch(items, None, now, COORDINATOR_HOP))
+        for node in {*self._outgoing, *self._outgoing_rows}:
+            items, rows = self._outgoing.get(node, []), self._outgoing_rows.get(node)
+            if node in self.dead_workers or not (items or rows):
+                continue
+            decodes = (
+                DecodeRows.from_lists(*(list(column) for column in zip(*rows, strict=True))) if rows else None
+            )
+            outbox.send(self._addresses[node], HopBatch(items, None, now, COORDINATOR_HOP, decodes))
         self._outgoing.clear()
+        self._outgoing_rows.clear()
 
     def _set_counts(self, waiting: int = 0, running: int = 0) -> None:
         with self._lock:

@@ -1,9 +1,13 @@
 """What travels between the coordinator and the workers, and its wire encoding.
 
-One `HopBatch` carries every request a sender forwards to one receiver after one step: per request a
-`StageItem`, and for non-first stages the packed hidden states of all new tokens ([T, H], items in
-order). The coordinator starts each iteration (prompt or one decode token) with the token ids for the
-first stage of the request's route; the last stage samples and returns a `TokenResult` per request.
+One `HopBatch` carries every request a sender forwards to one receiver after one step: per prompt
+iteration a `StageItem`, the decode iterations (one new token each, most of a busy route's traffic) in
+the columns of one `DecodeRows`, and for non-first stages the packed hidden states of all new tokens
+([T, H]: the items' rows in order, then one row per decode row). The coordinator starts each iteration
+with the token ids for the first stage of the request's route; the last stage samples and returns a
+`TokenResult` per prompt (and per error or preemption) and the sampled decode tokens in the columns of
+one `SampledTokens`. Columns cost no Python object per request on either side of a socket: a decode
+hop's host work does not grow by microseconds per request.
 
 Encoding: `helix.engine.wire` — a versioned msgpack header and one raw buffer per tensor, driven by
 these dataclasses' type hints (no pickle). A new message type is a dataclass of the field types the wire
@@ -58,6 +62,76 @@ class StageItem:
     prefix_ids: tuple[int, ...] | None = None  # prompt only, with prefix caching: the whole context
 
 
+def _check_columns(kind: str, columns: dict[str, torch.Tensor | None]) -> int:
+    """The common length of 1-D int64 columns (None: absent); ValueError naming the column otherwise."""
+    length = None
+    for name, column in columns.items():
+        if column is None:
+            continue
+        if column.dtype != torch.int64 or column.dim() != 1:
+            raise ValueError(
+                f"{kind}.{name} must be a 1-D int64 tensor, got {column.dtype} {list(column.shape)}"
+            )
+        if length is None:
+            length = column.shape[0]
+        elif column.shape[0] != length:
+            raise ValueError(f"{kind}.{name} has {column.shape[0]} rows, the other columns {length}")
+    return length or 0
+
+
+@dataclass(slots=True)
+class DecodeRows:
+    """Decode iterations in columns: request `seq_ids[i]` computes one new token after `context[i]` cached
+    tokens, for its admission `admissions[i]` (as `StageItem.admission`); `token_ids` (first stage only)
+    holds each row's input token. Each column is int64 [D]."""
+
+    seq_ids: torch.Tensor
+    context: torch.Tensor
+    admissions: torch.Tensor
+    token_ids: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        _check_columns(
+            "DecodeRows",
+            {
+                "seq_ids": self.seq_ids,
+                "context": self.context,
+                "admissions": self.admissions,
+                "token_ids": self.token_ids,
+            },
+        )
+        if self.seq_ids.shape[0] and int(self.context.min()) < 1:
+            raise ValueError("DecodeRows.context must be at least 1 (a decode row follows cached tokens)")
+
+    def __len__(self) -> int:
+        return self.seq_ids.shape[0]
+
+    @classmethod
+    def from_lists(
+        cls, seq_ids: list[int], context: list[int], admissions: list[int], token_ids: list[int] | None = None
+    ) -> DecodeRows:
+        def column(values: list[int]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.int64)
+
+        return cls(
+            column(seq_ids),
+            column(context),
+            column(admissions),
+            None if token_ids is None else column(token_ids),
+        )
+
+    def as_items(self) -> list[StageItem]:
+        """One `StageItem` per row (for readers that want objects; workers read the columns)."""
+        tokens = self.token_ids.tolist() if self.token_ids is not None else [None] * len(self)
+        columns = zip(
+            self.seq_ids.tolist(), self.context.tolist(), self.admissions.tolist(), tokens, strict=True
+        )
+        return [
+            StageItem(seq_id, context, 1, None if token is None else (token,), admission=admission)
+            for seq_id, context, admission, token in columns
+        ]
+
+
 @dataclass(slots=True)
 class HopBatch:
     """Requests a sender forwards to one receiver after one step (or the coordinator's new iterations)."""
@@ -66,6 +140,12 @@ class HopBatch:
     hidden: torch.Tensor | None = None  # [sum of num_new_tokens, H] for non-first stages
     sent_at_s: float = 0.0
     sender: str = ""  # worker name or COORDINATOR_HOP: batches from a fenced worker are dropped
+    decodes: DecodeRows | None = None  # decode iterations; their hidden rows follow the items'
+
+    @property
+    def num_new_tokens(self) -> int:
+        rows = len(self.decodes) if self.decodes is not None else 0
+        return sum(item.num_new_tokens for item in self.items) + rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,11 +179,44 @@ class Control:
 
 
 @dataclass(slots=True)
+class SampledTokens:
+    """Sampled decode tokens in columns (no log-probabilities asked for): request `seq_ids[i]` of
+    admission `admissions[i]` got `token_ids[i]`. int64 [D] each."""
+
+    seq_ids: torch.Tensor
+    token_ids: torch.Tensor
+    admissions: torch.Tensor
+
+    def __post_init__(self) -> None:
+        _check_columns(
+            "SampledTokens",
+            {"seq_ids": self.seq_ids, "token_ids": self.token_ids, "admissions": self.admissions},
+        )
+
+    def __len__(self) -> int:
+        return self.seq_ids.shape[0]
+
+    @classmethod
+    def of(cls, seq_ids: list[int], token_ids: list[int], admissions: list[int]) -> SampledTokens:
+        def column(values: list[int]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.int64)
+
+        return cls(column(seq_ids), column(token_ids), column(admissions))
+
+    def as_results(self) -> list[TokenResult]:
+        """One `TokenResult` per row (for readers that want objects; the coordinator reads the columns)."""
+        columns = zip(self.seq_ids.tolist(), self.token_ids.tolist(), self.admissions.tolist(), strict=True)
+        return [TokenResult(seq_id, token, admission=admission) for seq_id, token, admission in columns]
+
+
+@dataclass(slots=True)
 class ResultBatch:
-    """Tokens the last stage returns to the coordinator after one step."""
+    """Tokens the last stage returns to the coordinator after one step: `results` (prompts' first tokens,
+    tokens with log-probabilities, errors, preemptions) and the plain decode tokens in columns."""
 
     worker: str
     results: list[TokenResult]
+    tokens: SampledTokens | None = None
 
 
 # Every type that may travel on a socket; a receiver drops frames of any other type.

@@ -233,7 +233,7 @@ def start_coordinator(
     max_waiting: int = 1 << 20,
     seed: int = 0,
     partial_overlap: bool = DEFAULT_PARTIAL_OVERLAP,
-    pipeline_decode_max_stages: int = 1,
+    pipeline_decode_max_stages: int | None = None,
 ) -> Coordinator:
     """Scheduler over the plan (real KV per node), a started `Coordinator`, and started workers;
     `pipeline_decode_max_stages` as in `CoordinatorConfig`."""

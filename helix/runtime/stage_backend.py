@@ -17,10 +17,10 @@ from helix.engine.config import DEFAULT_BLOCK_SIZE, EngineConfig, LayerRange
 from helix.engine.kv_cache import kv_block_bytes
 from helix.engine.loader import resolve_model
 from helix.engine.model_runner import ModelRunner
-from helix.engine.sampler import Sampler, to_signed_seed
+from helix.engine.sampler import Sampler, SamplerOutput, to_signed_seed
 from helix.engine.sampling_params import SamplingParams
 from helix.errors import HelixInputError
-from helix.runtime.messages import StageItem, TokenResult
+from helix.runtime.messages import StageItem
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +64,7 @@ class PendingTokens:
 
     host: torch.Tensor | None
     event: torch.cuda.Event | None
-    results: list[TokenResult] | None
+    results: SamplerOutput | None
 
 
 class StageBackend:
@@ -123,17 +123,13 @@ class StageBackend:
 
     def try_grow(self, item: StageItem) -> bool:
         """The fast path of `reserve`: a known sequence grows within the free blocks (True when done)."""
-        manager = self.runner.block_manager
-        seq_id, total = item.seq_id, item.num_cached_tokens + item.num_new_tokens
-        if not item.num_cached_tokens or total > self.runner.max_model_len or not manager.has(seq_id):
+        if not item.num_cached_tokens:
             return False
-        extra = total - manager.num_tokens(seq_id)
-        if extra <= 0:
-            return True
-        if manager.num_new_blocks_for_append(seq_id, extra) <= manager.num_free_blocks:
-            manager.append(seq_id, extra)
-            return True
-        return False
+        return self.try_grow_to(item.seq_id, item.num_cached_tokens + item.num_new_tokens)
+
+    def try_grow_to(self, seq_id: int, total: int) -> bool:
+        """`try_grow` of a known sequence to `total` tokens of context."""
+        return total <= self.runner.max_model_len and self.runner.block_manager.grow_to(seq_id, total)
 
     def prefix_hits(self, token_ids: tuple[int, ...]) -> int:
         """Leading full blocks of `token_ids` cached on this stage (at least one token left to compute)."""
@@ -192,58 +188,60 @@ class StageBackend:
         if prompt_ids:
             self._prompt_ids[seq_id] = prompt_ids
 
-    def forward(self, items: list[StageItem], inputs: torch.Tensor, skip_layers: int = 0) -> torch.Tensor:
-        """Hidden states [T, H], or last-token logits [len(items), V] on the last stage; `skip_layers`:
+    def forward(
+        self, chunks: tuple[SeqChunk, ...], inputs: torch.Tensor, skip_layers: int = 0
+    ) -> torch.Tensor:
+        """Hidden states [T, H], or last-token logits [len(chunks), V] on the last stage; `skip_layers`:
         leading layers of the range these requests skip (they already ran them elsewhere)."""
-        chunks = tuple(SeqChunk(i.seq_id, i.num_cached_tokens, i.num_new_tokens) for i in items)
         return self.runner.execute(StepBatch(chunks), inputs, skip_layers)
+
+    def forward_decode(self, seq_ids: list[int], context: list[int], inputs: torch.Tensor) -> torch.Tensor:
+        """`forward` of a pure-decode step: one new token per sequence after `context` cached ones, whose
+        KV already has room for it (`try_grow_to`)."""
+        return self.runner.execute_decode(seq_ids, context, inputs)
 
     @property
     def layer_start(self) -> int:
         return self.runner.model.layer_range.start
 
-    def sample(self, items: list[StageItem], logits: torch.Tensor) -> list[TokenResult]:
-        params = [self._params.get(i.seq_id) or SamplingParams(temperature=0.0) for i in items]
-        seeds = [self._seeds.get(i.seq_id, i.seq_id) for i in items]
-        positions = [i.num_cached_tokens + i.num_new_tokens for i in items]
-        outputs = [self._output_ids.setdefault(i.seq_id, []) for i in items]
-        prompts = [self._prompt_ids.get(i.seq_id, ()) for i in items]
+    def sample(self, seq_ids: list[int], positions: list[int], logits: torch.Tensor) -> SamplerOutput:
+        """Each row's next token (`positions`: the index it will have); each request's history grows."""
+        params = [self._params.get(s) or SamplingParams(temperature=0.0) for s in seq_ids]
+        seeds = [self._seeds.get(s, s) for s in seq_ids]
+        outputs = [self._output_ids.setdefault(s, []) for s in seq_ids]
+        prompts = [self._prompt_ids.get(s, ()) for s in seq_ids]
         out = self._sampler(logits, params, seeds, positions, prompts, outputs)
-        results = []
-        for item, token, lp, top, history in zip(
-            items, out.tokens, out.logprobs, out.top_logprobs, outputs, strict=True
-        ):
+        for token, history in zip(out.tokens, outputs, strict=True):
             history.append(token)
-            results.append(TokenResult(item.seq_id, token, lp, top))
-        return results
+        return out
 
-    def sample_launch(self, items: list[StageItem], logits: torch.Tensor) -> PendingTokens:
+    def sample_launch(self, seq_ids: list[int], positions: list[int], logits: torch.Tensor) -> PendingTokens:
         """Start sampling without waiting for the device: when every row takes the argmax (greedy, no
         log-probabilities, no penalties) the tokens travel to pinned host memory behind an event;
         otherwise the sampler runs now. `sample_resolve` gives the results."""
-        params = [self._params.get(i.seq_id) for i in items]
-        if logits.is_cuda and all(p is None or p.is_argmax_only for p in params):
+        params = self._params
+        if logits.is_cuda and all(params.get(s) is None or params[s].is_argmax_only for s in seq_ids):
             tokens = logits.argmax(dim=-1)
             host = torch.empty(tokens.shape, dtype=torch.int64, pin_memory=True)
             host.copy_(tokens, non_blocking=True)
             event = torch.cuda.Event()
             event.record()
             return PendingTokens(host, event, None)
-        return PendingTokens(None, None, self.sample(items, logits))
+        return PendingTokens(None, None, self.sample(seq_ids, positions, logits))
 
-    def sample_resolve(self, items: list[StageItem], pending: PendingTokens) -> list[TokenResult]:
+    def sample_resolve(self, seq_ids: list[int], pending: PendingTokens) -> SamplerOutput:
         """The tokens of `sample_launch` (waits for the device); each request's history grows by one."""
         if pending.results is not None:
             return pending.results
         assert pending.host is not None and pending.event is not None
         pending.event.synchronize()
-        results = []
-        for item, token in zip(items, pending.host.tolist(), strict=True):
-            history = self._output_ids.get(item.seq_id)
+        tokens = pending.host.tolist()
+        histories = self._output_ids
+        for seq_id, token in zip(seq_ids, tokens, strict=True):
+            history = histories.get(seq_id)
             if history is not None:  # None: freed while the step ran
                 history.append(token)
-            results.append(TokenResult(item.seq_id, token))
-        return results
+        return SamplerOutput(tokens, [None] * len(tokens), [None] * len(tokens))
 
     def free(self, seq_id: int) -> None:
         self.runner.free(seq_id)

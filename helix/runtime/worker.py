@@ -30,9 +30,18 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
+from helix.engine.batch import SeqChunk
+from helix.engine.sampler import SamplerOutput
 from helix.runtime.device_turn import DeviceTurn
 from helix.runtime.emulation import StepTimer
-from helix.runtime.messages import COORDINATOR_HOP, HopBatch, StageItem, TokenResult
+from helix.runtime.messages import (
+    COORDINATOR_HOP,
+    DecodeRows,
+    HopBatch,
+    SampledTokens,
+    StageItem,
+    TokenResult,
+)
 from helix.runtime.stage_backend import PendingTokens, StageBackend
 from helix.scheduling.preemption import Resident, choose_victims
 
@@ -63,6 +72,11 @@ class StepOutput:
 
     forward: dict[str, HopBatch]
     results: list[TokenResult]
+    tokens: SampledTokens | None = None  # the decode rows' plain tokens, in columns
+
+    def all_results(self) -> list[TokenResult]:
+        """`results`, then the columns' tokens as `TokenResult`s."""
+        return self.results + (self.tokens.as_results() if self.tokens is not None else [])
 
 
 class Worker:
@@ -89,6 +103,12 @@ class Worker:
         self._fenced: set[str] = set()
         self._skip: dict[int, int] = {}  # requests that enter this range past its start (partial overlap)
         self._feedback: dict[int, list] = {}  # last stage: request → [first hop, tokens left to generate]
+        # first stage of self-decoding routes of several workers: request → tokens the route has left to
+        # generate; `awaiting` holds the requests whose next iteration is on its way back (see `arrived`)
+        self._circulating: dict[int, int] = {}
+        self.awaiting: set[int] = set()
+        self.wave_round_s: float | None = None  # how long the requests in flight took to come back
+        self._wave_sent_s = 0.0
         self.stats = WorkerStats(kv_total_blocks=backend.num_kv_blocks)
         self._busy_until_s = 0.0  # when the last finished step ended (overlapped steps count once)
         self._pin = self.overlaps_steps and torch.cuda.is_available()  # inputs staged in pinned memory
@@ -113,6 +133,8 @@ class Worker:
         self._next_hop.pop(seq_id, None)
         self._skip.pop(seq_id, None)
         self._feedback.pop(seq_id, None)
+        self._circulating.pop(seq_id, None)
+        self.awaiting.discard(seq_id)
         self._admission.pop(seq_id, None)
         self.backend.free(seq_id)
 
@@ -133,28 +155,35 @@ class Worker:
         back). Steps finish in launch order; the next may be launched before this one finishes."""
         started = time.perf_counter()
         if getattr(self.backend, "failure", None) is not None:  # the node is down (a tensor-parallel
-            return LaunchedStep([], [], started)  # rank died): like a lost node it answers nothing
-        items, inputs, errors = self._admit(batches)
-        if not items:
-            return LaunchedStep([], errors, started)
+            return LaunchedStep([], _Rows(), [], started)  # rank died): like a lost node it answers nothing
+        items, rows, inputs, errors = self._admit(batches)
+        if not items and not rows.seq_ids:
+            return LaunchedStep([], rows, errors, started)
         if self.turn is not None:
             self.turn.acquire()  # released once the step's outputs are on the host (`finish`)
         try:
-            return self._launch_device_work(items, inputs, errors, started)
+            return self._launch_device_work(items, rows, inputs, errors, started)
         except Exception:
             if self.turn is not None:
                 self.turn.release()
             if getattr(self.backend, "failure", None) is None:
                 raise
-            return LaunchedStep([], [], started)
+            return LaunchedStep([], _Rows(), [], started)
 
-    def _launch_device_work(self, items, inputs: _Inputs, errors, started: float) -> LaunchedStep:
-        hidden = self._forward(items, inputs)
+    def _launch_device_work(
+        self, items, rows: _Rows, inputs: _Inputs, errors, started: float
+    ) -> LaunchedStep:
+        hidden = self._forward(items, rows, inputs)
         for item in items:
             if item.prefix_ids is not None and item.route is not None and not self._skip.get(item.seq_id):
                 self.backend.commit_prefix(item)  # stream order: later steps read the K/V after it
         if self.backend.is_last:
-            return LaunchedStep(items, errors, started, tokens=self.backend.sample_launch(items, hidden))
+            seq_ids = [i.seq_id for i in items] + rows.seq_ids
+            positions = [i.num_cached_tokens + i.num_new_tokens for i in items] + [
+                c + 1 for c in rows.context
+            ]
+            tokens = self.backend.sample_launch(seq_ids, positions, hidden)
+            return LaunchedStep(items, rows, errors, started, tokens=tokens)
         event = None
         if hidden.is_cuda:  # to pinned host memory behind an event: the wire sends host tensors
             host = torch.empty(hidden.shape, dtype=hidden.dtype, pin_memory=True)
@@ -162,34 +191,38 @@ class Worker:
             event = torch.cuda.Event()
             event.record()
             hidden = host
-        return LaunchedStep(items, errors, started, hidden=hidden, event=event)
+        return LaunchedStep(items, rows, errors, started, hidden=hidden, event=event)
 
     def finish(self, launched: LaunchedStep) -> StepOutput:
         """Wait for a launched step and return what it produced."""
-        items = launched.items
-        if not items:
+        items, rows = launched.items, launched.rows
+        if not items and not rows.seq_ids:
             return StepOutput({}, launched.errors)
         try:
             if self.backend.is_last:
                 assert launched.tokens is not None
-                sampled = self.backend.sample_resolve(items, launched.tokens)
+                sampled = self.backend.sample_resolve(
+                    [i.seq_id for i in items] + rows.seq_ids, launched.tokens
+                )
             elif launched.event is not None:
                 launched.event.synchronize()
         finally:
             if self.turn is not None:
                 self.turn.release()
         now = time.perf_counter()
-        self._account(items, now - max(launched.started_s, self._busy_until_s))  # pads first: stage-done
+        self._account(items, rows, now - max(launched.started_s, self._busy_until_s))  # pads first
         self._busy_until_s = time.perf_counter()  # stamps include the padding
         if self.backend.is_last:
-            return StepOutput(self._feed_back(items, sampled), launched.errors + self._stamp(items, sampled))
+            results, tokens = self._results(items, rows, sampled)
+            return StepOutput(self._feed_back(items, rows, sampled.tokens), launched.errors + results, tokens)
         assert launched.hidden is not None
-        return StepOutput(self._split_by_next_hop(items, launched.hidden), launched.errors)
+        return StepOutput(self._split_by_next_hop(items, rows, launched.hidden), launched.errors)
 
-    def _admit(self, batches: list[HopBatch]) -> tuple[list[StageItem], _Inputs, list[TokenResult]]:
-        """Items ordered prompts first, their inputs packed in that order, and results for requests that
-        cannot run (errors, preemptions)."""
+    def _admit(self, batches: list[HopBatch]) -> tuple[list[StageItem], _Rows, _Inputs, list[TokenResult]]:
+        """Items ordered prompts first, the decode rows after them, their inputs packed in that order,
+        and results for requests that cannot run (errors, preemptions)."""
         admitted: dict[int, tuple[StageItem, tuple[int, int]]] = {}  # seq → item, (batch, first input row)
+        rows: dict[int, tuple[int, int, int, int]] = {}  # decode rows: seq → context, admission, batch, row
         results: list[TokenResult] = []
         sources: list[torch.Tensor | list[int]] = []
         for batch in batches:
@@ -198,58 +231,78 @@ class Worker:
                 continue
             source = len(sources)
             sources.append(self._batch_inputs(batch))
-            row = 0
-            for item in batch.items:
-                first, row = row, row + item.num_new_tokens
-                if not self._accept(item, results):
-                    continue
-                if item.route is not None and item.prefix_ids is not None:
-                    hits = self._prefix_hits(item)
-                    if hits is None:  # the first stage matched blocks this stage does not hold
-                        results.append(
-                            TokenResult(
-                                item.seq_id, admission=item.admission, preempted=True, prefix_miss=True
-                            )
-                        )
-                        self._drop(item.seq_id)
-                        continue
-                    if hits:
-                        item, first = self._start_past_prefix(item, hits, first)
-                        if not self._make_room(item, admitted, results):
-                            continue
-                        problem = self.backend.allocate_prefix(item, hits)
-                        if problem is not None:
-                            results.append(
-                                TokenResult(
-                                    item.seq_id,
-                                    error=f"worker {self.name}: {problem}",
-                                    admission=item.admission,
-                                )
-                            )
-                            self._drop(item.seq_id)
-                            self.stats.errors += 1
-                            continue
-                        admitted[item.seq_id] = (item, (source, first))
-                        continue
-                if not self.backend.try_grow(item):  # the fast path: a known sequence grows
-                    if not self._make_room(item, admitted, results):
-                        continue
-                    problem = self.backend.reserve(item)
-                    if problem is not None:
-                        results.append(
-                            TokenResult(
-                                item.seq_id, error=f"worker {self.name}: {problem}", admission=item.admission
-                            )
-                        )
-                        self._drop(item.seq_id)
-                        self.stats.errors += 1
-                        continue
-                admitted[item.seq_id] = (item, (source, first))
+            row = self._admit_items(batch.items, source, admitted, rows, results)
+            if batch.decodes is not None and len(batch.decodes):
+                self._admit_rows(batch.decodes, source, row, admitted, rows, results)
         prompts = [p for p in admitted.values() if not _is_decode(p[0])]
         ordered = prompts + [p for p in admitted.values() if _is_decode(p[0])]
-        if not ordered:
-            return [], _Inputs(sources, []), results
-        return [p[0] for p in ordered], _Inputs(sources, [p[1] for p in ordered]), results
+        step_rows = _Rows.of(rows)
+        refs = [p[1] for p in ordered] + step_rows.refs
+        return [p[0] for p in ordered], step_rows, _Inputs(sources, refs), results
+
+    def _admit_items(self, items: list[StageItem], source: int, admitted, rows, results) -> int:
+        """Admit a batch's `StageItem`s; returns the input row after theirs."""
+        row = 0
+        for item in items:
+            first, row = row, row + item.num_new_tokens
+            if not self._accept(item, results):
+                continue
+            if item.route is not None and item.prefix_ids is not None:
+                hits = self._prefix_hits(item)
+                if hits is None:  # the first stage matched blocks this stage does not hold
+                    results.append(
+                        TokenResult(item.seq_id, admission=item.admission, preempted=True, prefix_miss=True)
+                    )
+                    self._drop(item.seq_id)
+                    continue
+                if hits:
+                    item, first = self._start_past_prefix(item, hits, first)
+                    if not self._make_room(item, admitted, rows, results):
+                        continue
+                    problem = self.backend.allocate_prefix(item, hits)
+                    if problem is not None:
+                        self._error(item.seq_id, item.admission, problem, results)
+                        continue
+                    admitted[item.seq_id] = (item, (source, first))
+                    continue
+            if not self.backend.try_grow(item):  # the fast path: a known sequence grows
+                if not self._make_room(item, admitted, rows, results):
+                    continue
+                problem = self.backend.reserve(item)
+                if problem is not None:
+                    self._error(item.seq_id, item.admission, problem, results)
+                    continue
+            admitted[item.seq_id] = (item, (source, first))
+        return row
+
+    def _admit_rows(self, decodes: DecodeRows, source: int, row: int, admitted, rows, results) -> None:
+        """Admit a batch's decode rows from `row` on: a known request of this admission grows its KV by
+        one token; one short of blocks goes the way of a `StageItem` (preempting for room)."""
+        known_admissions, grow = self._admission, self.backend.try_grow_to
+        columns = zip(
+            decodes.seq_ids.tolist(), decodes.context.tolist(), decodes.admissions.tolist(), strict=True
+        )
+        for index, (seq_id, context, admission) in enumerate(columns, start=row):
+            known = known_admissions.get(seq_id)
+            if known is None:  # its KV was preempted (or freed) here: this iteration ends
+                results.append(TokenResult(seq_id, admission=admission, preempted=True))
+                continue
+            if known > admission:
+                continue  # a late iteration of an older admission
+            if not grow(seq_id, context + 1):
+                item = StageItem(seq_id, context, 1, admission=admission)
+                if not self._make_room(item, admitted, rows, results):
+                    continue
+                problem = self.backend.reserve(item)
+                if problem is not None:
+                    self._error(seq_id, admission, problem, results)
+                    continue
+            rows[seq_id] = (context, admission, source, index)
+
+    def _error(self, seq_id: int, admission: int, problem: str, results: list[TokenResult]) -> None:
+        results.append(TokenResult(seq_id, error=f"worker {self.name}: {problem}", admission=admission))
+        self._drop(seq_id)
+        self.stats.errors += 1
 
     def _prefix_hits(self, item: StageItem) -> int | None:
         """Cached leading blocks of a prompt iteration to start past: the first stage (given the token
@@ -294,6 +347,7 @@ class Worker:
         self,
         item: StageItem,
         admitted: dict[int, tuple[StageItem, tuple[int, int]]],
+        rows: dict[int, tuple[int, int, int, int]],
         results: list[TokenResult],
     ) -> bool:
         """Preempt (see the module docstring) until `item` fits; False when `item` itself is preempted."""
@@ -308,30 +362,77 @@ class Worker:
             admission = self._admission[victim]
             self._drop(victim)
             self.stats.preemptions += 1
-            if victim == item.seq_id or admitted.pop(victim, None) is not None:
+            taken = admitted.pop(victim, None) is not None or rows.pop(victim, None) is not None
+            if victim == item.seq_id or taken:
                 results.append(TokenResult(victim, admission=admission, preempted=True))
         return item.seq_id not in victims
 
-    def _forward(self, items: list[StageItem], inputs: _Inputs) -> torch.Tensor:
-        """One forward pass, or one per distinct layer skip (Helix's partial overlap), outputs in order.
-        (A node holding layer 0 may get token ids from the coordinator and, for requests entering it
-        past its start, hidden states in the same step.)"""
-        skips = [self._skip.get(i.seq_id, 0) for i in items]
+    def _forward(self, items: list[StageItem], rows: _Rows, inputs: _Inputs) -> torch.Tensor:
+        """One forward pass, or one per distinct layer skip (Helix's partial overlap), outputs in order
+        (items, then decode rows). (A node holding layer 0 may get token ids from the coordinator and,
+        for requests entering it past its start, hidden states in the same step.)"""
+        sizes = [i.num_new_tokens for i in items] + [1] * len(rows.seq_ids)
+        skip_of = self._skip
+        skips = [skip_of.get(i.seq_id, 0) for i in items]
+        skips += [skip_of.get(s, 0) for s in rows.seq_ids] if skip_of else [0] * len(rows.seq_ids)
         if not any(skips):
-            return self.backend.forward(items, inputs.pack(items, range(len(items)), self._pin))
-        out_rows: list[torch.Tensor | None] = [None] * len(items)
+            packed = inputs.pack(sizes, range(len(sizes)), self._pin)
+            if not items:
+                return self.backend.forward_decode(rows.seq_ids, rows.context, packed)
+            return self.backend.forward(self._chunks(items, rows), packed)
+        chunks = self._chunks(items, rows)
+        out_rows: list[torch.Tensor | None] = [None] * len(sizes)
         for skip in sorted(set(skips)):
             group = [k for k, s in enumerate(skips) if s == skip]
-            out = self.backend.forward([items[k] for k in group], inputs.pack(items, group, self._pin), skip)
-            sizes = [1 if self.backend.is_last else items[k].num_new_tokens for k in group]
-            for k, rows in zip(group, torch.split(out, sizes), strict=True):
-                out_rows[k] = rows
+            packed = inputs.pack(sizes, group, self._pin)
+            out = self.backend.forward(tuple(chunks[k] for k in group), packed, skip)
+            out_sizes = [1 if self.backend.is_last else sizes[k] for k in group]
+            for k, rows_out in zip(group, torch.split(out, out_sizes), strict=True):
+                out_rows[k] = rows_out
         return torch.cat(out_rows)  # type: ignore[arg-type]
+
+    def _send_off(self, seq_ids: list[int]) -> None:
+        """First stage of self-decoding routes: these requests' iterations leave for the next stage; the
+        ones with tokens left come back from the route's last stage as its next iteration."""
+        circulating, awaiting = self._circulating, self.awaiting
+        if not awaiting:
+            self._wave_sent_s = time.monotonic()
+        for seq_id in seq_ids:
+            left = circulating.get(seq_id)
+            if left is None:
+                continue
+            if left > 1:
+                circulating[seq_id] = left - 1
+                awaiting.add(seq_id)
+            else:
+                del circulating[seq_id]
+
+    def arrived(self, batch: HopBatch) -> None:
+        """Note a received batch: the requests of `awaiting` it brings back are home. When none is left in
+        flight, how long the round took updates `wave_round_s`."""
+        if not self.awaiting or batch.decodes is None:
+            return
+        self.awaiting.difference_update(batch.decodes.seq_ids.tolist())
+        if not self.awaiting:
+            took = time.monotonic() - self._wave_sent_s
+            self.wave_round_s = took if self.wave_round_s is None else 0.8 * self.wave_round_s + 0.2 * took
+
+    @staticmethod
+    def _chunks(items: list[StageItem], rows: _Rows) -> tuple[SeqChunk, ...]:
+        chunks = [SeqChunk(i.seq_id, i.num_cached_tokens, i.num_new_tokens) for i in items]
+        chunks += [SeqChunk(s, c, 1) for s, c in zip(rows.seq_ids, rows.context, strict=True)]
+        return tuple(chunks)
 
     def _batch_inputs(self, batch: HopBatch) -> torch.Tensor | list[int]:
         """A batch's inputs: its token ids in order (first stage) or its hidden rows [T, H]."""
         if batch.hidden is None and self.backend.is_first:
-            return [t for item in batch.items for t in (item.token_ids or ())]
+            ids = [t for item in batch.items for t in (item.token_ids or ())]
+            if batch.decodes is not None and len(batch.decodes):
+                assert batch.decodes.token_ids is not None, (
+                    f"worker {self.name} got decode rows without tokens"
+                )
+                ids += batch.decodes.token_ids.tolist()
+            return ids
         assert batch.hidden is not None, f"worker {self.name} got a batch without hidden states"
         return batch.hidden
 
@@ -343,86 +444,137 @@ class Worker:
             self._skip[item.seq_id] = item.route_starts[index] - self.backend.layer_start
         if self.backend.is_last and item.decode_budget > 0:
             self._feedback[item.seq_id] = [route[0], item.decode_budget]
+        if index == 0 and len(route) > 1 and item.decode_budget > 0:
+            self._circulating[item.seq_id] = item.decode_budget
         if self.backend.is_last:
             self.backend.register_sampling(
                 item.seq_id, item.sampling, item.penalty_prompt_ids, item.penalty_output_ids
             )
 
-    def _feed_back(self, items: list[StageItem], results: list[TokenResult]) -> dict[str, HopBatch]:
-        """Last stage of a self-decoding route: the next iteration of each request with tokens left,
-        grouped by its first hop (see `StageItem.decode_budget`)."""
-        grouped: dict[str, list[StageItem]] = defaultdict(list)
-        for item, result in zip(items, results, strict=True):
-            entry = self._feedback.get(item.seq_id)
-            if entry is None or result.error is not None or result.preempted:
-                continue
-            if self._admission.get(item.seq_id) != item.admission:
-                continue  # freed or re-admitted while the step ran
-            entry[1] -= 1
-            context = item.num_cached_tokens + item.num_new_tokens
-            if entry[1] <= 0:
-                del self._feedback[item.seq_id]
-                continue
-            grouped[entry[0]].append(
-                StageItem(item.seq_id, context, 1, (result.token_id,), admission=item.admission)
+    def _results(
+        self, items: list[StageItem], rows: _Rows, sampled: SamplerOutput
+    ) -> tuple[list[TokenResult], SampledTokens | None]:
+        """The step's tokens for the coordinator: a `TokenResult` per item (prompt results also say when
+        each stage finished the prompt, for swarm-like schedulers) and per decode row with
+        log-probabilities; the other decode rows' tokens in columns."""
+        now = time.time()
+        results = [
+            TokenResult(
+                item.seq_id,
+                token,
+                logprob,
+                top,
+                admission=item.admission,
+                stage_done_s=(*item.stage_done_s, now) if item.route is not None else (),
             )
-        now = time.time()
-        return {hop: HopBatch(batch, None, now, self.name) for hop, batch in grouped.items()}
+            for item, token, logprob, top in zip(
+                items, sampled.tokens, sampled.logprobs, sampled.top_logprobs, strict=False
+            )
+        ]
+        if not rows.seq_ids:
+            return results, None
+        first = len(items)
+        tokens = sampled.tokens[first:]
+        if all(lp is None for lp in sampled.logprobs[first:]) and all(
+            t is None for t in sampled.top_logprobs[first:]
+        ):
+            return results, SampledTokens.of(rows.seq_ids, tokens, rows.admissions)
+        extra = zip(
+            rows.seq_ids,
+            tokens,
+            sampled.logprobs[first:],
+            sampled.top_logprobs[first:],
+            rows.admissions,
+            strict=True,
+        )
+        results += [TokenResult(s, t, lp, top, admission=a) for s, t, lp, top, a in extra]
+        return results, None
 
-    def _split_by_next_hop(self, items: list[StageItem], hidden: torch.Tensor) -> dict[str, HopBatch]:
-        """One batch per next hop; items keep their order (hidden rows pass through whole when every item
-        goes to one hop, the common case). Requests freed while the step ran are left out."""
+    def _feed_back(self, items: list[StageItem], rows: _Rows, tokens: list[int]) -> dict[str, HopBatch]:
+        """Last stage of a self-decoding route: the next iteration of each request with tokens left,
+        grouped by its first hop, as decode rows (see `StageItem.decode_budget`)."""
+        feedback = self._feedback
+        if not feedback:
+            return {}
+        admissions = self._admission
+        grouped: dict[str, tuple[list[int], list[int], list[int], list[int]]] = {}
+        entries = [(i.seq_id, i.num_cached_tokens + i.num_new_tokens, i.admission) for i in items]
+        entries += zip(rows.seq_ids, [c + 1 for c in rows.context], rows.admissions, strict=True)
+        for (seq_id, context, admission), token in zip(entries, tokens, strict=True):
+            entry = feedback.get(seq_id)
+            if entry is None or admissions.get(seq_id) != admission:
+                continue  # not self-decoding, or freed or re-admitted while the step ran
+            entry[1] -= 1
+            if entry[1] <= 0:
+                del feedback[seq_id]
+                continue
+            group = grouped.get(entry[0])
+            if group is None:
+                group = grouped[entry[0]] = ([], [], [], [])
+            group[0].append(seq_id)
+            group[1].append(context)
+            group[2].append(admission)
+            group[3].append(token)
         now = time.time()
-        hops = [self._next_hop.get(item.seq_id) for item in items]
+        return {
+            hop: HopBatch([], None, now, self.name, DecodeRows.from_lists(*columns))
+            for hop, columns in grouped.items()
+        }
+
+    def _split_by_next_hop(
+        self, items: list[StageItem], rows: _Rows, hidden: torch.Tensor
+    ) -> dict[str, HopBatch]:
+        """One batch per next hop; items and rows keep their order (hidden rows pass through whole when
+        everything goes to one hop, the common case). Requests freed while the step ran are left out."""
+        now = time.time()
+        next_hop = self._next_hop
+        hops = [next_hop.get(item.seq_id) for item in items] + [next_hop.get(s) for s in rows.seq_ids]
         forwarded = [
             item
             if item.token_ids is None and item.route is None
             else replace(item, token_ids=None, stage_done_s=(*item.stage_done_s, now) if item.route else ())
             for item in items
         ]
-        if hops and all(hop == hops[0] for hop in hops) and hops[0] is not None:
-            return {hops[0]: HopBatch(forwarded, hidden, now, self.name)}
-        grouped_items: dict[str, list[StageItem]] = defaultdict(list)
-        grouped_rows: dict[str, list[torch.Tensor]] = defaultdict(list)
-        sizes = [i.num_new_tokens for i in items]
-        for hop, item, rows in zip(hops, forwarded, torch.split(hidden, sizes), strict=True):
+        if self._circulating:
+            self._send_off([i.seq_id for i in items] + rows.seq_ids)
+        if hops and hops[0] is not None and all(hop == hops[0] for hop in hops):
+            decodes = rows.decode_rows() if rows.seq_ids else None
+            return {hops[0]: HopBatch(forwarded, hidden, now, self.name, decodes)}
+        sizes = [i.num_new_tokens for i in items] + [1] * len(rows.seq_ids)
+        starts = np.cumsum([0, *sizes]).tolist()
+        grouped: dict[str, list[int]] = defaultdict(list)  # hop → entries of this step, in order
+        for index, hop in enumerate(hops):
             if hop is not None:
-                grouped_items[hop].append(item)
-                grouped_rows[hop].append(rows)
-        return {
-            hop: HopBatch(grouped_items[hop], torch.cat(grouped_rows[hop]), now, self.name)
-            for hop in grouped_items
-        }
-
-    @staticmethod
-    def _stamp(items: list[StageItem], results: list[TokenResult]) -> list[TokenResult]:
-        """Results carry their admission; prompt results also when each stage finished the prompt (for
-        swarm-like schedulers)."""
-        now = time.time()
-        return [
-            replace(
-                r, admission=i.admission, stage_done_s=(*i.stage_done_s, now) if i.route is not None else ()
+                grouped[hop].append(index)
+        out = {}
+        for hop, entries in grouped.items():
+            index = torch.cat([torch.arange(starts[k], starts[k + 1]) for k in entries])
+            picked = [k for k in entries if k < len(items)]
+            row_picks = [k - len(items) for k in entries if k >= len(items)]
+            decodes = rows.decode_rows(row_picks) if row_picks else None
+            out[hop] = HopBatch(
+                [forwarded[k] for k in picked], hidden.index_select(0, index), now, self.name, decodes
             )
-            for i, r in zip(items, results, strict=True)
-        ]
+        return out
 
-    def _account(self, items: list[StageItem], compute_s: float) -> None:
-        pad_s = self._pad_s(items, compute_s)
+    def _account(self, items: list[StageItem], rows: _Rows, compute_s: float) -> None:
+        pad_s = self._pad_s(items, rows, compute_s)
         if pad_s > 0:
             self._sleep(pad_s)
             self.stats.padded_s += pad_s
         self.stats.steps += 1
-        self.stats.tokens += sum(i.num_new_tokens for i in items)
+        self.stats.tokens += sum(i.num_new_tokens for i in items) + len(rows.seq_ids)
         self.stats.compute_s += compute_s
         self.stats.busy_s += compute_s + pad_s
         self._refresh_kv_stats()
 
-    def _pad_s(self, items: list[StageItem], compute_s: float) -> float:
+    def _pad_s(self, items: list[StageItem], rows: _Rows, compute_s: float) -> float:
         """How long to sleep after a step that computed for `compute_s` (see the module docstring)."""
         if self.step_timer is None:
             return compute_s * (self.slowdown - 1.0)
-        decodes = sum(1 for i in items if _is_decode(i))
-        prompt_tokens = sum(i.num_new_tokens for i in items) - decodes
+        item_decodes = sum(1 for i in items if _is_decode(i))
+        prompt_tokens = sum(i.num_new_tokens for i in items) - item_decodes
+        decodes = item_decodes + len(rows.seq_ids)
         target_s = self.step_timer.step_s(prompt_tokens, decodes)
         if compute_s > target_s:
             self.stats.overrun_steps += 1
@@ -439,11 +591,40 @@ class LaunchedStep:
     """A step whose device work is queued (`Worker.launch`); `Worker.finish` reads it back."""
 
     items: list[StageItem]
+    rows: _Rows
     errors: list[TokenResult]
     started_s: float
     hidden: torch.Tensor | None = None  # rows for the next hops (pinned host memory on CUDA)
     event: torch.cuda.Event | None = None  # completes when `hidden` is filled
     tokens: PendingTokens | None = None  # last stage
+
+
+@dataclass(slots=True)
+class _Rows:
+    """A step's decode rows in columns (plain lists: the per-request work is list appends), and per
+    row its input (batch index, row)."""
+
+    seq_ids: list[int] = field(default_factory=list)
+    context: list[int] = field(default_factory=list)
+    admissions: list[int] = field(default_factory=list)
+    refs: list[tuple[int, int]] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, rows: dict[int, tuple[int, int, int, int]]) -> _Rows:
+        if not rows:
+            return cls()
+        context, admissions, sources, index = (list(column) for column in zip(*rows.values(), strict=True))
+        return cls(list(rows), context, admissions, list(zip(sources, index, strict=True)))
+
+    def decode_rows(self, picks: list[int] | None = None) -> DecodeRows:
+        """The rows (or rows `picks`) for the next hop: no token ids."""
+        if picks is None:
+            return DecodeRows.from_lists(self.seq_ids, self.context, self.admissions)
+        return DecodeRows.from_lists(
+            [self.seq_ids[k] for k in picks],
+            [self.context[k] for k in picks],
+            [self.admissions[k] for k in picks],
+        )
 
 
 @dataclass(slots=True)
@@ -454,10 +635,11 @@ class _Inputs:
     sources: list[torch.Tensor | list[int]]
     refs: list[tuple[int, int]]
 
-    def pack(self, items: list[StageItem], which, pin: bool) -> torch.Tensor:
-        """The inputs of items `which` (indices into the step's items), concatenated in that order."""
+    def pack(self, all_sizes: list[int], which, pin: bool) -> torch.Tensor:
+        """The inputs of entries `which` (indices into the step's items then rows, whose new tokens are
+        `all_sizes`), concatenated in that order."""
         refs = [self.refs[k] for k in which]
-        sizes = [items[k].num_new_tokens for k in which]
+        sizes = [all_sizes[k] for k in which]
         if isinstance(self.sources[refs[0][0]], list):  # token ids from the coordinator
             ids: list[int] = []
             for (source, first), size in zip(refs, sizes, strict=True):

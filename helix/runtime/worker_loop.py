@@ -8,7 +8,14 @@ iterations of a self-decoding one-worker route go straight back into its own que
 t's outputs are read back and sent, so the host's admission, staging and launches run while the GPU
 computes; it is off by default: with decode iterations that wait for step t's tokens it splits the
 requests into two half-size groups (and, with the coordinator in the loop, delays every result by a
-launch), which measured slower on an H200. An exception
+launch), which measured slower on an H200.
+
+Waves. On the first stage of routes of several workers that decode on their own, a step waits until
+the requests it sent down the route came back (`Worker.awaiting`, up to `WAVE_HOLD_ROUNDS` × the time
+they last took, at most `MAX_WAVE_HOLD_S`), so that what arrives meanwhile — a new prompt, the rows of a
+request that started later — joins them: the route steps all its requests in one wave, as one worker
+does, instead of one wave per arrival, each paying for its own reading of the weights. A wave that does
+not come back in time (a request finished or was preempted downstream) is stepped without. An exception
 inside a step fails only the requests of that step: each gets an error result, and the loop goes on.
 ``fence`` controls name dead workers whose late batches the worker drops. `last_step_s` and
 `num_pending` feed the health monitor's step-progress liveness check.
@@ -30,6 +37,11 @@ from helix.scheduling import Topology
 from helix.scheduling.topology import DECODE_CONTEXT_PER_SEQ
 
 IDLE_POLL_S = 0.05
+# the longest a first stage keeps new work waiting for its requests in flight (see `WorkerLoop`), and
+# the hold as a multiple of how long they last took to come back
+MAX_WAVE_HOLD_S = 0.2
+WAVE_HOLD_ROUNDS = 1.5
+DEFAULT_WAVE_HOLD_S = 0.05
 MAX_STEP_TOKENS = 4096  # new tokens (prompt and decode) one step takes; the rest wait for the next
 GC_YOUNG_THRESHOLD = 20_000  # allocations between collections of young objects (CPython's default: 700)
 
@@ -92,6 +104,7 @@ class WorkerLoop:
         self.last_step_s = time.monotonic()  # when the last step ended, or work arrived at an idle loop
         self.num_pending = 0  # batches received and not yet stepped
         self._local: list[HopBatch] = []  # next iterations this worker sent itself (one-hop routes)
+        self._hold_since: float | None = None  # when pending work started waiting for a wave
         self.overlap_steps = overlap_steps and worker.overlaps_steps
 
     @property
@@ -131,7 +144,9 @@ class WorkerLoop:
                 if self._local:
                     pending.extend(self._local)
                     self._local.clear()
-                for message in self.inbox.recv(0.0 if pending or inflight else IDLE_POLL_S):
+                hold_s = self._hold_s(pending) if inflight is None else 0.0
+                timeout_s = hold_s if hold_s > 0 else 0.0 if pending or inflight else IDLE_POLL_S
+                for message in self.inbox.recv(timeout_s):
                     if isinstance(message, Control):
                         if message.kind == "stop":
                             return
@@ -144,7 +159,11 @@ class WorkerLoop:
                         if not pending and inflight is None:
                             self.last_step_s = time.monotonic()  # idle until now: progress is due from now
                         pending.append(message)
+                        self.worker.arrived(message)
                 self.num_pending = len(pending)
+                if inflight is None and self._hold_s(pending) > 0:
+                    continue  # the wave in flight comes back first
+                self._hold_since = None
                 launched = None
                 if pending:
                     batch, pending = _take(pending, self.max_step_tokens)
@@ -159,6 +178,23 @@ class WorkerLoop:
         finally:
             outbox.close()
             self.inbox.close()
+
+    def _hold_s(self, pending: list[HopBatch]) -> float:
+        """How much longer `pending` waits for the requests in flight (0: step now; see the module
+        docstring)."""
+        awaiting = self.worker.awaiting
+        if not pending or not awaiting:
+            return 0.0
+        now = time.monotonic()
+        if self._hold_since is None:
+            self._hold_since = now
+        round_s = self.worker.wave_round_s
+        limit_s = DEFAULT_WAVE_HOLD_S if round_s is None else min(MAX_WAVE_HOLD_S, WAVE_HOLD_ROUNDS * round_s)
+        left_s = self._hold_since + limit_s - now
+        if left_s <= 0:
+            awaiting.clear()  # they are late: step without them
+            return 0.0
+        return left_s
 
     def _launch(self, batch: list[HopBatch], outbox: Outbox) -> tuple[list[HopBatch], LaunchedStep] | None:
         try:
@@ -182,16 +218,19 @@ class WorkerLoop:
                 self._local.append(forward)
             else:
                 outbox.send(self._peers[hop], forward)
-        if out.results:
-            outbox.send(self._peers[COORDINATOR_HOP], ResultBatch(self.worker.name, out.results))
+        if out.results or out.tokens is not None:
+            outbox.send(self._peers[COORDINATOR_HOP], ResultBatch(self.worker.name, out.results, out.tokens))
 
     def _fail(self, batch: list[HopBatch], exc: Exception, outbox: Outbox) -> None:
         detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        failed = [
-            TokenResult(i.seq_id, error=f"worker {self.worker.name}: {detail}", admission=i.admission)
-            for b in batch
-            for i in b.items
-        ]
+        error = f"worker {self.worker.name}: {detail}"
+        failed = [TokenResult(i.seq_id, error=error, admission=i.admission) for b in batch for i in b.items]
+        for b in batch:
+            if b.decodes is not None:
+                columns = zip(b.decodes.seq_ids.tolist(), b.decodes.admissions.tolist(), strict=True)
+                failed += [
+                    TokenResult(seq_id, error=error, admission=admission) for seq_id, admission in columns
+                ]
         with self.lock:
             self.worker.free([r.seq_id for r in failed])
         outbox.send(self._peers[COORDINATOR_HOP], ResultBatch(self.worker.name, failed))
@@ -201,7 +240,7 @@ def _take(pending: list[HopBatch], max_tokens: int) -> tuple[list[HopBatch], lis
     """Whole batches from the front while their new tokens fit `max_tokens` (at least one)."""
     taken, total = [], 0
     for index, batch in enumerate(pending):
-        tokens = sum(item.num_new_tokens for item in batch.items)
+        tokens = batch.num_new_tokens
         if taken and total + tokens > max_tokens:
             return taken, pending[index:]
         taken.append(batch)

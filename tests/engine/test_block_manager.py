@@ -24,6 +24,19 @@ def test_allocate_append_free():
     assert manager.num_free_blocks == 4
 
 
+def test_grow_to_is_append_that_checks_first():
+    manager = BlockManager(num_blocks=3, block_size=4)
+    manager.allocate(1, 3)
+    assert manager.grow_to(1, 4) and manager.block_table(1) == [0] and manager.num_tokens(1) == 4
+    assert manager.grow_to(1, 2) and manager.num_tokens(1) == 4  # nothing to add
+    assert manager.grow_to(1, 9) and manager.block_table(1) == [0, 1, 2]
+    assert not manager.grow_to(1, 13)  # a fourth block: none free, nothing changes
+    assert manager.num_tokens(1) == 9 and manager.block_table(1) == [0, 1, 2]
+    assert not manager.grow_to(2, 1)  # unknown sequence
+    manager.free(1)
+    assert manager.num_free_blocks == 3
+
+
 def test_duplicate_allocation_is_rejected():
     manager = BlockManager(num_blocks=4, block_size=4)
     manager.allocate(7, 1)

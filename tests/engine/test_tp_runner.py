@@ -8,7 +8,15 @@ import pickle
 import pytest
 
 from helix.engine.batch import SeqChunk, StepBatch
-from helix.engine.tp.runner import CONTROL_CODEC, REPLAYED_CALLS, StateCall, StepOp, StopOp
+from helix.engine.block_manager import BlockManager
+from helix.engine.tp.runner import (
+    CONTROL_CODEC,
+    REPLAYED_CALLS,
+    MirroredBlockManager,
+    StateCall,
+    StepOp,
+    StopOp,
+)
 from helix.engine.wire import WireError
 
 BATCH = StepBatch((SeqChunk(7, 0, 5), SeqChunk(3, 9, 1)))
@@ -57,3 +65,23 @@ def test_a_rank_replays_only_block_state_calls() -> None:
         with pytest.raises(WireError, match=f"{target}.{method}"):
             StateCall(target, method, 1).apply(runner)
     assert len(runner.calls) == 2
+
+
+def test_rank_zero_records_a_grow_as_the_append_a_rank_replays() -> None:
+    """`grow_to` (a decode row's KV growth) reaches the other ranks as one `append` of what it added, so
+    their block tables stay the same as rank 0's."""
+    record: list[StateCall] = []
+    mirrored = MirroredBlockManager(BlockManager(4, 4), record)
+    mirrored.allocate(7, 3)
+    assert mirrored.grow_to(7, 6) and mirrored.grow_to(7, 6)  # the second adds nothing
+    assert not mirrored.grow_to(7, 20)  # too few blocks: nothing changes, nothing recorded
+    replica = BlockManager(4, 4)
+    for call in record:
+        StateCall.apply(call, _Replica(replica))
+    assert [(c.method, c.num_tokens) for c in record] == [("allocate", 3), ("append", 3)]
+    assert replica.block_table(7) == mirrored.block_table(7) and replica.num_tokens(7) == 6
+
+
+class _Replica:
+    def __init__(self, blocks: BlockManager) -> None:
+        self.block_manager = blocks

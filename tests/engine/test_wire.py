@@ -8,6 +8,7 @@ import random
 from dataclasses import dataclass
 
 import msgpack
+import numpy as np
 import pytest
 import torch
 
@@ -17,8 +18,10 @@ from helix.runtime.messages import (
     CODEC,
     WIRE_MESSAGES,
     Control,
+    DecodeRows,
     HopBatch,
     ResultBatch,
+    SampledTokens,
     StageItem,
     TokenResult,
     decode,
@@ -35,6 +38,7 @@ PROMPT = StageItem(
     (1.25, 2.5),
 )
 DECODE = StageItem(8, 40, 1)
+ROWS = DecodeRows.from_lists([9, 10], [17, 33], [1, 2], [5, 6])
 
 
 def _examples() -> dict[type, list[object]]:
@@ -46,6 +50,10 @@ def _examples() -> dict[type, list[object]]:
             HopBatch([DECODE], torch.randn(1, 8).to(torch.bfloat16), 2.0),
             HopBatch([DECODE], torch.randn(1, 8).to(torch.float16), 2.0),
             HopBatch([], torch.empty(0, 8), 0.0),
+            HopBatch([], None, 3.0, "coordinator", ROWS),
+            HopBatch(
+                [PROMPT], torch.randn(5, 8), 3.0, "w0", DecodeRows.from_lists([9, 10], [17, 33], [1, 2])
+            ),
         ],
         ResultBatch: [
             ResultBatch(
@@ -54,7 +62,8 @@ def _examples() -> dict[type, list[object]]:
                     TokenResult(7, 42, -0.25, {42: -0.25, 3: -2.0}, None, (1.0, 2.0, 3.0)),
                     TokenResult(8, error="worker w1: out of KV blocks"),
                 ],
-            )
+            ),
+            ResultBatch("w1", [], SampledTokens.of([9, 10], [101, 102], [1, 2])),
         ],
         Control: [Control("free", [1, 2, 3]), Control("stop")],
     }
@@ -68,8 +77,26 @@ def _same(a: object, b: object) -> bool:
             and a.hidden.dtype == b.hidden.dtype
             and torch.equal(a.hidden, b.hidden)
         )
-        return a.items == b.items and a.sent_at_s == b.sent_at_s and tensors_equal
+        return (
+            a.items == b.items
+            and a.sent_at_s == b.sent_at_s
+            and tensors_equal
+            and _same_columns(a.decodes, b.decodes)
+        )
+    if isinstance(a, ResultBatch):
+        return a.worker == b.worker and a.results == b.results and _same_columns(a.tokens, b.tokens)
     return a == b
+
+
+def _same_columns(a: object, b: object) -> bool:
+    """Two `DecodeRows` / `SampledTokens` (or None) with equal columns."""
+    if a is None or b is None:
+        return a is b
+    columns = [f for f in a.__slots__ if f != "__weakref__"]
+    return all(
+        (getattr(a, c) is None and getattr(b, c) is None) or torch.equal(getattr(a, c), getattr(b, c))
+        for c in columns
+    )
 
 
 def test_every_message_type_has_an_example():
@@ -136,7 +163,7 @@ def _hop_frames() -> tuple[list, list[bytes]]:
 
 def _malformed() -> dict[str, list[bytes]]:
     header, buffers = _hop_frames()
-    version, name, digest, (items, hidden, sent, sender) = header
+    version, name, digest, (items, hidden, sent, sender, decodes) = header
     prompt = items[0]
     cases = {
         "empty message": [],
@@ -147,16 +174,23 @@ def _malformed() -> dict[str, list[bytes]]:
         "unknown type": _with_header([version, "Exploit", digest, header[3]], buffers),
         "type not a string": _with_header([version, 3, digest, header[3]], buffers),
         "wrong digest": _with_header([version, name, digest ^ 1, header[3]], buffers),
-        "too few fields": _with_header([version, name, digest, [items, hidden, sent]], buffers),
-        "too many fields": _with_header([version, name, digest, [items, hidden, sent, sender, 1]], buffers),
+        "too few fields": _with_header([version, name, digest, [items, hidden, sent, sender]], buffers),
+        "too many fields": _with_header(
+            [version, name, digest, [items, hidden, sent, sender, decodes, 1]], buffers
+        ),
         "string for int": _with_header(
-            [version, name, digest, [[["7", *prompt[1:]], items[1]], hidden, sent, sender]], buffers
+            [version, name, digest, [[["7", *prompt[1:]], items[1]], hidden, sent, sender, decodes]], buffers
         ),
         "bool for int": _with_header(
-            [version, name, digest, [[[True, *prompt[1:]], items[1]], hidden, sent, sender]], buffers
+            [version, name, digest, [[[True, *prompt[1:]], items[1]], hidden, sent, sender, decodes]], buffers
         ),
         "map for tuple": _with_header(
-            [version, name, digest, [[[*prompt[:3], {"a": 1}, *prompt[4:]], items[1]], hidden, sent, sender]],
+            [
+                version,
+                name,
+                digest,
+                [[[*prompt[:3], {"a": 1}, *prompt[4:]], items[1]], hidden, sent, sender, decodes],
+            ],
             buffers,
         ),
         "invalid nested sampling": _with_header(
@@ -164,7 +198,13 @@ def _malformed() -> dict[str, list[bytes]]:
                 version,
                 name,
                 digest,
-                [[[*prompt[:5], [-1.0, *prompt[5][1:]], *prompt[6:]], items[1]], hidden, sent, sender],
+                [
+                    [[*prompt[:5], [-1.0, *prompt[5][1:]], *prompt[6:]], items[1]],
+                    hidden,
+                    sent,
+                    sender,
+                    decodes,
+                ],
             ],
             buffers,
         ),
@@ -172,20 +212,49 @@ def _malformed() -> dict[str, list[bytes]]:
         "missing buffer": _with_header(header, []),
         "extra buffer": _with_header(header, [*buffers, b"\x00" * 8]),
         "bad dtype": _with_header(
-            [version, name, digest, [items, ["object", [4, 8], 0], sent, sender]], buffers
+            [version, name, digest, [items, ["object", [4, 8], 0], sent, sender, decodes]], buffers
         ),
         "negative shape": _with_header(
-            [version, name, digest, [items, ["float32", [-4, -8], 0], sent, sender]], buffers
+            [version, name, digest, [items, ["float32", [-4, -8], 0], sent, sender, decodes]], buffers
         ),
         "huge shape": _with_header(
-            [version, name, digest, [items, ["float32", [1 << 41, 1 << 41], 0], sent, sender]], buffers
+            [version, name, digest, [items, ["float32", [1 << 41, 1 << 41], 0], sent, sender, decodes]],
+            buffers,
         ),
         "bad buffer index": _with_header(
-            [version, name, digest, [items, ["float32", [4, 8], 5], sent, sender]], buffers
+            [version, name, digest, [items, ["float32", [4, 8], 5], sent, sender, decodes]], buffers
         ),
         "ext type": [msgpack.packb([version, name, digest, msgpack.ExtType(1, b"x")])],
+        **_malformed_decode_rows(),
     }
     return cases
+
+
+def _malformed_decode_rows() -> dict[str, list[bytes]]:
+    """Decode rows whose columns disagree: each must be dropped, not misread."""
+    version, name, digest, fields = _header(encode(HopBatch([], None, 1.0, "n0", ROWS)))
+
+    def rows(columns: list[tuple[str, list[int], bytes]]) -> list[bytes]:
+        described = [[dtype, shape, index] for index, (dtype, shape, _) in enumerate(columns)]
+        header = [version, name, digest, [*fields[:4], [*described, None]]]
+        return _with_header(header, [data for _, _, data in columns])
+
+    two = np.array([1, 2], dtype=np.int64).tobytes()
+    three = np.array([1, 2, 3], dtype=np.int64).tobytes()
+    return {
+        "decode rows of unequal lengths": rows(
+            [("int64", [2], two), ("int64", [3], three), ("int64", [2], two)]
+        ),
+        "decode rows not int64": rows(
+            [("int64", [2], two), ("float32", [2], np.zeros(2, np.float32).tobytes()), ("int64", [2], two)]
+        ),
+        "decode rows without context": rows(
+            [("int64", [2], two), ("int64", [2], np.zeros(2, np.int64).tobytes()), ("int64", [2], two)]
+        ),
+        "decode rows two-dimensional": rows(
+            [("int64", [1, 2], two), ("int64", [1, 2], two), ("int64", [1, 2], two)]
+        ),
+    }
 
 
 @pytest.mark.parametrize("case", list(_malformed()))

@@ -90,7 +90,9 @@ class _Peer:
                         self.budget.pop(seq_id, None)
                     items = [i for i in items if i.seq_id not in message.seq_ids]
                 elif hasattr(message, "items"):
-                    items += message.items
+                    items += message.items + (
+                        message.decodes.as_items() if message.decodes is not None else []
+                    )
             if not items:
                 continue
             time.sleep(self.delay_s)

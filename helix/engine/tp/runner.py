@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import zmq
 
-from helix.engine.batch import StepBatch
+from helix.engine.batch import SeqChunk, StepBatch
 from helix.engine.block_manager import BlockManager
 from helix.engine.model_runner import ModelRunner
 from helix.engine.tp.group import TPGroup, destroy_group
@@ -145,6 +145,15 @@ class MirroredBlockManager:
     def __init__(self, local: BlockManager, record: list[StateCall]) -> None:
         self._local, self._record = local, record
 
+    def grow_to(self, seq_id: int, num_tokens: int) -> bool:
+        """`BlockManager.grow_to`, recorded as the `append` it amounts to."""
+        local = self._local
+        held = local.num_tokens(seq_id) if local.has(seq_id) else None
+        grown = local.grow_to(seq_id, num_tokens)
+        if grown and held is not None and num_tokens > held:
+            self._record.append(_block_call("append", (seq_id, num_tokens - held)))
+        return grown
+
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._local, name)
         if name not in self._MUTATORS:
@@ -258,6 +267,11 @@ class TPRunner:
             else:
                 self._fail(f"tensor-parallel step failed on rank 0: {type(exc).__name__}: {exc}")
             raise RuntimeError(self.failure) from exc
+
+    def execute_decode(self, seq_ids: list[int], context: list[int], inputs: torch.Tensor) -> torch.Tensor:
+        """`ModelRunner.execute_decode` on all ranks (as one `execute` of the decode chunks)."""
+        chunks = tuple(SeqChunk(s, c, 1) for s, c in zip(seq_ids, context, strict=True))
+        return self.execute(StepBatch(chunks), inputs)
 
     # ---- failure and shutdown ----
     def _check(self) -> None:
