@@ -3,6 +3,8 @@
 1. Aggregate interchangeable nodes into classes and zones (problem.py); reject infeasible inputs.
 2. Warm start: every baseline, scored by the evaluator. Bound: the saturation bound (bounds.py).
 3. Stage heuristic (stages.py): bisect on the target flow F with a tiny stage IP — milliseconds each.
+   Then the layer-cover bound (cover_bound.py): bisect on F between the incumbent and the bound with a
+   configuration LP in which every layer is covered by whole nodes (a fraction of a second each).
 4. Boundary MILP (boundary_milp.py): bisect on F. An infeasible ``relax`` model at F proves that no
    placement reaches F (the bound drops to F); feasible models give placements, realised on concrete
    nodes and scored by the evaluator. When the model is exact one solve serves both purposes. With
@@ -29,6 +31,8 @@ from helix.flow.graph import FlowOptions
 from helix.perf.base import CapacityModel
 from helix.placement.milp.boundary_milp import FEASIBLE, INFEASIBLE, Column, entry_count, solve_at
 from helix.placement.milp.bounds import saturation_bound, static_upper_bound
+from helix.placement.milp.cover_bound import INFEASIBLE as COVER_INFEASIBLE
+from helix.placement.milp.cover_bound import cover_at
 from helix.placement.milp.incumbent import Clock, Incumbent
 from helix.placement.milp.objective import OBJECTIVES, choose_for_throughput
 from helix.placement.milp.problem import Problem, build_problem, check_feasible
@@ -43,6 +47,7 @@ from helix.specs.model import ModelSpec
 from helix.specs.placement import LayerRange, Placement
 
 RELAX_BOUND = "boundary-graph MILP relaxation infeasible above this flow (HiGHS)"
+COVER_BOUND = "layer-cover LP infeasible above this flow (whole nodes cover each layer)"
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,7 @@ class WorkBudget:
     """Deterministic work limits of one planning run (the wall clock is only a safety cap)."""
 
     bisection_steps: int = 30  # stage-IP bisection steps on F (2^-30 relative resolution)
+    cover_probes: int = 16  # layer-cover LP bisection steps on F (each a column generation)
     milp_probes: int = 24  # boundary-MILP solves (exact model)
     inexact_probes: int = 4  # bound-only probes when links bind (geo clusters)
     milp_nodes: int = 2000  # HiGHS branch-and-bound nodes per boundary-MILP solve
@@ -114,6 +120,24 @@ def _stage_phase(problem: Problem, incumbent: Incumbent, options: PlannerOptions
             lo = value
         else:
             hi = target
+
+
+def _cover_phase(problem: Problem, incumbent: Incumbent, options: PlannerOptions) -> int:
+    """Bisect on F between the incumbent (reachable, so feasible for the relaxation) and the bound with
+    the layer-cover LP; an infeasible F is a proven bound. Returns the probes made."""
+    tables = [(c.caps_tokens_per_s, c.count) for c in problem.classes]
+    lo, probes = incumbent.value, 0
+    while probes < WORK.cover_probes and not _done(incumbent, options):
+        hi = incumbent.bound
+        if hi - lo <= options.mip_gap * hi:
+            break
+        target = (lo + hi) / 2
+        probes += 1
+        if cover_at(tables, problem.num_layers, target).status == COVER_INFEASIBLE:
+            incumbent.tighten(target, COVER_BOUND)
+        else:
+            lo = target
+    return probes
 
 
 def _parallel_zones_phase(problem: Problem, incumbent: Incumbent, options: PlannerOptions) -> None:
@@ -278,6 +302,7 @@ def _milp_plan(
     _stage_phase(problem, incumbent, options)
     if problem.zones > 1:
         _parallel_zones_phase(problem, incumbent, options)
+    cover_probes = _cover_phase(problem, incumbent, options)
     # the served objective needs candidates, not a max-flow proof: the boundary MILP is skipped there
     stats = (
         _boundary_phase(problem, incumbent, options)
@@ -294,7 +319,7 @@ def _milp_plan(
             patience=_patience(problem),
             deadline_s=options.time_limit_s,
         )
-    stats = {**stats, "local_search_evals": evals}
+    stats = {**stats, "cover_probes": cover_probes, "local_search_evals": evals}
     if incumbent.gap() <= options.mip_gap:
         stopped_by = "gap reached (proven optimal within mip_gap)"
     elif incumbent.clock.elapsed() >= options.time_limit_s:
