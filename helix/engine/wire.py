@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 WIRE_VERSION = 1
+PIN_MIN_BYTES = 64 << 10  # with `pin_memory`, tensors at least this large are decoded into pinned memory
 MAX_HEADER_BYTES = 64 << 20  # a 128k-token prompt's ids are well under 1 MiB
 MAX_TENSOR_DIMS = 8
 
@@ -104,8 +105,10 @@ class Codec:
         header = msgpack.packb([WIRE_VERSION, schema.cls.__name__, schema.digest, values])
         return [header, *buffers]
 
-    def decode(self, frames: Sequence[Any]) -> Any:
-        """The message in `frames` (bytes-like); raises `WireError` for anything malformed."""
+    def decode(self, frames: Sequence[Any], *, pin_memory: bool = False) -> Any:
+        """The message in `frames` (bytes-like); raises `WireError` for anything malformed. With
+        `pin_memory` (a receiver on a CUDA device) large tensors land in page-locked host memory, so
+        that their copy to the device is asynchronous (the one copy out of the frame is made anyway)."""
         if not frames:
             raise WireError("empty message")
         header = frames[0]
@@ -125,7 +128,7 @@ class Codec:
             raise WireError(f"unknown message type {name!r}")
         if digest != schema.digest:
             raise WireError(f"schema digest of {name} differs (peer runs other message definitions)")
-        buffers = _Buffers(frames[1:])
+        buffers = _Buffers(frames[1:], pin_memory)
         message = _build(schema, values, buffers, name)
         if buffers.unused:
             raise WireError(f"{name}: {buffers.unused} tensor buffer(s) not described by the header")
@@ -135,9 +138,10 @@ class Codec:
 class _Buffers:
     """The received tensor frames; each may be referenced once."""
 
-    def __init__(self, frames: Sequence[Any]) -> None:
+    def __init__(self, frames: Sequence[Any], pin_memory: bool = False) -> None:
         self.frames = frames
         self.used: set[int] = set()
+        self.pin_memory = pin_memory
 
     def take(self, index: Any) -> memoryview:
         if type(index) is not int or not 0 <= index < len(self.frames) or index in self.used:
@@ -338,6 +342,10 @@ def _decode_tensor(value: Any, buffers: Any) -> torch.Tensor:
     expected = math.prod(shape) * carrier.itemsize
     if buffer.nbytes != expected:
         raise _Mismatch(f"tensor {name}{shape} needs {expected} bytes, its buffer has {buffer.nbytes}")
-    array = np.frombuffer(buffer, dtype=carrier).reshape(shape).copy()  # received frames are read-only
-    tensor = torch.from_numpy(array)
+    received = np.frombuffer(buffer, dtype=carrier).reshape(shape)
+    if buffers.pin_memory and expected >= PIN_MIN_BYTES and torch.cuda.is_available():
+        tensor = torch.empty(shape, dtype=torch.from_numpy(received[:0]).dtype, pin_memory=True)
+        np.copyto(tensor.numpy(), received)
+    else:
+        tensor = torch.from_numpy(received.copy())  # received frames are read-only
     return tensor.view(torch.bfloat16) if torch_dtype == torch.bfloat16 else tensor

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from helix.engine.sampling_params import SamplingParams
@@ -62,6 +63,10 @@ class StageItem:
     prefix_ids: tuple[int, ...] | None = None  # prompt only, with prefix caching: the whole context
 
 
+def _column(values: list[int]) -> torch.Tensor:
+    return torch.from_numpy(np.array(values, dtype=np.int64))
+
+
 def _check_columns(kind: str, columns: dict[str, torch.Tensor | None]) -> int:
     """The common length of 1-D int64 columns (None: absent); ValueError naming the column otherwise."""
     length = None
@@ -100,7 +105,7 @@ class DecodeRows:
                 "token_ids": self.token_ids,
             },
         )
-        if self.seq_ids.shape[0] and int(self.context.min()) < 1:
+        if self.seq_ids.shape[0] and self.context.numpy().min() < 1:
             raise ValueError("DecodeRows.context must be at least 1 (a decode row follows cached tokens)")
 
     def __len__(self) -> int:
@@ -110,15 +115,8 @@ class DecodeRows:
     def from_lists(
         cls, seq_ids: list[int], context: list[int], admissions: list[int], token_ids: list[int] | None = None
     ) -> DecodeRows:
-        def column(values: list[int]) -> torch.Tensor:
-            return torch.tensor(values, dtype=torch.int64)
-
-        return cls(
-            column(seq_ids),
-            column(context),
-            column(admissions),
-            None if token_ids is None else column(token_ids),
-        )
+        tokens = None if token_ids is None else _column(token_ids)
+        return cls(_column(seq_ids), _column(context), _column(admissions), tokens)
 
     def as_items(self) -> list[StageItem]:
         """One `StageItem` per row (for readers that want objects; workers read the columns)."""
@@ -198,10 +196,7 @@ class SampledTokens:
 
     @classmethod
     def of(cls, seq_ids: list[int], token_ids: list[int], admissions: list[int]) -> SampledTokens:
-        def column(values: list[int]) -> torch.Tensor:
-            return torch.tensor(values, dtype=torch.int64)
-
-        return cls(column(seq_ids), column(token_ids), column(admissions))
+        return cls(_column(seq_ids), _column(token_ids), _column(admissions))
 
     def as_results(self) -> list[TokenResult]:
         """One `TokenResult` per row (for readers that want objects; the coordinator reads the columns)."""
@@ -230,6 +225,7 @@ def encode(message: Any) -> list[Any]:
     return CODEC.encode(message)
 
 
-def decode(frames: Sequence[Any]) -> Any:
-    """Inverse of `encode`; tensors come back on the CPU. Raises `WireError` for a malformed message."""
-    return CODEC.decode(frames)
+def decode(frames: Sequence[Any], *, pin_memory: bool = False) -> Any:
+    """Inverse of `encode`; tensors come back on the CPU (large ones page-locked with `pin_memory`).
+    Raises `WireError` for a malformed message."""
+    return CODEC.decode(frames, pin_memory=pin_memory)

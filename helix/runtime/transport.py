@@ -92,6 +92,7 @@ class Inbox:
         bind_host: str | None = None,
         keys: WireKeys | None = None,
         name: str = "inbox",
+        pin_memory: bool = False,
     ) -> None:
         bind = bind_host or host
         if keys is None and not is_loopback(bind):
@@ -120,6 +121,7 @@ class Inbox:
             self._monitor = self._socket.get_monitor_socket(zmq.EVENT_ACCEPTED | sum(_HANDSHAKE_EVENTS))
             self._poller.register(self._monitor, zmq.POLLIN)
         self._last_accepted = "unknown"
+        self.pin_memory = pin_memory
         self.dropped: dict[str, int] = {}
         self.handshake_failures = 0
 
@@ -137,7 +139,7 @@ class Inbox:
             except zmq.Again:
                 break
             try:
-                out.append(decode([f.buffer for f in frames]))
+                out.append(decode([f.buffer for f in frames], pin_memory=self.pin_memory))
             except WireError as exc:
                 self._drop(_peer(frames[0]), str(exc))
         return out
@@ -232,8 +234,9 @@ class Wire:
         self.context = zmq.Context()
         self._auth = ZapAuthenticator(self.context, keys, name) if keys is not None else None
 
-    def inbox(self, host: str, bind_host: str | None = None) -> Inbox:
-        return Inbox(self.context, host, bind_host, self.keys, self.name)
+    def inbox(self, host: str, bind_host: str | None = None, *, pin_memory: bool = False) -> Inbox:
+        """The component's bound socket; `pin_memory`: received tensors as in `messages.decode`."""
+        return Inbox(self.context, host, bind_host, self.keys, self.name, pin_memory)
 
     def outbox(self) -> Outbox:
         return Outbox(self.context, self.keys)

@@ -139,12 +139,15 @@ class Worker:
         self.backend.free(seq_id)
 
     @property
+    def on_cuda(self) -> bool:
+        device = getattr(getattr(self.backend, "runner", None), "device", None)
+        return device is not None and torch.device(device).type == "cuda"
+
+    @property
     def overlaps_steps(self) -> bool:
         """Whether the loop may launch the next step before this one's outputs are read back (a CUDA
         stage without emulated padding: the padding needs each step's own compute time)."""
-        device = getattr(getattr(self.backend, "runner", None), "device", None)
-        cuda = device is not None and torch.device(device).type == "cuda"
-        return cuda and self.step_timer is None and self.slowdown == 1.0
+        return self.on_cuda and self.step_timer is None and self.slowdown == 1.0
 
     def step(self, batches: list[HopBatch]) -> StepOutput:
         """Run one step over every request in `batches`; see the module docstring."""

@@ -29,6 +29,8 @@ import threading
 import time
 import traceback
 
+import torch
+
 from helix.runtime.keys import WireKeys
 from helix.runtime.messages import COORDINATOR_HOP, Control, HopBatch, ResultBatch, TokenResult
 from helix.runtime.transport import Outbox, Wire, is_loopback
@@ -96,7 +98,9 @@ class WorkerLoop:
         self.worker = worker
         self.max_step_tokens = max_step_tokens
         self.wire = Wire(keys, f"worker {worker.name}")
-        self.inbox = self.wire.inbox(host, bind_host or (host if is_loopback(host) else "0.0.0.0"))
+        bind = bind_host or (host if is_loopback(host) else "0.0.0.0")
+        # a CUDA stage receives hidden states into pinned memory: their copy to the GPU does not block
+        self.inbox = self.wire.inbox(host, bind, pin_memory=worker.on_cuda and torch.cuda.is_available())
         self._peers: dict[str, str] = {}
         self._thread: threading.Thread | None = None
         self._stopped = threading.Event()

@@ -113,6 +113,16 @@ def test_round_trip(message):
     assert _same(back, message)
 
 
+def test_pinned_decoding_gives_the_same_tensors():
+    """A CUDA receiver decodes large tensors into page-locked memory (where CUDA exists); the values are
+    the same either way."""
+    message = HopBatch([], torch.randn(64, 1024).to(torch.bfloat16), 1.0, "w0", ROWS)
+    frames = [bytes(f) for f in encode(message)]
+    pinned, plain = decode(frames, pin_memory=True), decode(frames)
+    assert torch.equal(pinned.hidden, plain.hidden) and pinned.hidden.dtype == torch.bfloat16
+    assert pinned.hidden.is_pinned() == torch.cuda.is_available()
+
+
 def test_no_pickle_in_frames():
     frames = encode(HopBatch([PROMPT], torch.randn(3, 8), 1.0))
     assert not bytes(frames[0]).startswith(b"\x80")  # a pickle stream starts with PROTO
