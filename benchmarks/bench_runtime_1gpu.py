@@ -24,9 +24,10 @@ Prefix caching in the workers (`prefix_cache` per deployment): TTFT of lone requ
 prompts (misses), in the same deployment.
 
 The serving path measured is the default one: routes decode on their own (the last stage feeds each
-token back to the first, `CoordinatorConfig.pipeline_decode`) and workers on one GPU step in turn
-(`helix.runtime.device_turn`); `two_workers_without_turns` is the same deployment with the turns off,
-its two CUDA contexts time-sliced by the driver.
+token back to the first, `CoordinatorConfig.pipeline_decode`, routes of any length) and workers on one
+GPU step in turn (`helix.runtime.device_turn`); `two_workers_without_turns` is the same deployment with
+the turns off, its two CUDA contexts time-sliced by the driver, and `two_workers_coordinator_decode`
+the same deployment with the coordinator starting every token (`pipeline_decode_max_stages=1`).
 
     python benchmarks/bench_runtime_1gpu.py --out benchmarks/results/runtime_1gpu.json   # GPU host
     python benchmarks/bench_runtime_1gpu.py --tiny --out /tmp/runtime_1gpu.json            # CPU smoke

@@ -256,7 +256,9 @@ def run_variant(
             rng = np.random.default_rng(args.seed)
             warm = [rng.integers(0, args.vocab, args.prompt_tokens).tolist() for _ in range(32)]
             run_requests(coordinator, [0.0] * 32, warm, 16, 120)
+            lone_started = time.perf_counter()
             lone = run_requests(coordinator, [0.0], warm[:1], 64, 60)[0][0]
+            out["lone_window"] = (lone_started, time.perf_counter())
             out["lone_tpot_ms"] = 1000 * (lone.e2e_s - lone.ttft_s) / (lone.tokens - 1)
             install_coordinator_tracing(phases)
             out["rates"] = []
@@ -304,6 +306,11 @@ def run_variant(
         path = variant_dir / f"{name}.json"
         if path.exists():
             traces[name] = json.loads(path.read_text())
+    if "lone_window" in out:  # a lone request's steps: where a token's time goes with nothing else running
+        out["lone_workers"] = {n: summarise_worker(trace, out["lone_window"]) for n, trace in traces.items()}
+        for name, w in out["lone_workers"].items():
+            per_step = {k: round(1000 * v / max(1, w["steps"]), 3) for k, v in w["seconds"].items()}
+            print("lone", label, name, w["steps"], "steps; ms per step", json.dumps(per_step), flush=True)
     for row in out.get("rates", []):
         row["workers"] = {name: summarise_worker(trace, row["window"]) for name, trace in traces.items()}
         print(json.dumps({k: v for k, v in row.items() if k != "workers"}), flush=True)

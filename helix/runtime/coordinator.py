@@ -316,11 +316,7 @@ class Coordinator:
                         self._on_result(result)
                     if message.tokens is not None:
                         tokens = message.tokens
-                        columns = (
-                            tokens.seq_ids.tolist(),
-                            tokens.token_ids.tolist(),
-                            tokens.admissions.tolist(),
-                        )
+                        columns = tokens.table.tolist()
                         for seq_id, token_id, admission in zip(*columns, strict=True):
                             state = self._returned(seq_id, admission)
                             if state is not None:

@@ -63,67 +63,65 @@ class StageItem:
     prefix_ids: tuple[int, ...] | None = None  # prompt only, with prefix caching: the whole context
 
 
-def _column(values: list[int]) -> torch.Tensor:
-    return torch.from_numpy(np.array(values, dtype=np.int64))
-
-
-def _check_columns(kind: str, columns: dict[str, torch.Tensor | None]) -> int:
-    """The common length of 1-D int64 columns (None: absent); ValueError naming the column otherwise."""
-    length = None
-    for name, column in columns.items():
-        if column is None:
-            continue
-        if column.dtype != torch.int64 or column.dim() != 1:
-            raise ValueError(
-                f"{kind}.{name} must be a 1-D int64 tensor, got {column.dtype} {list(column.shape)}"
-            )
-        if length is None:
-            length = column.shape[0]
-        elif column.shape[0] != length:
-            raise ValueError(f"{kind}.{name} has {column.shape[0]} rows, the other columns {length}")
-    return length or 0
+def _table(kind: str, table: torch.Tensor, rows: tuple[int, ...]) -> int:
+    """Check a column table (int64 [R, D], R in `rows`); its number of columns D. ValueError otherwise."""
+    if table.dtype != torch.int64 or table.dim() != 2 or table.shape[0] not in rows:
+        raise ValueError(
+            f"{kind}.table must be an int64 tensor of {' or '.join(map(str, rows))} rows, got {table.dtype} "
+            f"{list(table.shape)}"
+        )
+    return table.shape[1]
 
 
 @dataclass(slots=True)
 class DecodeRows:
     """Decode iterations in columns: request `seq_ids[i]` computes one new token after `context[i]` cached
     tokens, for its admission `admissions[i]` (as `StageItem.admission`); `token_ids` (first stage only)
-    holds each row's input token. Each column is int64 [D]."""
+    holds each row's input token. One int64 table [3 or 4, D] with those rows (one buffer on the wire)."""
 
-    seq_ids: torch.Tensor
-    context: torch.Tensor
-    admissions: torch.Tensor
-    token_ids: torch.Tensor | None = None
+    table: torch.Tensor
 
     def __post_init__(self) -> None:
-        _check_columns(
-            "DecodeRows",
-            {
-                "seq_ids": self.seq_ids,
-                "context": self.context,
-                "admissions": self.admissions,
-                "token_ids": self.token_ids,
-            },
-        )
-        if self.seq_ids.shape[0] and self.context.numpy().min() < 1:
+        if _table("DecodeRows", self.table, (3, 4)) and self.table.numpy()[1].min() < 1:
             raise ValueError("DecodeRows.context must be at least 1 (a decode row follows cached tokens)")
 
+    @property
+    def seq_ids(self) -> torch.Tensor:
+        return self.table[0]
+
+    @property
+    def context(self) -> torch.Tensor:
+        return self.table[1]
+
+    @property
+    def admissions(self) -> torch.Tensor:
+        return self.table[2]
+
+    @property
+    def token_ids(self) -> torch.Tensor | None:
+        return self.table[3] if self.table.shape[0] == 4 else None
+
     def __len__(self) -> int:
-        return self.seq_ids.shape[0]
+        return self.table.shape[1]
+
+    def lists(self) -> list[list[int]]:
+        """The rows as lists (seq_ids, context, admissions[, token_ids]), in one conversion."""
+        return self.table.tolist()
 
     @classmethod
     def from_lists(
         cls, seq_ids: list[int], context: list[int], admissions: list[int], token_ids: list[int] | None = None
     ) -> DecodeRows:
-        tokens = None if token_ids is None else _column(token_ids)
-        return cls(_column(seq_ids), _column(context), _column(admissions), tokens)
+        rows = (
+            [seq_ids, context, admissions] if token_ids is None else [seq_ids, context, admissions, token_ids]
+        )
+        return cls(torch.from_numpy(np.array(rows, dtype=np.int64).reshape(len(rows), len(seq_ids))))
 
     def as_items(self) -> list[StageItem]:
         """One `StageItem` per row (for readers that want objects; workers read the columns)."""
-        tokens = self.token_ids.tolist() if self.token_ids is not None else [None] * len(self)
-        columns = zip(
-            self.seq_ids.tolist(), self.context.tolist(), self.admissions.tolist(), tokens, strict=True
-        )
+        rows = self.lists()
+        tokens = rows[3] if len(rows) == 4 else [None] * len(self)
+        columns = zip(rows[0], rows[1], rows[2], tokens, strict=True)
         return [
             StageItem(seq_id, context, 1, None if token is None else (token,), admission=admission)
             for seq_id, context, admission, token in columns
@@ -179,28 +177,36 @@ class Control:
 @dataclass(slots=True)
 class SampledTokens:
     """Sampled decode tokens in columns (no log-probabilities asked for): request `seq_ids[i]` of
-    admission `admissions[i]` got `token_ids[i]`. int64 [D] each."""
+    admission `admissions[i]` got `token_ids[i]`. One int64 table [3, D] with those rows."""
 
-    seq_ids: torch.Tensor
-    token_ids: torch.Tensor
-    admissions: torch.Tensor
+    table: torch.Tensor
 
     def __post_init__(self) -> None:
-        _check_columns(
-            "SampledTokens",
-            {"seq_ids": self.seq_ids, "token_ids": self.token_ids, "admissions": self.admissions},
-        )
+        _table("SampledTokens", self.table, (3,))
+
+    @property
+    def seq_ids(self) -> torch.Tensor:
+        return self.table[0]
+
+    @property
+    def token_ids(self) -> torch.Tensor:
+        return self.table[1]
+
+    @property
+    def admissions(self) -> torch.Tensor:
+        return self.table[2]
 
     def __len__(self) -> int:
-        return self.seq_ids.shape[0]
+        return self.table.shape[1]
 
     @classmethod
     def of(cls, seq_ids: list[int], token_ids: list[int], admissions: list[int]) -> SampledTokens:
-        return cls(_column(seq_ids), _column(token_ids), _column(admissions))
+        rows = np.array([seq_ids, token_ids, admissions], dtype=np.int64).reshape(3, len(seq_ids))
+        return cls(torch.from_numpy(rows))
 
     def as_results(self) -> list[TokenResult]:
         """One `TokenResult` per row (for readers that want objects; the coordinator reads the columns)."""
-        columns = zip(self.seq_ids.tolist(), self.token_ids.tolist(), self.admissions.tolist(), strict=True)
+        columns = zip(*self.table.tolist(), strict=True)
         return [TokenResult(seq_id, token, admission=admission) for seq_id, token, admission in columns]
 
 

@@ -282,9 +282,8 @@ class Worker:
         """Admit a batch's decode rows from `row` on: a known request of this admission grows its KV by
         one token; one short of blocks goes the way of a `StageItem` (preempting for room)."""
         known_admissions, grow = self._admission, self.backend.try_grow_to
-        columns = zip(
-            decodes.seq_ids.tolist(), decodes.context.tolist(), decodes.admissions.tolist(), strict=True
-        )
+        seq_ids, context_lens, admission_nums = decodes.lists()[:3]
+        columns = zip(seq_ids, context_lens, admission_nums, strict=True)
         for index, (seq_id, context, admission) in enumerate(columns, start=row):
             known = known_admissions.get(seq_id)
             if known is None:  # its KV was preempted (or freed) here: this iteration ends

@@ -66,6 +66,8 @@ CAP = "capacity_model.json"
 ENG = "engine_h100.json"
 GPU2 = "runtime_2gpu.json"
 H1 = "runtime_1gpu.json"
+STAGE = "stage_step_h200.json"
+HOP = "hop_profile_h200.json"
 H200 = "engine_h200.json"
 
 
@@ -383,6 +385,10 @@ FIGURES: list[tuple[str, list[tuple[Callable[[], Any], Callable[[Any], str]]]]] 
 ]
 
 
+def ms1(v: float) -> str:
+    return f1(1000 * v)
+
+
 def fc(v: float) -> str:
     return f"{v:,.0f}"
 
@@ -414,12 +420,32 @@ FIGURES += [
         ],
     ),
     (
-        "| {} tok/s ({} × one worker; {} with the GPU turns off), {} ms |",
+        "| {} tok/s ({} × one worker; {} with the GPU turns off, {} with the coordinator starting each "
+        "token), {} ms |",
         [
             (at(H1, "summary.two_workers.saturation_decode_tokens_per_s"), fc),
             (at(H1, "summary.two_over_one_worker"), f3),
             (at(H1, "summary.two_workers_without_turns.saturation_decode_tokens_per_s"), fc),
+            (at(H1, "summary.two_workers_coordinator_decode.saturation_decode_tokens_per_s"), fc),
             (at(H1, "summary.hop_ms_per_token"), f2),
+        ],
+    ),
+    (
+        "at 64 requests/s this holds a two-worker request's TPOT p50 at {} ms against {} ms with the "
+        "coordinator starting each token.",
+        [
+            (at(H1, "configs.two_workers.load.0.tpot_s.p50"), ms1),
+            (at(H1, "configs.two_workers_coordinator_decode.load.0.tpot_s.p50"), ms1),
+        ],
+    ),
+    (
+        "({} ms for the 12-layer stage and {} ms for the 20-layer one at batch 1, most of it in "
+        "`cudaGraphLaunch` by the torch profile; `stage_step_h200.json`) and each hop a message through a "
+        "socket ({} ms for one token's frames, encode to decode over loopback; `hop_profile_h200.json`)",
+        [
+            (at(STAGE, "stages.0-12.steps.0.launch_ms"), f2),
+            (at(STAGE, "stages.12-32.steps.0.launch_ms"), f2),
+            (at(HOP, "wire.0.ms_median"), f2),
         ],
     ),
     (

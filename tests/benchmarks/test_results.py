@@ -34,6 +34,10 @@ PRODUCERS: dict[str, tuple[str, bool]] = {
     "plans_served.json": ("benchmarks/bench_plans_served.py", False),
     "runtime_geo.json": ("benchmarks/bench_runtime_geo.py", False),
     "tp_2gpu.json": ("benchmarks/bench_tp_2gpu.py", False),
+    "stage_step_h200.json": ("benchmarks/profile_stage_step.py", False),
+    "hop_host_cpu.json": ("benchmarks/bench_hop_host.py", False),
+    "runtime_1gpu_runs/*.json": ("benchmarks/bench_runtime_1gpu.py", False),
+    "hop_profile_h200.json": ("benchmarks/profile_runtime_hop.py", False),
 }
 
 

@@ -241,29 +241,21 @@ def _malformed() -> dict[str, list[bytes]]:
 
 
 def _malformed_decode_rows() -> dict[str, list[bytes]]:
-    """Decode rows whose columns disagree: each must be dropped, not misread."""
+    """Decode rows whose table is not one: each must be dropped, not misread."""
     version, name, digest, fields = _header(encode(HopBatch([], None, 1.0, "n0", ROWS)))
 
-    def rows(columns: list[tuple[str, list[int], bytes]]) -> list[bytes]:
-        described = [[dtype, shape, index] for index, (dtype, shape, _) in enumerate(columns)]
-        header = [version, name, digest, [*fields[:4], [*described, None]]]
-        return _with_header(header, [data for _, _, data in columns])
+    def rows(dtype: str, shape: list[int], data: bytes) -> list[bytes]:
+        header = [version, name, digest, [*fields[:4], [[dtype, shape, 0]]]]
+        return _with_header(header, [data])
 
-    two = np.array([1, 2], dtype=np.int64).tobytes()
-    three = np.array([1, 2, 3], dtype=np.int64).tobytes()
+    six = np.array([1, 2, 3, 4, 5, 6], dtype=np.int64)
     return {
-        "decode rows of unequal lengths": rows(
-            [("int64", [2], two), ("int64", [3], three), ("int64", [2], two)]
-        ),
-        "decode rows not int64": rows(
-            [("int64", [2], two), ("float32", [2], np.zeros(2, np.float32).tobytes()), ("int64", [2], two)]
-        ),
+        "decode rows of two rows": rows("int64", [2, 3], six.tobytes()),
+        "decode rows not int64": rows("float32", [3, 2], np.zeros(6, np.float32).tobytes()),
         "decode rows without context": rows(
-            [("int64", [2], two), ("int64", [2], np.zeros(2, np.int64).tobytes()), ("int64", [2], two)]
+            "int64", [3, 2], np.array([1, 2, 0, 0, 1, 1], np.int64).tobytes()
         ),
-        "decode rows two-dimensional": rows(
-            [("int64", [1, 2], two), ("int64", [1, 2], two), ("int64", [1, 2], two)]
-        ),
+        "decode rows one-dimensional": rows("int64", [6], six.tobytes()),
     }
 
 
