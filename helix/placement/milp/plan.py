@@ -10,6 +10,9 @@
    nodes and scored by the evaluator. When the model is exact one solve serves both purposes. With
    ``options.partial_overlap`` the model has entry flows (nodes entered past their first layer), so it
    plans overlapping ranges and its bounds hold for partial-overlap chaining.
+   With several zones and none able to hold the model: hub chains (hub_chain.py), zone → one chain of
+   hub-zone nodes → zone, each outer zone an exact boundary MILP with the crossing links as its
+   coordinator links.
 5. Local search (search.py) on the incumbent, until it stagnates.
 6. With ``options.objective == "throughput"``: KV-aware stage pipelines (throughput.py) and the max-flow
    placement are scored by the KV / pipeline-depth estimate and the best is returned.
@@ -33,6 +36,7 @@ from helix.placement.milp.boundary_milp import FEASIBLE, INFEASIBLE, Column, ent
 from helix.placement.milp.bounds import saturation_bound, static_upper_bound
 from helix.placement.milp.cover_bound import INFEASIBLE as COVER_INFEASIBLE
 from helix.placement.milp.cover_bound import cover_at
+from helix.placement.milp.hub_chain import hub_applies, hub_chain
 from helix.placement.milp.incumbent import Clock, Incumbent
 from helix.placement.milp.objective import OBJECTIVES, choose_for_throughput
 from helix.placement.milp.problem import Problem, build_problem, check_feasible
@@ -71,6 +75,8 @@ class WorkBudget:
     local_search_work: int = 40_000  # patience = this / nodes evaluations (an evaluation costs ~ nodes)
     local_search_patience: int = 3_000  # at most this many evaluations without improvement, then stop
     local_search_rounds: int = 10  # evaluation budget = rounds · patience
+    hub_aims: tuple[float, ...] = (0.975, 0.985, 0.965)  # hub chains aim below a capacity level (slack)
+    hub_share: float = 0.5  # no hub-chain target is started past this share of the time limit
 
 
 WORK = WorkBudget()
@@ -161,6 +167,39 @@ def _parallel_zones_phase(problem: Problem, incumbent: Incumbent, options: Plann
             combined.update(best.ranges)
     if combined:
         incumbent.offer(Placement(combined), "stage IP, one pipeline set per zone")
+
+
+def _hub_phase(
+    problem: Problem, incumbent: Incumbent, options: PlannerOptions, cluster: ClusterSpec, model: ModelSpec
+) -> int:
+    """Hub chains (hub_chain.py) when no zone holds the model: aim a little below each node capacity
+    level between the incumbent and the bound (`WorkBudget.hub_aims`; a hub chain carries at most such
+    a level), highest first, until one is reached. Returns the targets tried."""
+    if not hub_applies(problem):
+        return 0
+    act = model.activation_bytes_per_token
+
+    def link(src: str, dst: str) -> float:
+        found = cluster.link(src, dst)
+        return 0.0 if found is None else found.bandwidth_bytes_per_s / act
+
+    levels = {cap for c in problem.classes for cap in c.caps_tokens_per_s}
+    tried = 0
+    for level in sorted(levels, reverse=True):
+        for aim in WORK.hub_aims:
+            target = aim * level
+            if level > incumbent.bound or target <= incumbent.value:
+                continue
+            if (
+                _done(incumbent, options)
+                or incumbent.clock.elapsed() >= WORK.hub_share * options.time_limit_s
+            ):
+                return tried
+            tried += 1
+            placement = hub_chain(problem, target, link, seed=options.seed)
+            if placement is not None and incumbent.offer(placement, "hub chain") >= target:
+                return tried
+    return tried
 
 
 def _patience(problem: Problem) -> int:
@@ -300,8 +339,10 @@ def _milp_plan(
     incumbent.tighten(*static_upper_bound(problem))
     baseline_value = incumbent.value
     _stage_phase(problem, incumbent, options)
+    hub_targets = 0
     if problem.zones > 1:
         _parallel_zones_phase(problem, incumbent, options)
+        hub_targets = _hub_phase(problem, incumbent, options, cluster, model)
     cover_probes = _cover_phase(problem, incumbent, options)
     # the served objective needs candidates, not a max-flow proof: the boundary MILP is skipped there
     stats = (
@@ -319,7 +360,7 @@ def _milp_plan(
             patience=_patience(problem),
             deadline_s=options.time_limit_s,
         )
-    stats = {**stats, "cover_probes": cover_probes, "local_search_evals": evals}
+    stats = {**stats, "cover_probes": cover_probes, "hub_targets": hub_targets, "local_search_evals": evals}
     if incumbent.gap() <= options.mip_gap:
         stopped_by = "gap reached (proven optimal within mip_gap)"
     elif incumbent.clock.elapsed() >= options.time_limit_s:
