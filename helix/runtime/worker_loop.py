@@ -41,7 +41,7 @@ from helix.scheduling.topology import DECODE_CONTEXT_PER_SEQ
 IDLE_POLL_S = 0.05
 # the longest a first stage keeps new work waiting for its requests in flight (see `WorkerLoop`), and
 # the hold as a multiple of how long they last took to come back
-MAX_WAVE_HOLD_S = 0.2
+MAX_WAVE_HOLD_S = 0.05
 WAVE_HOLD_ROUNDS = 1.5
 DEFAULT_WAVE_HOLD_S = 0.05
 MAX_STEP_TOKENS = 4096  # new tokens (prompt and decode) one step takes; the rest wait for the next
