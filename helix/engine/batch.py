@@ -75,6 +75,11 @@ class StepBatch:
         return rows
 
 
+def decode_chunks(seq_ids: list[int], context: list[int]) -> tuple[SeqChunk, ...]:
+    """One decode chunk per sequence: a new token after `context[i]` cached ones."""
+    return tuple(SeqChunk(s, c, 1) for s, c in zip(seq_ids, context, strict=True))
+
+
 @dataclass(frozen=True, slots=True)
 class PrefillSegment:
     """A prompt chunk: rows [start, start + num_new) of the packed tokens."""

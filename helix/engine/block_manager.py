@@ -190,9 +190,9 @@ class BlockManager:
         if num_tokens <= held:
             return True
         table = self._block_tables[seq_id]
-        needed = -(-num_tokens // self.block_size) - len(table)
+        needed = self.num_blocks_for(num_tokens) - len(table)
         if needed > 0:
-            if needed > len(self._free_blocks) + len(self._evictable):
+            if needed > self.num_free_blocks:
                 return False
             table.extend([self._new_block() for _ in range(needed)])
         self._num_tokens[seq_id] = num_tokens

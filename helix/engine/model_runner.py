@@ -14,7 +14,7 @@ import importlib.util
 import numpy as np
 import torch
 
-from helix.engine.batch import AttentionMetadata, PrefillSegment, SeqChunk, StepBatch
+from helix.engine.batch import AttentionMetadata, PrefillSegment, StepBatch, decode_chunks
 from helix.engine.block_manager import BlockManager
 from helix.engine.config import EngineConfig
 from helix.engine.cuda_graphs import DecodeGraphs
@@ -227,8 +227,7 @@ class ModelRunner:
         decode steps replay a graph without building a `StepBatch` (no Python object per request)."""
         graphs = self.graphs
         if graphs is None or not graphs.bucket_for(len(seq_ids)):
-            chunks = tuple(SeqChunk(s, c, 1) for s, c in zip(seq_ids, context, strict=True))
-            return self.execute(StepBatch(chunks), inputs)
+            return self.execute(StepBatch(decode_chunks(seq_ids, context)), inputs)
         manager = self.block_manager
         lens = [c + 1 for c in context]
         for seq_id, length in zip(seq_ids, lens, strict=True):

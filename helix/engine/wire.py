@@ -344,7 +344,8 @@ def _decode_tensor(value: Any, buffers: Any) -> torch.Tensor:
         raise _Mismatch(f"tensor {name}{shape} needs {expected} bytes, its buffer has {buffer.nbytes}")
     received = np.frombuffer(buffer, dtype=carrier).reshape(shape)
     if buffers.pin_memory and expected >= PIN_MIN_BYTES and torch.cuda.is_available():
-        tensor = torch.empty(shape, dtype=torch.from_numpy(received[:0]).dtype, pin_memory=True)
+        carried = torch.int16 if torch_dtype == torch.bfloat16 else torch_dtype  # as `received` holds it
+        tensor = torch.empty(shape, dtype=carried, pin_memory=True)
         np.copyto(tensor.numpy(), received)
     else:
         tensor = torch.from_numpy(received.copy())  # received frames are read-only

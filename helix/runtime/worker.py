@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from helix.engine.batch import SeqChunk
+from helix.engine.batch import SeqChunk, decode_chunks
 from helix.engine.sampler import SamplerOutput
 from helix.runtime.device_turn import DeviceTurn
 from helix.runtime.emulation import StepTimer
@@ -422,8 +422,7 @@ class Worker:
     @staticmethod
     def _chunks(items: list[StageItem], rows: _Rows) -> tuple[SeqChunk, ...]:
         chunks = [SeqChunk(i.seq_id, i.num_cached_tokens, i.num_new_tokens) for i in items]
-        chunks += [SeqChunk(s, c, 1) for s, c in zip(rows.seq_ids, rows.context, strict=True)]
-        return tuple(chunks)
+        return (*chunks, *decode_chunks(rows.seq_ids, rows.context))
 
     def _batch_inputs(self, batch: HopBatch) -> torch.Tensor | list[int]:
         """A batch's inputs: its token ids in order (first stage) or its hidden rows [T, H]."""

@@ -41,9 +41,8 @@ from helix.scheduling.topology import DECODE_CONTEXT_PER_SEQ
 IDLE_POLL_S = 0.05
 # the longest a first stage keeps new work waiting for its requests in flight (see `WorkerLoop`), and
 # the hold as a multiple of how long they last took to come back
-MAX_WAVE_HOLD_S = 0.05
+MAX_WAVE_HOLD_S = 0.05  # also the hold before any round was timed
 WAVE_HOLD_ROUNDS = 1.5
-DEFAULT_WAVE_HOLD_S = 0.05
 MAX_STEP_TOKENS = 4096  # new tokens (prompt and decode) one step takes; the rest wait for the next
 GC_YOUNG_THRESHOLD = 20_000  # allocations between collections of young objects (CPython's default: 700)
 
@@ -193,7 +192,7 @@ class WorkerLoop:
         if self._hold_since is None:
             self._hold_since = now
         round_s = self.worker.wave_round_s
-        limit_s = DEFAULT_WAVE_HOLD_S if round_s is None else min(MAX_WAVE_HOLD_S, WAVE_HOLD_ROUNDS * round_s)
+        limit_s = MAX_WAVE_HOLD_S if round_s is None else min(MAX_WAVE_HOLD_S, WAVE_HOLD_ROUNDS * round_s)
         left_s = self._hold_since + limit_s - now
         if left_s <= 0:
             awaiting.clear()  # they are late: step without them
@@ -228,13 +227,8 @@ class WorkerLoop:
     def _fail(self, batch: list[HopBatch], exc: Exception, outbox: Outbox) -> None:
         detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         error = f"worker {self.worker.name}: {detail}"
-        failed = [TokenResult(i.seq_id, error=error, admission=i.admission) for b in batch for i in b.items]
-        for b in batch:
-            if b.decodes is not None:
-                columns = zip(b.decodes.seq_ids.tolist(), b.decodes.admissions.tolist(), strict=True)
-                failed += [
-                    TokenResult(seq_id, error=error, admission=admission) for seq_id, admission in columns
-                ]
+        items = [i for b in batch for i in (*b.items, *(b.decodes.as_items() if b.decodes else ()))]
+        failed = [TokenResult(i.seq_id, error=error, admission=i.admission) for i in items]
         with self.lock:
             self.worker.free([r.seq_id for r in failed])
         outbox.send(self._peers[COORDINATOR_HOP], ResultBatch(self.worker.name, failed))

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import zmq
 
-from helix.engine.batch import SeqChunk, StepBatch
+from helix.engine.batch import StepBatch, decode_chunks
 from helix.engine.block_manager import BlockManager
 from helix.engine.model_runner import ModelRunner
 from helix.engine.tp.group import TPGroup, destroy_group
@@ -270,8 +270,7 @@ class TPRunner:
 
     def execute_decode(self, seq_ids: list[int], context: list[int], inputs: torch.Tensor) -> torch.Tensor:
         """`ModelRunner.execute_decode` on all ranks (as one `execute` of the decode chunks)."""
-        chunks = tuple(SeqChunk(s, c, 1) for s, c in zip(seq_ids, context, strict=True))
-        return self.execute(StepBatch(chunks), inputs)
+        return self.execute(StepBatch(decode_chunks(seq_ids, context)), inputs)
 
     # ---- failure and shutdown ----
     def _check(self) -> None:
