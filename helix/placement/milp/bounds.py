@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 Tables = Sequence[tuple[Sequence[float], int]]
 
 
-def _tables(problem: Problem) -> Tables:
+def class_tables(problem: Problem) -> Tables:
+    """Each node class's capacity table and node count (what the bounds need of a problem)."""
     return [(c.caps_tokens_per_s, c.count) for c in problem.classes]
 
 
@@ -41,7 +42,7 @@ def tables_layer_work(tables: Tables, flow: float) -> float:
 
 def layer_work(problem: Problem, flow: float) -> float:
     """h(F) = Σ_i max_k k·min(cap_i(k), F)."""
-    return tables_layer_work(_tables(problem), flow)
+    return tables_layer_work(class_tables(problem), flow)
 
 
 def tables_saturation_bound(tables: Tables, num_layers: int, rel_tol: float = 1e-9) -> float:
@@ -66,7 +67,7 @@ def tables_saturation_bound(tables: Tables, num_layers: int, rel_tol: float = 1e
 
 def saturation_bound(problem: Problem, rel_tol: float = 1e-9) -> float:
     """The largest F with h(F) ≥ L·F (see the module docstring)."""
-    return tables_saturation_bound(_tables(problem), problem.num_layers, rel_tol)
+    return tables_saturation_bound(class_tables(problem), problem.num_layers, rel_tol)
 
 
 def coordinator_cut_bound(problem: Problem) -> float:

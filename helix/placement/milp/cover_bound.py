@@ -36,15 +36,13 @@ bound (summing (1)–(3) weighted by a gives L·F ≤ h(F)). Links and the coord
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import highspy
 import numpy as np
 
-Tables = Sequence[tuple[Sequence[float], int]]  # (cap(1..K), number of nodes with that table)
-
-FEASIBLE, INFEASIBLE, UNKNOWN = "feasible", "infeasible", "unknown"
+from helix.placement.milp.boundary_milp import FEASIBLE, INFEASIBLE, UNKNOWN
+from helix.placement.milp.bounds import Tables
 
 
 @dataclass(frozen=True)

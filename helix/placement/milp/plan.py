@@ -33,8 +33,7 @@ from helix.errors import HelixInputError
 from helix.flow.graph import FlowOptions
 from helix.perf.base import CapacityModel
 from helix.placement.milp.boundary_milp import FEASIBLE, INFEASIBLE, Column, entry_count, solve_at
-from helix.placement.milp.bounds import saturation_bound, static_upper_bound
-from helix.placement.milp.cover_bound import INFEASIBLE as COVER_INFEASIBLE
+from helix.placement.milp.bounds import class_tables, saturation_bound, static_upper_bound
 from helix.placement.milp.cover_bound import cover_at
 from helix.placement.milp.hub_chain import hub_applies, hub_chain
 from helix.placement.milp.incumbent import Clock, Incumbent
@@ -131,7 +130,7 @@ def _stage_phase(problem: Problem, incumbent: Incumbent, options: PlannerOptions
 def _cover_phase(problem: Problem, incumbent: Incumbent, options: PlannerOptions) -> int:
     """Bisect on F between the incumbent (reachable, so feasible for the relaxation) and the bound with
     the layer-cover LP; an infeasible F is a proven bound. Returns the probes made."""
-    tables = [(c.caps_tokens_per_s, c.count) for c in problem.classes]
+    tables = class_tables(problem)
     lo, probes = incumbent.value, 0
     while probes < WORK.cover_probes and not _done(incumbent, options):
         hi = incumbent.bound
@@ -139,7 +138,7 @@ def _cover_phase(problem: Problem, incumbent: Incumbent, options: PlannerOptions
             break
         target = (lo + hi) / 2
         probes += 1
-        if cover_at(tables, problem.num_layers, target).status == COVER_INFEASIBLE:
+        if cover_at(tables, problem.num_layers, target).status == INFEASIBLE:
             incumbent.tighten(target, COVER_BOUND)
         else:
             lo = target
