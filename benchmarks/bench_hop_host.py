@@ -21,15 +21,13 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_runtime_2gpu import TINY  # noqa: E402
+from bench_runtime_2gpu import TINY, median_ms  # noqa: E402
 
 from helix.engine.config import EngineConfig, LayerRange, ModelConfig  # noqa: E402
 from helix.engine.loader import build_stage  # noqa: E402
@@ -99,14 +97,9 @@ def measure(config: ModelConfig, requests: int, rounds: int, path: str) -> dict:
         if path == "items":
             feedback = HopBatch(feedback.decodes.as_items(), None, 0.0, "b")
 
-    for _ in range(5):
+    for _ in range(4):  # warm-up (median_ms runs one more before it times)
         one_round()
-    times = []
-    for _ in range(rounds):
-        started = time.perf_counter()
-        one_round()
-        times.append(time.perf_counter() - started)
-    round_s = statistics.median(times)
+    round_s = median_ms(one_round, rounds) / 1000
     return {
         "path": path,
         "requests": requests,
